@@ -1,0 +1,82 @@
+/* The wire layout between the BPF programs and the Go agent. This file is the
+ * only definition: Go gets every type here through bpf2go -type. Fields are
+ * ordered largest first and compiled with -Wpadded, so no hidden padding. */
+#ifndef PORTSLEUTH_COMMON_H
+#define PORTSLEUTH_COMMON_H
+
+enum ps_op {
+	PS_OP_BIND = 1,
+	PS_OP_CONNECT = 2,
+};
+
+/* Socket options in effect on the socket at the time of the call. */
+enum ps_opt {
+	PS_OPT_REUSEADDR = 1 << 0,
+	PS_OPT_REUSEPORT = 1 << 1,
+	PS_OPT_BIND_ADDRESS_NO_PORT = 1 << 2,
+	PS_OPT_FREEBIND = 1 << 3,
+	PS_OPT_TRANSPARENT = 1 << 4,
+	PS_OPT_V6ONLY = 1 << 5,
+};
+
+/* Facts about a failed call that decide its pattern; part of the failure key. */
+enum ps_flag {
+	/* bind: the requested port was 0. connect: the socket had no bound port. */
+	PS_F_PORT0 = 1 << 0,
+	/* bind: the requested address was 0.0.0.0 or ::. connect: no bound address. */
+	PS_F_ANYADDR = 1 << 1,
+};
+
+/* One failed bind() or connect(), streamed through the ring buffer. */
+struct ps_event {
+	__u64 ts_ns;       /* CLOCK_MONOTONIC */
+	__u64 netns;       /* inode of the socket's network namespace */
+	__u64 cgroup_id;   /* cgroup v2 id of the calling task */
+	__u64 sock_ino;    /* socket inode, as in /proc/PID/fd -> socket:[ino] */
+	__u32 pid;         /* thread-group id */
+	__u32 tid;
+	__s32 err;         /* positive errno */
+	__u16 options;     /* enum ps_opt bits */
+	__u16 flags;       /* enum ps_flag bits */
+	__u8 op;           /* enum ps_op */
+	__u8 family;       /* AF_INET or AF_INET6 */
+	__u8 proto;        /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 state;        /* socket state (TCP_*) when the call started */
+	__u16 lport;       /* bind: requested port; connect: bound local port, 0 if none */
+	__u16 dport;       /* connect: destination port */
+	__u8 laddr[16];    /* bind: requested address; connect: bound local address */
+	__u8 daddr[16];    /* connect: destination address */
+	char comm[16];     /* the process (thread-group leader) name */
+	char tcomm[16];    /* the calling thread's name */
+};
+
+/* Key of the in-kernel failure counters: exact counts whatever the ring buffer drops. */
+struct ps_fail_key {
+	__u32 pid;
+	__s32 err;
+	__u8 op;
+	__u8 proto;
+	__u8 family;
+	__u8 flags;
+};
+
+/* Per-process counters (per-CPU values, summed in Go). */
+struct ps_proc_stats {
+	__u64 binds_ok;
+	__u64 binds_failed;       /* failures that produced an event */
+	__u64 binds_other;        /* failures outside the traced set (EINVAL, EBADF...) */
+	__u64 connects_ok;        /* 0 or EINPROGRESS: a local port was found */
+	__u64 connects_failed;
+	__u64 connects_other;     /* ECONNREFUSED, ENETUNREACH, ...: not address errors */
+	__u64 port0_binds_ok;     /* successful binds where the kernel picked the port */
+	__u64 port0_bind_connects;/* connect() calls on sockets a port-0 bind had bound */
+};
+
+/* Process identity recorded at its failures, for processes gone before Go asks /proc. */
+struct ps_proc_meta {
+	__u64 netns;
+	__u64 cgroup_id;
+	char comm[16];
+};
+
+#endif

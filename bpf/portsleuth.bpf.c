@@ -1,0 +1,429 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* Tracepoint backend: syscalls:sys_{enter,exit}_{bind,connect}.
+ *
+ * At entry the fd is resolved to the kernel socket so the options reported are
+ * the ones in effect, however they were set, and the requested sockaddr is
+ * copied from user memory. At exit the result is counted per process and per
+ * failure class in the kernel; only failures travel through the ring buffer. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include "common.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+
+#define EPERM 1
+#define EAGAIN 11
+#define EACCES 13
+#define EINVAL 22
+#define EADDRINUSE 98
+#define EADDRNOTAVAIL 99
+#define EINPROGRESS 115
+
+/* Set from Go before load. target_pid 0 traces every process. The inet_flags
+ * bit numbers come from an anonymous enum in the kernel's BTF (6.6+). */
+const volatile __u32 target_pid = 0;
+const volatile __u32 inet_flags_freebind_bit = 11;
+const volatile __u32 inet_flags_transparent_bit = 15;
+const volatile __u32 inet_flags_bind_no_port_bit = 18;
+
+/* A bind/connect between sys_enter and sys_exit. */
+struct call {
+	__u64 sock_ino;
+	__u64 netns;
+	__u64 sk; /* struct sock *; a map value holds no pointer types */
+	__u8 laddr[16]; /* 8-byte aligned: is_zero16 reads it as two words */
+	__u8 daddr[16];
+	__u16 options;
+	__u16 flags;
+	__u8 op;
+	__u8 family;
+	__u8 proto;
+	__u8 state;
+	__u16 lport;
+	__u16 dport;
+	__u32 _pad;
+};
+
+/* sock_state values */
+#define SOCK_PORT0_BOUND 1
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64); /* pid_tgid */
+	__type(value, struct call);
+} calls SEC(".maps");
+
+/* Sockets a port-0 bind gave a port, keyed by socket inode, until they connect. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u32);
+} sock_state SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768);
+	__type(key, __u32);
+	__type(value, struct ps_proc_stats);
+} proc_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768);
+	__type(key, __u32);
+	__type(value, struct ps_proc_meta);
+} proc_meta SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768);
+	__type(key, struct ps_fail_key);
+	__type(value, __u64);
+} fail_counts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} events SEC(".maps");
+
+/* Index 0: failures that found the ring buffer full. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost SEC(".maps");
+
+/* Layout of struct inet_sock before 6.6 moved these bits into inet_flags. */
+struct inet_sock___old {
+	__u8 freebind : 1;
+	__u8 transparent : 1;
+	__u8 bind_address_no_port : 1;
+	__u8 _unused : 5;
+} __attribute__((preserve_access_index));
+
+static __always_inline struct sock *fd_sock(int fd, __u64 *ino)
+{
+	struct task_struct *task = (void *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds;
+	struct file *f = NULL;
+	struct inode *inode;
+	struct socket *sock;
+
+	if (fd < 0 || (unsigned int)fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	fds = BPF_CORE_READ(fdt, fd);
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
+		return NULL;
+	inode = BPF_CORE_READ(f, f_inode);
+	if ((BPF_CORE_READ(inode, i_mode) & S_IFMT) != S_IFSOCK)
+		return NULL;
+	*ino = BPF_CORE_READ(inode, i_ino);
+	sock = BPF_CORE_READ(f, private_data);
+	return BPF_CORE_READ(sock, sk);
+}
+
+static __always_inline __u16 sock_options(struct sock *sk)
+{
+	struct sock_common *skc = &sk->__sk_common;
+	struct inet_sock *inet = (void *)sk;
+	__u16 o = 0;
+
+	if (BPF_CORE_READ_BITFIELD_PROBED(skc, skc_reuse))
+		o |= PS_OPT_REUSEADDR;
+	if (BPF_CORE_READ_BITFIELD_PROBED(skc, skc_reuseport))
+		o |= PS_OPT_REUSEPORT;
+	if (BPF_CORE_READ_BITFIELD_PROBED(skc, skc_ipv6only))
+		o |= PS_OPT_V6ONLY;
+
+	if (bpf_core_field_exists(inet->inet_flags)) {
+		unsigned long f = BPF_CORE_READ(inet, inet_flags);
+
+		if (f & (1UL << inet_flags_freebind_bit))
+			o |= PS_OPT_FREEBIND;
+		if (f & (1UL << inet_flags_transparent_bit))
+			o |= PS_OPT_TRANSPARENT;
+		if (f & (1UL << inet_flags_bind_no_port_bit))
+			o |= PS_OPT_BIND_ADDRESS_NO_PORT;
+	} else {
+		struct inet_sock___old *old = (void *)sk;
+
+		if (BPF_CORE_READ_BITFIELD_PROBED(old, freebind))
+			o |= PS_OPT_FREEBIND;
+		if (BPF_CORE_READ_BITFIELD_PROBED(old, transparent))
+			o |= PS_OPT_TRANSPARENT;
+		if (BPF_CORE_READ_BITFIELD_PROBED(old, bind_address_no_port))
+			o |= PS_OPT_BIND_ADDRESS_NO_PORT;
+	}
+	return o;
+}
+
+static __always_inline int is_zero16(const __u8 *a)
+{
+	const __u64 *w = (const __u64 *)a;
+
+	return (w[0] | w[1]) == 0;
+}
+
+/* The socket's own local address and port (host order). */
+static __always_inline void sock_local(struct sock *sk, __u8 family, __u8 *addr, __u16 *port)
+{
+	*port = BPF_CORE_READ(sk, __sk_common.skc_num);
+	if (family == AF_INET)
+		BPF_CORE_READ_INTO(addr, sk, __sk_common.skc_rcv_saddr);
+	else
+		BPF_CORE_READ_INTO(addr, sk, __sk_common.skc_v6_rcv_saddr);
+}
+
+/* Parses a user sockaddr copy for a socket of this family. Returns -1 for a
+ * family that says "disconnect" (AF_UNSPEC connect) or is not ours. */
+static __always_inline int parse_sockaddr(const __u8 *sa, __u8 family, __u8 *addr, __u16 *port)
+{
+	__u16 sa_family = *(const __u16 *)sa;
+
+	*port = ((__u16)sa[2] << 8) | sa[3];
+	if (family == AF_INET) {
+		/* An IPv4 bind accepts AF_UNSPEC for INADDR_ANY. */
+		if (sa_family != AF_INET && sa_family != 0)
+			return -1;
+		__builtin_memcpy(addr, sa + 4, 4);
+		return 0;
+	}
+	if (sa_family != AF_INET6)
+		return -1;
+	__builtin_memcpy(addr, sa + 8, 16);
+	return 0;
+}
+
+static __always_inline int enter(struct trace_event_raw_sys_enter *ctx, __u8 op)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 pid = id >> 32;
+	const void *uaddr = (const void *)ctx->args[1];
+	__u8 sa[28] = {}; /* sizeof(struct sockaddr_in6) */
+	struct call c = {};
+	struct sock *sk;
+	__u16 family;
+
+	if (target_pid && pid != target_pid)
+		return 0;
+	sk = fd_sock((int)ctx->args[0], &c.sock_ino);
+	if (!sk)
+		return 0;
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+	c.proto = BPF_CORE_READ(sk, sk_protocol);
+	if (c.proto != IPPROTO_TCP && c.proto != IPPROTO_UDP)
+		return 0;
+	/* A sockaddr_in may end at a page boundary: retry with its own size. */
+	if (bpf_probe_read_user(sa, sizeof(sa), uaddr) &&
+	    bpf_probe_read_user(sa, 16, uaddr))
+		return 0;
+
+	c.op = op;
+	c.family = family;
+	c.sk = (__u64)sk;
+	c.state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	c.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	c.options = sock_options(sk);
+	if (op == PS_OP_BIND) {
+		if (parse_sockaddr(sa, c.family, c.laddr, &c.lport))
+			return 0;
+	} else {
+		if (parse_sockaddr(sa, c.family, c.daddr, &c.dport))
+			return 0;
+		sock_local(sk, c.family, c.laddr, &c.lport);
+	}
+	if (c.lport == 0)
+		c.flags |= PS_F_PORT0;
+	if (is_zero16(c.laddr))
+		c.flags |= PS_F_ANYADDR;
+	bpf_map_update_elem(&calls, &id, &c, BPF_ANY);
+	return 0;
+}
+
+static __always_inline struct ps_proc_stats *proc_stats_of(__u32 pid)
+{
+	struct ps_proc_stats *s = bpf_map_lookup_elem(&proc_stats, &pid);
+	struct ps_proc_stats zero = {};
+
+	if (s)
+		return s;
+	bpf_map_update_elem(&proc_stats, &pid, &zero, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&proc_stats, &pid);
+}
+
+static __always_inline void count_failure(struct ps_fail_key *k)
+{
+	__u64 one = 1, *n = bpf_map_lookup_elem(&fail_counts, k);
+
+	if (n) {
+		__sync_fetch_and_add(n, 1);
+		return;
+	}
+	if (bpf_map_update_elem(&fail_counts, k, &one, BPF_NOEXIST)) {
+		/* Another CPU created it first. */
+		n = bpf_map_lookup_elem(&fail_counts, k);
+		if (n)
+			__sync_fetch_and_add(n, 1);
+	}
+}
+
+static __always_inline void record_failure(struct call *c, __u64 id, int err)
+{
+	__u32 pid = id >> 32, zero = 0;
+	struct task_struct *task = (void *)bpf_get_current_task();
+	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
+	struct ps_fail_key k = {
+		.pid = pid, .err = err, .op = c->op, .proto = c->proto,
+		.family = c->family, .flags = (__u8)c->flags,
+	};
+	struct ps_proc_meta meta = {};
+	struct ps_event *e;
+	__u64 *n;
+
+	count_failure(&k);
+
+	meta.netns = c->netns;
+	meta.cgroup_id = bpf_get_current_cgroup_id();
+	bpf_probe_read_kernel_str(meta.comm, sizeof(meta.comm), &leader->comm);
+	bpf_map_update_elem(&proc_meta, &pid, &meta, BPF_ANY);
+
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		n = bpf_map_lookup_elem(&lost, &zero);
+		if (n)
+			(*n)++;
+		return;
+	}
+	e->ts_ns = bpf_ktime_get_ns();
+	e->netns = c->netns;
+	e->cgroup_id = meta.cgroup_id;
+	e->sock_ino = c->sock_ino;
+	e->pid = pid;
+	e->tid = (__u32)id;
+	e->err = err;
+	e->options = c->options;
+	e->flags = c->flags;
+	e->op = c->op;
+	e->family = c->family;
+	e->proto = c->proto;
+	e->state = c->state;
+	e->lport = c->lport;
+	e->dport = c->dport;
+	__builtin_memcpy(e->laddr, c->laddr, 16);
+	__builtin_memcpy(e->daddr, c->daddr, 16);
+	__builtin_memcpy(e->comm, meta.comm, 16);
+	bpf_get_current_comm(e->tcomm, sizeof(e->tcomm));
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* Failures worth a culprit: address and port errors, not EINVAL-style misuse. */
+static __always_inline int bind_traced(int err)
+{
+	return err == EADDRINUSE || err == EADDRNOTAVAIL || err == EACCES || err == EPERM;
+}
+
+static __always_inline int connect_traced(int err)
+{
+	return err == EADDRNOTAVAIL || err == EADDRINUSE || err == EAGAIN || err == EPERM;
+}
+
+static __always_inline int leave(struct trace_event_raw_sys_exit *ctx, __u8 op)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 pid = id >> 32, *st;
+	struct ps_proc_stats *s;
+	struct call *c;
+	long ret = ctx->ret;
+	int err = (int)-ret;
+
+	c = bpf_map_lookup_elem(&calls, &id);
+	if (!c)
+		return 0;
+	if (c->op != op)
+		goto out;
+	s = proc_stats_of(pid);
+	if (!s)
+		goto out;
+
+	if (op == PS_OP_BIND) {
+		if (ret == 0) {
+			struct sock *sk = (struct sock *)c->sk;
+
+			__sync_fetch_and_add(&s->binds_ok, 1);
+			/* The kernel picked a port now (not deferred by IP_BIND_ADDRESS_NO_PORT). */
+			if ((c->flags & PS_F_PORT0) && BPF_CORE_READ(sk, __sk_common.skc_num)) {
+				__u32 v = SOCK_PORT0_BOUND;
+
+				__sync_fetch_and_add(&s->port0_binds_ok, 1);
+				bpf_map_update_elem(&sock_state, &c->sock_ino, &v, BPF_ANY);
+			}
+		} else if (bind_traced(err)) {
+			__sync_fetch_and_add(&s->binds_failed, 1);
+			record_failure(c, id, err);
+		} else {
+			__sync_fetch_and_add(&s->binds_other, 1);
+		}
+		goto out;
+	}
+
+	st = bpf_map_lookup_elem(&sock_state, &c->sock_ino);
+	if (st) {
+		__sync_fetch_and_add(&s->port0_bind_connects, 1);
+		bpf_map_delete_elem(&sock_state, &c->sock_ino);
+	}
+	if (ret == 0 || err == EINPROGRESS) {
+		__sync_fetch_and_add(&s->connects_ok, 1);
+	} else if (connect_traced(err)) {
+		__sync_fetch_and_add(&s->connects_failed, 1);
+		record_failure(c, id, err);
+	} else {
+		__sync_fetch_and_add(&s->connects_other, 1);
+	}
+out:
+	bpf_map_delete_elem(&calls, &id);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_bind")
+int tp_enter_bind(struct trace_event_raw_sys_enter *ctx)
+{
+	return enter(ctx, PS_OP_BIND);
+}
+
+SEC("tracepoint/syscalls/sys_exit_bind")
+int tp_exit_bind(struct trace_event_raw_sys_exit *ctx)
+{
+	return leave(ctx, PS_OP_BIND);
+}
+
+SEC("tracepoint/syscalls/sys_enter_connect")
+int tp_enter_connect(struct trace_event_raw_sys_enter *ctx)
+{
+	return enter(ctx, PS_OP_CONNECT);
+}
+
+SEC("tracepoint/syscalls/sys_exit_connect")
+int tp_exit_connect(struct trace_event_raw_sys_exit *ctx)
+{
+	return leave(ctx, PS_OP_CONNECT);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Keep the event struct and the enums in BTF so bpf2go emits them as Go constants. */
+const struct ps_event *_ps_event __attribute__((unused));
+const enum ps_op *_ps_op __attribute__((unused));
+const enum ps_opt *_ps_opt __attribute__((unused));
+const enum ps_flag *_ps_flag __attribute__((unused));

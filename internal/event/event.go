@@ -1,0 +1,184 @@
+// Package event is portsleuth's data model: a failed bind()/connect() as the
+// agent sees it, the failure classes counted in the kernel, and per-process
+// counters. It decodes the wire types bpf2go generates from bpf/common.h.
+package event
+
+import (
+	"bytes"
+	"net/netip"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/portsleuth/portsleuth/gen"
+)
+
+// Op is the failing call.
+type Op string
+
+const (
+	Bind    Op = "bind"
+	Connect Op = "connect"
+)
+
+// Class is what decides a failure's pattern; the kernel counts failures per
+// (pid, Class), so every count derived from it is exact.
+type Class struct {
+	Op     Op
+	Proto  string // "tcp" or "udp"
+	Family string // "ipv4" or "ipv6"
+	Errno  unix.Errno
+	// Port0: bind asked for port 0; connect ran on a socket without a bound port.
+	Port0 bool
+	// AnyAddr: bind asked for the wildcard address; connect had no bound address.
+	AnyAddr bool
+}
+
+// Event is one failed call.
+type Event struct {
+	Time     time.Time
+	PID      uint32
+	TID      uint32
+	Comm     string // the process (thread-group leader)
+	Thread   string // the calling thread
+	Class    Class
+	Addr     netip.AddrPort // bind: requested; connect: bound local address (zero port if none)
+	Dest     netip.AddrPort // connect only
+	Options  []string
+	Netns    uint64
+	CgroupID uint64
+	SockIno  uint64
+}
+
+// ProcStats are a process's counters, kept in the kernel.
+type ProcStats struct {
+	BindsOK, BindsFailed, BindsOther          uint64
+	ConnectsOK, ConnectsFailed, ConnectsOther uint64
+	// Port0BindsOK counts sockets a port-0 bind gave a port; Port0BindConnects
+	// how many of those went on to connect().
+	Port0BindsOK, Port0BindConnects uint64
+}
+
+// Failures is the number of failed calls that portsleuth attributes.
+func (s ProcStats) Failures() uint64 { return s.BindsFailed + s.ConnectsFailed }
+
+// ProcMeta is what the kernel recorded about a process at its failures.
+type ProcMeta struct {
+	Comm     string
+	Netns    uint64
+	CgroupID uint64
+}
+
+// Snapshot is the content of the kernel's counters at one moment.
+type Snapshot struct {
+	Procs    map[uint32]ProcStats
+	Meta     map[uint32]ProcMeta
+	Failures map[uint32]map[Class]uint64
+	Lost     uint64 // failures that found the ring buffer full
+}
+
+var optionNames = []struct {
+	bit  gen.PortsleuthPsOpt
+	name string
+}{
+	{gen.PortsleuthPsOptPS_OPT_REUSEADDR, "SO_REUSEADDR"},
+	{gen.PortsleuthPsOptPS_OPT_REUSEPORT, "SO_REUSEPORT"},
+	{gen.PortsleuthPsOptPS_OPT_BIND_ADDRESS_NO_PORT, "IP_BIND_ADDRESS_NO_PORT"},
+	{gen.PortsleuthPsOptPS_OPT_FREEBIND, "IP_FREEBIND"},
+	{gen.PortsleuthPsOptPS_OPT_TRANSPARENT, "IP_TRANSPARENT"},
+	{gen.PortsleuthPsOptPS_OPT_V6ONLY, "IPV6_V6ONLY"},
+}
+
+// OptionNames turns option bits into socket option names.
+func OptionNames(bits uint16) []string {
+	names := []string{}
+	for _, o := range optionNames {
+		if bits&uint16(o.bit) != 0 {
+			names = append(names, o.name)
+		}
+	}
+	return names
+}
+
+func opOf(op uint8) Op {
+	if op == uint8(gen.PortsleuthPsOpPS_OP_CONNECT) {
+		return Connect
+	}
+	return Bind
+}
+
+func protoOf(p uint8) string {
+	if p == unix.IPPROTO_UDP {
+		return "udp"
+	}
+	return "tcp"
+}
+
+func familyOf(f uint8) string {
+	if f == unix.AF_INET6 {
+		return "ipv6"
+	}
+	return "ipv4"
+}
+
+func addrOf(family uint8, b [16]uint8, port uint16) netip.AddrPort {
+	if family == unix.AF_INET {
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[:4])), port)
+	}
+	return netip.AddrPortFrom(netip.AddrFrom16(b), port)
+}
+
+// ClassOf decodes a kernel failure key.
+func ClassOf(k gen.PortsleuthPsFailKey) Class {
+	return Class{
+		Op:      opOf(k.Op),
+		Proto:   protoOf(k.Proto),
+		Family:  familyOf(k.Family),
+		Errno:   unix.Errno(k.Err),
+		Port0:   k.Flags&uint8(gen.PortsleuthPsFlagPS_F_PORT0) != 0,
+		AnyAddr: k.Flags&uint8(gen.PortsleuthPsFlagPS_F_ANYADDR) != 0,
+	}
+}
+
+// CString converts a NUL-terminated kernel char array.
+func CString(b [16]int8) string {
+	u := make([]byte, len(b))
+	for i, c := range b {
+		u[i] = byte(c)
+	}
+	if i := bytes.IndexByte(u, 0); i >= 0 {
+		u = u[:i]
+	}
+	return string(u)
+}
+
+// Decode turns a ring-buffer record into an Event; boot maps the kernel's
+// CLOCK_MONOTONIC timestamps to wall time.
+func Decode(r *gen.PortsleuthPsEvent, boot time.Time) Event {
+	e := Event{
+		Time:   boot.Add(time.Duration(r.TsNs)),
+		PID:    r.Pid,
+		TID:    r.Tid,
+		Comm:   CString(r.Comm),
+		Thread: CString(r.Tcomm),
+		Class: ClassOf(gen.PortsleuthPsFailKey{
+			Err: r.Err, Op: r.Op, Proto: r.Proto, Family: r.Family, Flags: uint8(r.Flags),
+		}),
+		Addr:     addrOf(r.Family, r.Laddr, r.Lport),
+		Options:  OptionNames(r.Options),
+		Netns:    r.Netns,
+		CgroupID: r.CgroupId,
+		SockIno:  r.SockIno,
+	}
+	if e.Class.Op == Connect {
+		e.Dest = addrOf(r.Family, r.Daddr, r.Dport)
+	}
+	return e
+}
+
+// MonotonicEpoch is the wall-clock time at which CLOCK_MONOTONIC was zero.
+func MonotonicEpoch() time.Time {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return time.Now().Add(-time.Duration(ts.Nano()))
+}

@@ -1,0 +1,258 @@
+// Package probe loads portsleuth's BPF programs, attaches them, and reads what
+// they produce: the ring buffer of failures and the in-kernel counters.
+package probe
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+
+	"github.com/portsleuth/portsleuth/gen"
+	"github.com/portsleuth/portsleuth/internal/event"
+)
+
+// Backend names the layer the programs hook; reports carry it.
+const Backend = "tracepoint"
+
+// ErrPrivileges means the caller may not load tracing programs.
+var ErrPrivileges = errors.New("portsleuth needs root, or CAP_BPF and CAP_PERFMON, to load its BPF programs")
+
+// Options tune what the programs trace.
+type Options struct {
+	// PID limits tracing to one process (thread-group id) inside the kernel; 0 traces all.
+	PID uint32
+}
+
+// Tracer owns the loaded programs, their links and the ring-buffer reader.
+// Links stay referenced here until Close: an unreferenced link is closed by
+// its finalizer and the program silently detaches.
+type Tracer struct {
+	objs  gen.PortsleuthObjects
+	links []link.Link
+	rd    *ringbuf.Reader
+	epoch time.Time
+	rec   ringbuf.Record
+}
+
+var tracepoints = []struct {
+	name string
+	prog func(*gen.PortsleuthObjects) *ebpf.Program
+}{
+	{"sys_enter_bind", func(o *gen.PortsleuthObjects) *ebpf.Program { return o.TpEnterBind }},
+	{"sys_exit_bind", func(o *gen.PortsleuthObjects) *ebpf.Program { return o.TpExitBind }},
+	{"sys_enter_connect", func(o *gen.PortsleuthObjects) *ebpf.Program { return o.TpEnterConnect }},
+	{"sys_exit_connect", func(o *gen.PortsleuthObjects) *ebpf.Program { return o.TpExitConnect }},
+}
+
+// Start loads and attaches every program. When it returns without error,
+// every bind()/connect() from then on is traced.
+func Start(opts Options) (*Tracer, error) {
+	if err := CheckPrivileges(); err != nil {
+		return nil, err
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("raising the memlock limit: %w", err)
+	}
+	spec, err := gen.LoadPortsleuth()
+	if err != nil {
+		return nil, fmt.Errorf("reading the embedded bpf object: %w", err)
+	}
+	if err := configure(spec, opts); err != nil {
+		return nil, err
+	}
+	if err := ensureTracefs(); err != nil {
+		return nil, err
+	}
+	t := &Tracer{epoch: event.MonotonicEpoch()}
+	if err := spec.LoadAndAssign(&t.objs, nil); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("loading bpf programs: %+v", ve)
+		}
+		if errors.Is(err, unix.EPERM) {
+			return nil, fmt.Errorf("loading bpf programs: %w (%w)", err, ErrPrivileges)
+		}
+		return nil, fmt.Errorf("loading bpf programs: %w", err)
+	}
+	for _, tp := range tracepoints {
+		l, err := link.Tracepoint("syscalls", tp.name, tp.prog(&t.objs), nil)
+		if err != nil {
+			t.Close()
+			if errors.Is(err, os.ErrNotExist) {
+				return nil, fmt.Errorf("tracepoint syscalls:%s does not exist on this kernel (CONFIG_FTRACE_SYSCALLS off?): %w", tp.name, err)
+			}
+			return nil, fmt.Errorf("attaching tracepoint syscalls:%s: %w", tp.name, err)
+		}
+		t.links = append(t.links, l)
+	}
+	t.rd, err = ringbuf.NewReader(t.objs.Events)
+	if err != nil {
+		t.Close()
+		return nil, fmt.Errorf("opening the ring buffer: %w", err)
+	}
+	return t, nil
+}
+
+// configure sets the programs' read-only globals before load.
+func configure(spec *ebpf.CollectionSpec, opts Options) error {
+	if err := spec.Variables[gen.PortsleuthVarTargetPid].Set(opts.PID); err != nil {
+		return fmt.Errorf("setting target_pid: %w", err)
+	}
+	bits, err := inetFlagBits()
+	if err != nil {
+		return err
+	}
+	for name, bit := range bits {
+		if err := spec.Variables[name].Set(bit); err != nil {
+			return fmt.Errorf("setting %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// inetFlagBits reads the bit numbers of inet_sock.inet_flags (6.6+) from the
+// kernel's BTF; the enum that names them is anonymous and its values moved
+// between releases. Kernels before 6.6 have no such enum and need none.
+func inetFlagBits() (map[string]uint32, error) {
+	want := map[string]string{
+		"INET_FLAGS_FREEBIND":             gen.PortsleuthVarInetFlagsFreebindBit,
+		"INET_FLAGS_TRANSPARENT":          gen.PortsleuthVarInetFlagsTransparentBit,
+		"INET_FLAGS_BIND_ADDRESS_NO_PORT": gen.PortsleuthVarInetFlagsBindNoPortBit,
+	}
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return nil, fmt.Errorf("kernel BTF is required for CO-RE (CONFIG_DEBUG_INFO_BTF, /sys/kernel/btf/vmlinux): %w", err)
+	}
+	bits := map[string]uint32{}
+	for typ, err := range spec.All() {
+		if err != nil {
+			return nil, fmt.Errorf("reading kernel BTF: %w", err)
+		}
+		enum, ok := typ.(*btf.Enum)
+		if !ok || enum.Name != "" {
+			continue
+		}
+		for _, v := range enum.Values {
+			if name, ok := want[v.Name]; ok {
+				bits[name] = uint32(v.Value)
+			}
+		}
+		if len(bits) == len(want) {
+			break
+		}
+	}
+	return bits, nil
+}
+
+// CheckPrivileges reports whether this process may load tracing programs.
+func CheckPrivileges() error {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("reading capabilities: %w", err)
+	}
+	has := func(c uint) bool { return data[c/32].Effective&(1<<(c%32)) != 0 }
+	if has(unix.CAP_SYS_ADMIN) || (has(unix.CAP_BPF) && has(unix.CAP_PERFMON)) {
+		return nil
+	}
+	return ErrPrivileges
+}
+
+// Read blocks until the next failure arrives, the deadline passes
+// (os.ErrDeadlineExceeded) or the tracer is closed (ErrClosed).
+func (t *Tracer) Read() (event.Event, error) {
+	if err := t.rd.ReadInto(&t.rec); err != nil {
+		if errors.Is(err, ringbuf.ErrClosed) {
+			return event.Event{}, ErrClosed
+		}
+		return event.Event{}, err
+	}
+	var raw gen.PortsleuthPsEvent
+	if err := decodeRaw(t.rec.RawSample, &raw); err != nil {
+		return event.Event{}, err
+	}
+	return event.Decode(&raw, t.epoch), nil
+}
+
+// ErrClosed is returned by Read after Close.
+var ErrClosed = errors.New("tracer closed")
+
+// SetDeadline bounds the next Read; a zero time waits forever.
+func (t *Tracer) SetDeadline(d time.Time) { t.rd.SetDeadline(d) }
+
+// Pending is how many bytes wait in the ring buffer.
+func (t *Tracer) Pending() int { return t.rd.AvailableBytes() }
+
+// Close detaches every program and frees the maps.
+func (t *Tracer) Close() error {
+	var errs []error
+	if t.rd != nil {
+		errs = append(errs, t.rd.Close())
+	}
+	for _, l := range t.links {
+		errs = append(errs, l.Close())
+	}
+	t.links = nil
+	errs = append(errs, t.objs.Close())
+	return errors.Join(errs...)
+}
+
+// Snapshot reads the in-kernel counters.
+func (t *Tracer) Snapshot() (event.Snapshot, error) {
+	s := event.Snapshot{
+		Procs:    map[uint32]event.ProcStats{},
+		Meta:     map[uint32]event.ProcMeta{},
+		Failures: map[uint32]map[event.Class]uint64{},
+	}
+	var pid uint32
+	var st gen.PortsleuthPsProcStats
+	it := t.objs.ProcStats.Iterate()
+	for it.Next(&pid, &st) {
+		s.Procs[pid] = event.ProcStats{
+			BindsOK: st.BindsOk, BindsFailed: st.BindsFailed, BindsOther: st.BindsOther,
+			ConnectsOK: st.ConnectsOk, ConnectsFailed: st.ConnectsFailed, ConnectsOther: st.ConnectsOther,
+			Port0BindsOK: st.Port0BindsOk, Port0BindConnects: st.Port0BindConnects,
+		}
+	}
+	if err := it.Err(); err != nil {
+		return s, fmt.Errorf("reading proc_stats: %w", err)
+	}
+	var meta gen.PortsleuthPsProcMeta
+	it = t.objs.ProcMeta.Iterate()
+	for it.Next(&pid, &meta) {
+		s.Meta[pid] = event.ProcMeta{Comm: event.CString(meta.Comm), Netns: meta.Netns, CgroupID: meta.CgroupId}
+	}
+	if err := it.Err(); err != nil {
+		return s, fmt.Errorf("reading proc_meta: %w", err)
+	}
+	var key gen.PortsleuthPsFailKey
+	var n uint64
+	it = t.objs.FailCounts.Iterate()
+	for it.Next(&key, &n) {
+		m := s.Failures[key.Pid]
+		if m == nil {
+			m = map[event.Class]uint64{}
+			s.Failures[key.Pid] = m
+		}
+		m[event.ClassOf(key)] += n
+	}
+	if err := it.Err(); err != nil {
+		return s, fmt.Errorf("reading fail_counts: %w", err)
+	}
+	var perCPU []uint64
+	if err := t.objs.Lost.Lookup(uint32(0), &perCPU); err != nil {
+		return s, fmt.Errorf("reading lost: %w", err)
+	}
+	for _, v := range perCPU {
+		s.Lost += v
+	}
+	return s, nil
+}

@@ -1,0 +1,29 @@
+package probe
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+const tracefsDir = "/sys/kernel/tracing"
+
+// ensureTracefs mounts tracefs where the kernel expects it when neither it nor
+// debugfs is mounted: attaching a tracepoint needs its id from there. Minimal
+// hosts and containers often boot without it.
+func ensureTracefs() error {
+	for _, p := range []string{tracefsDir + "/events", "/sys/kernel/debug/tracing/events"} {
+		if _, err := os.Stat(p); err == nil {
+			return nil
+		}
+	}
+	if err := unix.Mount("tracefs", tracefsDir, "tracefs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		if errors.Is(err, unix.EPERM) {
+			return fmt.Errorf("tracefs is not mounted and mounting it at %s needs CAP_SYS_ADMIN: %w", tracefsDir, err)
+		}
+		return fmt.Errorf("tracefs is not mounted and mounting it at %s failed: %w", tracefsDir, err)
+	}
+	return nil
+}
