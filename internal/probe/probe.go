@@ -216,11 +216,7 @@ func (t *Tracer) Snapshot() (event.Snapshot, error) {
 	var st gen.PortsleuthPsProcStats
 	it := t.objs.ProcStats.Iterate()
 	for it.Next(&pid, &st) {
-		s.Procs[pid] = event.ProcStats{
-			BindsOK: st.BindsOk, BindsFailed: st.BindsFailed, BindsOther: st.BindsOther,
-			ConnectsOK: st.ConnectsOk, ConnectsFailed: st.ConnectsFailed, ConnectsOther: st.ConnectsOther,
-			Port0BindsOK: st.Port0BindsOk, Port0BindConnects: st.Port0BindConnects,
-		}
+		s.Procs[pid] = statsOf(&st)
 	}
 	if err := it.Err(); err != nil {
 		return s, fmt.Errorf("reading proc_stats: %w", err)
@@ -247,12 +243,37 @@ func (t *Tracer) Snapshot() (event.Snapshot, error) {
 	if err := it.Err(); err != nil {
 		return s, fmt.Errorf("reading fail_counts: %w", err)
 	}
+	var err error
+	s.Lost, err = t.Lost()
+	return s, err
+}
+
+// ProcStats reads one process's counters; a process with no calls yet has zeros.
+func (t *Tracer) ProcStats(pid uint32) event.ProcStats {
+	var st gen.PortsleuthPsProcStats
+	if err := t.objs.ProcStats.Lookup(pid, &st); err != nil {
+		return event.ProcStats{}
+	}
+	return statsOf(&st)
+}
+
+// Lost is how many failures found the ring buffer full so far.
+func (t *Tracer) Lost() (uint64, error) {
 	var perCPU []uint64
 	if err := t.objs.Lost.Lookup(uint32(0), &perCPU); err != nil {
-		return s, fmt.Errorf("reading lost: %w", err)
+		return 0, fmt.Errorf("reading lost: %w", err)
 	}
+	var n uint64
 	for _, v := range perCPU {
-		s.Lost += v
+		n += v
 	}
-	return s, nil
+	return n, nil
+}
+
+func statsOf(st *gen.PortsleuthPsProcStats) event.ProcStats {
+	return event.ProcStats{
+		BindsOK: st.BindsOk, BindsFailed: st.BindsFailed, BindsOther: st.BindsOther,
+		ConnectsOK: st.ConnectsOk, ConnectsFailed: st.ConnectsFailed, ConnectsOther: st.ConnectsOther,
+		Port0BindsOK: st.Port0BindsOk, Port0BindConnects: st.Port0BindConnects,
+	}
 }

@@ -1,0 +1,128 @@
+// Package cli is portsleuth's command line: flag parsing, the watch and report
+// commands, and exit codes (2 for usage errors, 1 for failures).
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/portsleuth/portsleuth/internal/probe"
+)
+
+// Version is set at build time with -ldflags "-X ...cli.Version=...".
+var Version = "dev"
+
+const usage = `portsleuth catches failed bind() and connect() calls, names the process and
+the call pattern behind them, and says what fixes it on this kernel.
+
+Usage:
+  portsleuth watch  [--pid N] [--comm NAME] [-o text|json] [--duration D]
+  portsleuth report [--pid N] [--comm NAME] [-o text|json] [--duration D] [--file PATH] [--all] [-- CMD ARGS...]
+  portsleuth version
+
+Run 'portsleuth COMMAND --help' for a command's flags.
+`
+
+// usageError is a bad command line: usage goes to stderr, exit code 2.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+// Run executes a command line (without the program name) and returns the exit code.
+func Run(args []string, stdout, stderr io.Writer) int {
+	err := run(args, stdout, stderr)
+	var ue usageError
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, pflag.ErrHelp):
+		return 0
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "portsleuth: %s\n\n%s", ue.msg, usage)
+		return 2
+	case errors.Is(err, probe.ErrPrivileges):
+		fmt.Fprintf(stderr, "portsleuth: %s\n", probe.ErrPrivileges)
+		return 1
+	default:
+		fmt.Fprintf(stderr, "portsleuth: %s\n", err)
+		return 1
+	}
+}
+
+func run(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return usageError{"no command given"}
+	}
+	switch args[0] {
+	case "watch":
+		return runWatch(args[1:], stdout, stderr)
+	case "report":
+		return runReport(args[1:], stdout, stderr)
+	case "version", "--version":
+		fmt.Fprintf(stdout, "portsleuth %s\n", Version)
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	return usageError{fmt.Sprintf("unknown command %q", args[0])}
+}
+
+// common are the flags every tracing command takes.
+type common struct {
+	pid      int
+	comm     string
+	output   string
+	duration time.Duration
+}
+
+func (c *common) register(fs *pflag.FlagSet) {
+	fs.IntVar(&c.pid, "pid", 0, "trace only this process (thread-group id)")
+	fs.StringVar(&c.comm, "comm", "", "show only processes with this name")
+	fs.StringVarP(&c.output, "output", "o", "text", "output format: text or json")
+	fs.DurationVar(&c.duration, "duration", 0, "stop after this long (e.g. 30s, 5m); 0 runs until interrupted")
+}
+
+func (c *common) validate() error {
+	if c.output != "text" && c.output != "json" {
+		return usageError{fmt.Sprintf("invalid value %q for -o/--output: want text or json", c.output)}
+	}
+	if c.pid < 0 || c.pid > 1<<22 {
+		return usageError{fmt.Sprintf("invalid value %d for --pid", c.pid)}
+	}
+	if c.duration < 0 {
+		return usageError{fmt.Sprintf("invalid value %s for --duration: must not be negative", c.duration)}
+	}
+	return nil
+}
+
+// parse parses a command's flags, turning pflag errors into usage errors.
+func parse(fs *pflag.FlagSet, args []string, stderr io.Writer) error {
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage of portsleuth %s:\n%s", fs.Name(), fs.FlagUsages())
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return err
+		}
+		return usageError{err.Error()}
+	}
+	return nil
+}
+
+func openOutput(path string, stdout io.Writer) (io.Writer, func() error, error) {
+	if path == "" || path == "-" {
+		return stdout, func() error { return nil }, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("creating report file: %w", err)
+	}
+	return f, f.Close, nil
+}

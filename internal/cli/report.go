@@ -1,0 +1,142 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/portsleuth/portsleuth/internal/event"
+	"github.com/portsleuth/portsleuth/internal/probe"
+	"github.com/portsleuth/portsleuth/internal/report"
+)
+
+// killGrace is how long a traced command gets to exit after SIGTERM when the
+// report ends before it does.
+const killGrace = 5 * time.Second
+
+func runReport(args []string, stdout, stderr io.Writer) error {
+	var c common
+	var file string
+	var all bool
+	fs := pflag.NewFlagSet("report", pflag.ContinueOnError)
+	c.register(fs)
+	fs.StringVar(&file, "file", "", "write the report here instead of stdout")
+	fs.BoolVar(&all, "all", false, "also list processes that made bind()/connect() calls without failures")
+	if err := parse(fs, args, stderr); err != nil {
+		return err
+	}
+	if err := c.validate(); err != nil {
+		return err
+	}
+	var argv []string
+	if dash := fs.ArgsLenAtDash(); dash >= 0 {
+		if dash > 0 {
+			return usageError{fmt.Sprintf("unexpected arguments before --: %q", fs.Args()[:dash])}
+		}
+		argv = fs.Args()
+		if len(argv) == 0 {
+			return usageError{"no command after --"}
+		}
+	} else if fs.NArg() > 0 {
+		return usageError{fmt.Sprintf("unexpected arguments %q (put a command to trace after --)", fs.Args())}
+	}
+	out, closeOut, err := openOutput(file, stdout)
+	if err != nil {
+		return err
+	}
+	defer closeOut()
+
+	s, err := startSession(&c)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if c.duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.duration)
+		defer cancel()
+	}
+	var cmd *tracedCommand
+	if len(argv) > 0 {
+		// Every probe is attached: from here on the command's calls are seen.
+		if cmd, err = startCommand(argv, stdout, stderr); err != nil {
+			return err
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		go func() { <-cmd.done; cancel() }()
+	} else if c.output == "text" && file == "" {
+		fmt.Fprintf(stderr, "portsleuth: tracing (backend %s); the report comes at the end (Ctrl-C or --duration)\n", probe.Backend)
+	}
+
+	col := report.NewCollector()
+	err = s.loop(ctx, func(e event.Event) { col.Observe(e) }, func(time.Time) {})
+	if cmd != nil {
+		cmd.stop()
+	}
+	if err != nil {
+		return err
+	}
+	snap, err := s.t.Snapshot()
+	if err != nil {
+		return err
+	}
+	r := report.Build(snap, col, report.Filter{PID: uint32(c.pid), Comm: c.comm, All: all},
+		probe.Backend, s.started, time.Since(s.started))
+	if cmd != nil {
+		r.Command = &report.Command{Argv: argv, PID: cmd.c.Process.Pid, ExitCode: cmd.c.ProcessState.ExitCode()}
+	}
+	if c.output == "json" {
+		return r.WriteJSON(out)
+	}
+	return r.WriteText(out)
+}
+
+type tracedCommand struct {
+	c    *exec.Cmd
+	done chan struct{}
+}
+
+func startCommand(argv []string, stdout, stderr io.Writer) (*tracedCommand, error) {
+	c := exec.Command(argv[0], argv[1:]...)
+	c.Stdin, c.Stdout, c.Stderr = os.Stdin, stdout, stderr
+	if err := c.Start(); err != nil {
+		return nil, fmt.Errorf("starting %s: %w", argv[0], err)
+	}
+	t := &tracedCommand{c: c, done: make(chan struct{})}
+	go func() {
+		_ = c.Wait() // the exit status is read from ProcessState
+		close(t.done)
+	}()
+	return t, nil
+}
+
+// stop ends the command if the report ended first (duration or signal).
+func (t *tracedCommand) stop() {
+	select {
+	case <-t.done:
+		return
+	default:
+	}
+	if err := t.c.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		_ = t.c.Process.Kill()
+	}
+	select {
+	case <-t.done:
+	case <-time.After(killGrace):
+		_ = t.c.Process.Kill()
+		<-t.done
+	}
+}

@@ -1,0 +1,74 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/portsleuth/portsleuth/internal/attrib"
+	"github.com/portsleuth/portsleuth/internal/event"
+	"github.com/portsleuth/portsleuth/internal/probe"
+)
+
+// tick is how often a session wakes without events: folded lines, drop
+// notices and the end of the session are noticed within one tick.
+const tick = 200 * time.Millisecond
+
+// session is one run of the tracer.
+type session struct {
+	t       *probe.Tracer
+	started time.Time
+}
+
+func startSession(c *common) (*session, error) {
+	t, err := probe.Start(probe.Options{PID: uint32(c.pid)})
+	if err != nil {
+		return nil, err
+	}
+	return &session{t: t, started: time.Now()}, nil
+}
+
+// loop delivers failures to onEvent until ctx ends, then drains what the
+// ring buffer still holds. onTick runs at least once per tick.
+func (s *session) loop(ctx context.Context, onEvent func(event.Event), onTick func(now time.Time)) error {
+	lastTick := time.Now()
+	for {
+		done := ctx.Err() != nil
+		if done {
+			// Past deadline: Read returns what is queued, then ErrDeadlineExceeded.
+			s.t.SetDeadline(time.Now())
+		} else {
+			s.t.SetDeadline(time.Now().Add(tick))
+		}
+		e, err := s.t.Read()
+		switch {
+		case err == nil:
+			onEvent(e)
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			if done {
+				onTick(time.Now())
+				return nil
+			}
+		default:
+			return fmt.Errorf("reading events: %w", err)
+		}
+		if now := time.Now(); now.Sub(lastTick) >= tick {
+			lastTick = now
+			onTick(now)
+		}
+	}
+}
+
+// classify attributes a live event. Only a port-0 bind failure depends on the
+// process's history, so only then are its counters read.
+func (s *session) classify(e event.Event) attrib.Pattern {
+	var st event.ProcStats
+	if e.Class.Op == event.Bind && e.Class.Port0 {
+		st = s.t.ProcStats(e.PID)
+	}
+	return attrib.Classify(e.Class, st)
+}
+
+func (s *session) close() error { return s.t.Close() }

@@ -1,0 +1,186 @@
+// Package netns reads the port-allocation sysctls of a process's network
+// namespace. They are per namespace, so a value read in ours can be wrong for
+// a containerised culprit: the reading thread enters the target namespace.
+package netns
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Sysctls are the values that decide where bind() and connect() find ports.
+// A value of -1 means the kernel has no such sysctl.
+type Sysctls struct {
+	Netns         uint64 `json:"netns"`
+	PortRange     [2]int `json:"ip_local_port_range"`
+	ReservedPorts string `json:"ip_local_reserved_ports"`
+	// Reserved is how many ports of PortRange ip_local_reserved_ports removes.
+	Reserved      int `json:"reserved_in_range"`
+	TCPTwReuse    int `json:"tcp_tw_reuse"`
+	AutobindReuse int `json:"ip_autobind_reuse"`
+	TCPTimestamps int `json:"tcp_timestamps"`
+	NonlocalBind  int `json:"ip_nonlocal_bind"`
+}
+
+// Ports is the number of ports the kernel may hand out from the range.
+func (s Sysctls) Ports() int { return s.PortRange[1] - s.PortRange[0] + 1 - s.Reserved }
+
+// InRange says whether port lies in the ephemeral range.
+func (s Sysctls) InRange(port uint16) bool {
+	return int(port) >= s.PortRange[0] && int(port) <= s.PortRange[1]
+}
+
+// Inode is the namespace inode of /proc/PID/ns/net (what BPF reports as netns).
+func Inode(pid int) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &st); err != nil {
+		return 0, fmt.Errorf("stat netns of pid %d: %w", pid, err)
+	}
+	return st.Ino, nil
+}
+
+// ReadPID reads the sysctls in the network namespace of pid.
+func ReadPID(pid int) (Sysctls, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", pid))
+	if err != nil {
+		return Sysctls{}, fmt.Errorf("opening netns of pid %d: %w", pid, err)
+	}
+	defer f.Close()
+	return ReadFD(int(f.Fd()))
+}
+
+// ReadFD reads the sysctls in the network namespace that fd refers to.
+func ReadFD(fd int) (Sysctls, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return Sysctls{}, fmt.Errorf("stat netns: %w", err)
+	}
+	self, err := Inode(os.Getpid())
+	if err != nil {
+		return Sysctls{}, err
+	}
+	if st.Ino == self {
+		s, err := read()
+		s.Netns = st.Ino
+		return s, err
+	}
+
+	type result struct {
+		s   Sysctls
+		err error
+	}
+	done := make(chan result, 1)
+	// /proc/sys/net shows the namespace of the reading thread: read on a
+	// locked thread inside the target namespace, then go back. A thread that
+	// can't go back stays locked and dies with its goroutine.
+	go func() {
+		runtime.LockOSThread()
+		orig, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			runtime.UnlockOSThread()
+			done <- result{err: fmt.Errorf("opening own netns: %w", err)}
+			return
+		}
+		defer orig.Close()
+		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			done <- result{err: fmt.Errorf("entering netns %d (needs CAP_SYS_ADMIN): %w", st.Ino, err)}
+			return
+		}
+		s, rerr := read()
+		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+			done <- result{s, errors.Join(rerr, fmt.Errorf("returning to own netns: %w", err))}
+			return
+		}
+		runtime.UnlockOSThread()
+		done <- result{s, rerr}
+	}()
+	r := <-done
+	r.s.Netns = st.Ino
+	return r.s, r.err
+}
+
+func read() (Sysctls, error) {
+	var s Sysctls
+	text, err := sysctl("ip_local_port_range")
+	if err != nil {
+		return s, err
+	}
+	f := strings.Fields(text)
+	if len(f) != 2 {
+		return s, fmt.Errorf("parsing ip_local_port_range %q", text)
+	}
+	if s.PortRange[0], err = strconv.Atoi(f[0]); err == nil {
+		s.PortRange[1], err = strconv.Atoi(f[1])
+	}
+	if err != nil {
+		return s, fmt.Errorf("parsing ip_local_port_range %q: %w", text, err)
+	}
+	if s.ReservedPorts, err = sysctl("ip_local_reserved_ports"); err != nil {
+		return s, err
+	}
+	if s.Reserved, err = CountReserved(s.ReservedPorts, s.PortRange); err != nil {
+		return s, err
+	}
+	for _, v := range []struct {
+		name string
+		dst  *int
+	}{
+		{"tcp_tw_reuse", &s.TCPTwReuse},
+		{"ip_autobind_reuse", &s.AutobindReuse},
+		{"tcp_timestamps", &s.TCPTimestamps},
+		{"ip_nonlocal_bind", &s.NonlocalBind},
+	} {
+		text, err := sysctl(v.name)
+		if errors.Is(err, os.ErrNotExist) {
+			*v.dst = -1
+			continue
+		}
+		if err != nil {
+			return s, err
+		}
+		if *v.dst, err = strconv.Atoi(text); err != nil {
+			return s, fmt.Errorf("parsing %s %q: %w", v.name, text, err)
+		}
+	}
+	return s, nil
+}
+
+func sysctl(name string) (string, error) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/" + name)
+	if err != nil {
+		return "", fmt.Errorf("reading net.ipv4.%s: %w", name, err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// CountReserved counts the ports of a "8080,9000-9010" list inside rng.
+func CountReserved(list string, rng [2]int) (int, error) {
+	n := 0
+	for _, part := range strings.Split(list, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, err := strconv.Atoi(lo)
+		b := a
+		if err == nil && isRange {
+			b, err = strconv.Atoi(hi)
+		}
+		if err != nil || b < a {
+			return 0, fmt.Errorf("parsing ip_local_reserved_ports entry %q", part)
+		}
+		a, b = max(a, rng[0]), min(b, rng[1])
+		if b >= a {
+			n += b - a + 1
+		}
+	}
+	return n, nil
+}

@@ -1,0 +1,83 @@
+// Package procinfo names a process from /proc: its command line, its cgroup,
+// and the container id that cgroup path carries.
+package procinfo
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+)
+
+// Info is what /proc says about a process.
+type Info struct {
+	Comm        string
+	Cmdline     string
+	Cgroup      string
+	ContainerID string
+}
+
+// Lookup reads /proc/PID; fields a vanished process can't give stay empty.
+func Lookup(pid uint32) (Info, error) {
+	var info Info
+	dir := fmt.Sprintf("/proc/%d", pid)
+	comm, err := os.ReadFile(dir + "/comm")
+	if err != nil {
+		return info, fmt.Errorf("reading %s/comm: %w", dir, err)
+	}
+	info.Comm = strings.TrimSpace(string(comm))
+	if b, err := os.ReadFile(dir + "/cmdline"); err == nil {
+		info.Cmdline = strings.TrimSpace(string(bytes.ReplaceAll(b, []byte{0}, []byte{' '})))
+	}
+	if f, err := os.Open(dir + "/cgroup"); err == nil {
+		info.Cgroup = CgroupPath(f)
+		f.Close()
+	}
+	info.ContainerID = ContainerID(info.Cgroup)
+	return info, nil
+}
+
+// CgroupPath picks the process's cgroup path from /proc/PID/cgroup content:
+// the unified (v2) hierarchy, else the systemd one, else the first.
+func CgroupPath(r interface{ Read([]byte) (int, error) }) string {
+	var first, systemd string
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		id, rest, ok := strings.Cut(sc.Text(), ":")
+		if !ok {
+			continue
+		}
+		ctrl, path, ok := strings.Cut(rest, ":")
+		if !ok {
+			continue
+		}
+		if id == "0" && ctrl == "" {
+			return path
+		}
+		if ctrl == "name=systemd" {
+			systemd = path
+		}
+		if first == "" {
+			first = path
+		}
+	}
+	if systemd != "" {
+		return systemd
+	}
+	return first
+}
+
+// Docker, containerd, CRI-O and podman all name a container's cgroup after its
+// 64-hex-digit id (docker-<id>.scope, cri-containerd-<id>.scope, /docker/<id>, libpod-<id>).
+var containerIDRe = regexp.MustCompile(`(?:^|[/\-:])([0-9a-f]{64})(?:\.scope)?(?:/|$)`)
+
+// ContainerID extracts a container id from a cgroup path, or "".
+func ContainerID(cgroup string) string {
+	m := containerIDRe.FindAllStringSubmatch(cgroup, -1)
+	if len(m) == 0 {
+		return ""
+	}
+	return m[len(m)-1][1]
+}

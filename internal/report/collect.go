@@ -1,0 +1,106 @@
+package report
+
+import (
+	"net/netip"
+	"slices"
+
+	"github.com/portsleuth/portsleuth/internal/attrib"
+	"github.com/portsleuth/portsleuth/internal/event"
+	"github.com/portsleuth/portsleuth/internal/netns"
+	"github.com/portsleuth/portsleuth/internal/procinfo"
+)
+
+// MaxExamples is how many failing events a process keeps as examples.
+const MaxExamples = 5
+
+// Collector keeps what only the event stream tells: examples, the addresses
+// and options behind each failure class, and the process's identity and
+// namespace sysctls captured at its first failure, while it is still alive.
+// Its memory is bounded per process; counts come from the kernel, not from here.
+type Collector struct {
+	procs  map[uint32]*procEvents
+	netns  map[uint64]*netns.Sysctls
+	events uint64
+	// Sysctls reads a namespace's sysctls through a process in it; a test may replace it.
+	Sysctls func(pid uint32) (netns.Sysctls, error)
+	// Lookup reads /proc for a process; a test may replace it.
+	Lookup func(pid uint32) (procinfo.Info, error)
+}
+
+type procEvents struct {
+	info     procinfo.Info
+	netns    uint64
+	events   uint64
+	examples []event.Event
+	classes  map[event.Class]*classEvidence
+}
+
+type classEvidence struct {
+	addrs, locals []netip.AddrPort
+	options       []string
+}
+
+// NewCollector returns an empty collector reading the live system.
+func NewCollector() *Collector {
+	return &Collector{
+		procs:   map[uint32]*procEvents{},
+		netns:   map[uint64]*netns.Sysctls{},
+		Sysctls: func(pid uint32) (netns.Sysctls, error) { return netns.ReadPID(int(pid)) },
+		Lookup:  procinfo.Lookup,
+	}
+}
+
+// Events is how many events the collector has seen.
+func (c *Collector) Events() uint64 { return c.events }
+
+// Observe records one failure.
+func (c *Collector) Observe(e event.Event) {
+	c.events++
+	p := c.procs[e.PID]
+	if p == nil {
+		p = &procEvents{classes: map[event.Class]*classEvidence{}, netns: e.Netns}
+		p.info, _ = c.Lookup(e.PID)
+		if p.info.Comm == "" {
+			p.info.Comm = e.Comm
+		}
+		c.procs[e.PID] = p
+	}
+	if _, seen := c.netns[e.Netns]; !seen {
+		c.netns[e.Netns] = nil
+		if s, err := c.Sysctls(e.PID); err == nil && s.Netns == e.Netns {
+			c.netns[e.Netns] = &s
+		}
+	}
+	p.events++
+	if len(p.examples) < MaxExamples {
+		p.examples = append(p.examples, e)
+	}
+	ce := p.classes[e.Class]
+	if ce == nil {
+		ce = &classEvidence{}
+		p.classes[e.Class] = ce
+	}
+	target := e.Addr
+	if e.Class.Op == event.Connect {
+		target = e.Dest
+		if e.Addr.Port() != 0 {
+			ce.locals = addCapped(ce.locals, e.Addr)
+		}
+	}
+	ce.addrs = addCapped(ce.addrs, target)
+	for _, o := range e.Options {
+		if !slices.Contains(ce.options, o) {
+			ce.options = append(ce.options, o)
+		}
+	}
+}
+
+// SysctlsOf returns the sysctls captured for a namespace, or nil.
+func (c *Collector) SysctlsOf(ns uint64) *netns.Sysctls { return c.netns[ns] }
+
+func addCapped(list []netip.AddrPort, a netip.AddrPort) []netip.AddrPort {
+	if len(list) >= attrib.MaxAddrs || slices.Contains(list, a) {
+		return list
+	}
+	return append(list, a)
+}

@@ -1,0 +1,285 @@
+package report
+
+import (
+	"cmp"
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/portsleuth/portsleuth/internal/attrib"
+	"github.com/portsleuth/portsleuth/internal/event"
+	"github.com/portsleuth/portsleuth/internal/netns"
+)
+
+// Schema is the version of the JSON report; fields are only ever added.
+const Schema = 1
+
+// Report is the culprit report. JSON names are a contract (see README).
+type Report struct {
+	Schema          int       `json:"schema"`
+	Backend         string    `json:"backend"`
+	Started         string    `json:"started"`
+	DurationSeconds float64   `json:"duration_seconds"`
+	LostEvents      uint64    `json:"lost_events"`
+	Command         *Command  `json:"command,omitempty"`
+	Processes       []Process `json:"processes"`
+}
+
+// Command is the traced command of `report -- CMD`.
+type Command struct {
+	Argv     []string `json:"argv"`
+	PID      int      `json:"pid"`
+	ExitCode int      `json:"exit_code"`
+}
+
+// Process is one culprit.
+type Process struct {
+	PID         uint32            `json:"pid"`
+	Comm        string            `json:"comm"`
+	Cmdline     string            `json:"cmdline"`
+	Netns       uint64            `json:"netns"`
+	Cgroup      string            `json:"cgroup"`
+	ContainerID string            `json:"container_id,omitempty"`
+	Failures    uint64            `json:"failures"`
+	Errors      map[string]uint64 `json:"errors"`
+	Patterns    []PatternEntry    `json:"patterns"`
+	Binds       Counts            `json:"binds"`
+	Connects    Counts            `json:"connects"`
+	Port0Binds  Port0             `json:"port0_binds"`
+	Sysctls     *netns.Sysctls    `json:"sysctls,omitempty"`
+	// EventsMissed counts failures that are in the counts but whose event the
+	// ring buffer dropped: they are missing only from examples and addresses.
+	EventsMissed uint64   `json:"events_missed"`
+	Examples     []Record `json:"examples"`
+}
+
+// PatternEntry is one pattern of one process.
+type PatternEntry struct {
+	Pattern  string `json:"pattern"`
+	Count    uint64 `json:"count"`
+	Evidence string `json:"evidence"`
+	Advice   string `json:"advice"`
+}
+
+// Counts are a process's calls of one kind.
+type Counts struct {
+	OK          uint64 `json:"ok"`
+	Failed      uint64 `json:"failed"`
+	OtherErrors uint64 `json:"other_errors"`
+}
+
+// Port0 says how many sockets a port-0 bind gave a port, and how many of them connected.
+type Port0 struct {
+	OK        uint64 `json:"ok"`
+	Connected uint64 `json:"connected"`
+}
+
+// Filter selects processes.
+type Filter struct {
+	PID  uint32
+	Comm string
+	// All includes processes that made bind/connect calls but had no failure.
+	All bool
+}
+
+func (f Filter) match(pid uint32, comm string) bool {
+	return (f.PID == 0 || f.PID == pid) && (f.Comm == "" || f.Comm == comm)
+}
+
+// Build assembles the report from the kernel's counters and the collector.
+func Build(snap event.Snapshot, c *Collector, f Filter, backend string, started time.Time, dur time.Duration) Report {
+	r := Report{
+		Schema:          Schema,
+		Backend:         backend,
+		Started:         started.UTC().Format(time.RFC3339),
+		DurationSeconds: dur.Seconds(),
+		LostEvents:      snap.Lost,
+		Processes:       []Process{},
+	}
+	for pid, st := range snap.Procs {
+		fails := snap.Failures[pid]
+		if len(fails) == 0 && !f.All {
+			continue
+		}
+		p := buildProcess(pid, st, fails, snap.Meta[pid], c)
+		if f.match(pid, p.Comm) {
+			r.Processes = append(r.Processes, p)
+		}
+	}
+	// A process evicted from proc_stats still has its failure counts.
+	for pid, fails := range snap.Failures {
+		if _, ok := snap.Procs[pid]; ok {
+			continue
+		}
+		p := buildProcess(pid, event.ProcStats{}, fails, snap.Meta[pid], c)
+		if f.match(pid, p.Comm) {
+			r.Processes = append(r.Processes, p)
+		}
+	}
+	slices.SortFunc(r.Processes, func(a, b Process) int {
+		return cmp.Or(cmp.Compare(b.Failures, a.Failures), cmp.Compare(a.PID, b.PID))
+	})
+	return r
+}
+
+func buildProcess(pid uint32, st event.ProcStats, fails map[event.Class]uint64, meta event.ProcMeta, c *Collector) Process {
+	p := Process{
+		PID:        pid,
+		Comm:       meta.Comm,
+		Netns:      meta.Netns,
+		Errors:     map[string]uint64{},
+		Patterns:   []PatternEntry{},
+		Binds:      Counts{st.BindsOK, st.BindsFailed, st.BindsOther},
+		Connects:   Counts{st.ConnectsOK, st.ConnectsFailed, st.ConnectsOther},
+		Port0Binds: Port0{st.Port0BindsOK, st.Port0BindConnects},
+		Examples:   []Record{},
+	}
+	pe := c.procs[pid]
+	if pe == nil {
+		// No event reached us (or only counters were kept): ask /proc now.
+		pe = &procEvents{netns: meta.Netns, classes: map[event.Class]*classEvidence{}}
+		pe.info, _ = c.Lookup(pid)
+	}
+	if pe.info.Comm != "" && p.Comm == "" {
+		p.Comm = pe.info.Comm
+	}
+	if p.Netns == 0 {
+		p.Netns = pe.netns
+	}
+	p.Cmdline, p.Cgroup, p.ContainerID = pe.info.Cmdline, pe.info.Cgroup, pe.info.ContainerID
+	p.Sysctls = c.netns[p.Netns]
+	if p.Sysctls == nil && p.Netns != 0 {
+		if s, err := c.Sysctls(pid); err == nil && s.Netns == p.Netns {
+			p.Sysctls = &s
+		}
+	}
+
+	findings := map[attrib.Pattern]*attrib.Finding{}
+	for class, n := range fails {
+		p.Failures += n
+		p.Errors[errnoName(class.Errno)] += n
+		pat := attrib.Classify(class, st)
+		fd := findings[pat]
+		if fd == nil {
+			fd = &attrib.Finding{Pattern: pat, Classes: map[event.Class]uint64{}, Stats: st, Sysctls: p.Sysctls}
+			findings[pat] = fd
+		}
+		fd.Count += n
+		fd.Classes[class] += n
+		if ce := pe.classes[class]; ce != nil {
+			for _, a := range ce.addrs {
+				fd.Addrs = addCapped(fd.Addrs, a)
+			}
+			for _, a := range ce.locals {
+				fd.Locals = addCapped(fd.Locals, a)
+			}
+			for _, o := range ce.options {
+				if !slices.Contains(fd.Options, o) {
+					fd.Options = append(fd.Options, o)
+				}
+			}
+		}
+	}
+	for _, fd := range findings {
+		slices.Sort(fd.Options)
+		p.Patterns = append(p.Patterns, PatternEntry{
+			Pattern: string(fd.Pattern), Count: fd.Count, Evidence: fd.Evidence(), Advice: fd.Advice(),
+		})
+	}
+	slices.SortFunc(p.Patterns, func(a, b PatternEntry) int {
+		return cmp.Or(cmp.Compare(b.Count, a.Count), strings.Compare(a.Pattern, b.Pattern))
+	})
+	if p.Failures > pe.events {
+		p.EventsMissed = p.Failures - pe.events
+	}
+	for _, e := range pe.examples {
+		p.Examples = append(p.Examples, NewRecord(e, attrib.Classify(e.Class, st)))
+	}
+	return p
+}
+
+func errnoName(e unix.Errno) string {
+	if n := unix.ErrnoName(e); n != "" {
+		return n
+	}
+	return fmt.Sprintf("errno %d", int(e))
+}
+
+// WriteJSON writes the report as one indented JSON document.
+func (r Report) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+// WriteText writes the report for a person.
+func (r Report) WriteText(w io.Writer) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "portsleuth report: started %s, %.1fs, backend %s\n", r.Started, r.DurationSeconds, r.Backend)
+	if r.LostEvents > 0 {
+		fmt.Fprintf(&b, "ring buffer full: %d events dropped (counts below are exact; examples may be missing)\n", r.LostEvents)
+	}
+	if r.Command != nil {
+		fmt.Fprintf(&b, "command: %s (pid %d, exit code %d)\n", oneLine(strings.Join(r.Command.Argv, " ")), r.Command.PID, r.Command.ExitCode)
+	}
+	if len(r.Processes) == 0 {
+		b.WriteString("\nno failed bind() or connect() calls\n")
+	}
+	for i, p := range r.Processes {
+		fmt.Fprintf(&b, "\n%d. pid %d %s: %d failures", i+1, p.PID, p.Comm, p.Failures)
+		for _, name := range sortedKeys(p.Errors) {
+			fmt.Fprintf(&b, ", %s %d", name, p.Errors[name])
+		}
+		b.WriteString("\n")
+		if p.Cmdline != "" {
+			fmt.Fprintf(&b, "   cmdline:  %s\n", oneLine(p.Cmdline))
+		}
+		fmt.Fprintf(&b, "   netns:    %d", p.Netns)
+		if p.Cgroup != "" {
+			fmt.Fprintf(&b, "   cgroup: %s", p.Cgroup)
+		}
+		if p.ContainerID != "" {
+			fmt.Fprintf(&b, "   container: %.12s", p.ContainerID)
+		}
+		b.WriteString("\n")
+		fmt.Fprintf(&b, "   binds:    %d ok, %d failed, %d other errors; %d bound port 0, %d of them connected\n",
+			p.Binds.OK, p.Binds.Failed, p.Binds.OtherErrors, p.Port0Binds.OK, p.Port0Binds.Connected)
+		fmt.Fprintf(&b, "   connects: %d ok, %d failed, %d other errors\n", p.Connects.OK, p.Connects.Failed, p.Connects.OtherErrors)
+		if s := p.Sysctls; s != nil {
+			fmt.Fprintf(&b, "   sysctls:  ip_local_port_range %d-%d (%d ports), reserved %q, tcp_tw_reuse %d, ip_autobind_reuse %d\n",
+				s.PortRange[0], s.PortRange[1], s.Ports(), s.ReservedPorts, s.TCPTwReuse, s.AutobindReuse)
+		}
+		for _, pat := range p.Patterns {
+			fmt.Fprintf(&b, "   pattern %s (%d)\n", pat.Pattern, pat.Count)
+			fmt.Fprintf(&b, "     evidence: %s\n", pat.Evidence)
+			fmt.Fprintf(&b, "     fix:      %s\n", pat.Advice)
+		}
+		for _, e := range p.Examples {
+			fmt.Fprintf(&b, "   e.g. %s\n", e.Text())
+		}
+		if p.EventsMissed > 0 {
+			fmt.Fprintf(&b, "   (%d failures counted whose events the ring buffer dropped)\n", p.EventsMissed)
+		}
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func sortedKeys(m map[string]uint64) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// oneLine keeps a command line on one line of text output.
+func oneLine(s string) string {
+	return strings.NewReplacer("\n", `\n`, "\r", `\r`, "\t", `\t`).Replace(s)
+}
