@@ -72,11 +72,24 @@ struct ps_proc_stats {
 	__u64 port0_bind_connects;/* connect() calls on sockets a port-0 bind had bound */
 };
 
-/* Process identity recorded at its failures, for processes gone before Go asks /proc. */
+/* Process identity recorded at its first failure, for processes gone before
+ * Go could ask /proc. */
 struct ps_proc_meta {
 	__u64 netns;
 	__u64 cgroup_id;
 	char comm[16];
+	char args[128];    /* start of the command line, NUL-separated */
+};
+
+/* Port-allocation sysctls of a network namespace, read from struct net at the
+ * first failure in it: a short-lived namespace is gone before Go could look. */
+struct ps_netns {
+	__u16 port_lo;
+	__u16 port_hi;
+	__u8 tcp_tw_reuse;
+	__u8 ip_autobind_reuse; /* 0xff: this kernel has no such sysctl */
+	__u8 tcp_timestamps;
+	__u8 ip_nonlocal_bind;
 };
 
 #endif

@@ -84,6 +84,13 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64); /* netns inode */
+	__type(value, struct ps_netns);
+} netns_info SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 32768);
 	__type(key, struct ps_fail_key);
 	__type(value, __u64);
@@ -101,6 +108,11 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } lost SEC(".maps");
+
+/* struct local_ports before 6.3 packed the range into one u32. */
+struct local_ports___old {
+	int range[2];
+} __attribute__((preserve_access_index));
 
 /* Layout of struct inet_sock before 6.6 moved these bits into inet_flags. */
 struct inet_sock___old {
@@ -279,6 +291,55 @@ static __always_inline void count_failure(struct ps_fail_key *k)
 	}
 }
 
+static __always_inline void snapshot_netns(struct sock *sk, __u64 inum)
+{
+	struct net *net = BPF_CORE_READ(sk, __sk_common.skc_net.net);
+	struct ps_netns ns = {};
+
+	if (bpf_map_lookup_elem(&netns_info, &inum))
+		return;
+	if (bpf_core_field_size(net->ipv4.ip_local_ports.range) == 4) {
+		__u32 r = BPF_CORE_READ(net, ipv4.ip_local_ports.range);
+
+		ns.port_lo = r & 0xffff;
+		ns.port_hi = r >> 16;
+	} else {
+		struct local_ports___old *lp = (void *)&net->ipv4.ip_local_ports;
+
+		ns.port_lo = BPF_CORE_READ(lp, range[0]);
+		ns.port_hi = BPF_CORE_READ(lp, range[1]);
+	}
+	ns.tcp_tw_reuse = BPF_CORE_READ(net, ipv4.sysctl_tcp_tw_reuse);
+	ns.tcp_timestamps = BPF_CORE_READ(net, ipv4.sysctl_tcp_timestamps);
+	ns.ip_nonlocal_bind = BPF_CORE_READ(net, ipv4.sysctl_ip_nonlocal_bind);
+	ns.ip_autobind_reuse = 0xff;
+	if (bpf_core_field_exists(net->ipv4.sysctl_ip_autobind_reuse))
+		ns.ip_autobind_reuse = BPF_CORE_READ(net, ipv4.sysctl_ip_autobind_reuse);
+	bpf_map_update_elem(&netns_info, &inum, &ns, BPF_NOEXIST);
+}
+
+/* Records who the process is the first time it fails. */
+static __always_inline void record_meta(__u32 pid, __u64 netns, struct task_struct *leader)
+{
+	struct task_struct *task = (void *)bpf_get_current_task();
+	struct ps_proc_meta meta = {};
+	unsigned long start, end;
+	__u64 len;
+
+	if (bpf_map_lookup_elem(&proc_meta, &pid))
+		return;
+	meta.netns = netns;
+	meta.cgroup_id = bpf_get_current_cgroup_id();
+	bpf_probe_read_kernel_str(meta.comm, sizeof(meta.comm), &leader->comm);
+	start = BPF_CORE_READ(task, mm, arg_start);
+	end = BPF_CORE_READ(task, mm, arg_end);
+	len = end - start;
+	if (len > sizeof(meta.args) - 1)
+		len = sizeof(meta.args) - 1;
+	bpf_probe_read_user(meta.args, len & (sizeof(meta.args) - 1), (void *)start);
+	bpf_map_update_elem(&proc_meta, &pid, &meta, BPF_NOEXIST);
+}
+
 static __always_inline void record_failure(struct call *c, __u64 id, int err)
 {
 	__u32 pid = id >> 32, zero = 0;
@@ -288,16 +349,12 @@ static __always_inline void record_failure(struct call *c, __u64 id, int err)
 		.pid = pid, .err = err, .op = c->op, .proto = c->proto,
 		.family = c->family, .flags = (__u8)c->flags,
 	};
-	struct ps_proc_meta meta = {};
 	struct ps_event *e;
 	__u64 *n;
 
 	count_failure(&k);
-
-	meta.netns = c->netns;
-	meta.cgroup_id = bpf_get_current_cgroup_id();
-	bpf_probe_read_kernel_str(meta.comm, sizeof(meta.comm), &leader->comm);
-	bpf_map_update_elem(&proc_meta, &pid, &meta, BPF_ANY);
+	record_meta(pid, c->netns, leader);
+	snapshot_netns((struct sock *)c->sk, c->netns);
 
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -308,7 +365,7 @@ static __always_inline void record_failure(struct call *c, __u64 id, int err)
 	}
 	e->ts_ns = bpf_ktime_get_ns();
 	e->netns = c->netns;
-	e->cgroup_id = meta.cgroup_id;
+	e->cgroup_id = bpf_get_current_cgroup_id();
 	e->sock_ino = c->sock_ino;
 	e->pid = pid;
 	e->tid = (__u32)id;
@@ -323,7 +380,7 @@ static __always_inline void record_failure(struct call *c, __u64 id, int err)
 	e->dport = c->dport;
 	__builtin_memcpy(e->laddr, c->laddr, 16);
 	__builtin_memcpy(e->daddr, c->daddr, 16);
-	__builtin_memcpy(e->comm, meta.comm, 16);
+	bpf_probe_read_kernel_str(e->comm, sizeof(e->comm), &leader->comm);
 	bpf_get_current_comm(e->tcomm, sizeof(e->tcomm));
 	bpf_ringbuf_submit(e, 0);
 }

@@ -71,6 +71,16 @@ const (
 	PortsleuthPsFlagPS_F_ANYADDR PortsleuthPsFlag = 2
 )
 
+type PortsleuthPsNetns struct {
+	_               structs.HostLayout
+	PortLo          uint16
+	PortHi          uint16
+	TcpTwReuse      uint8
+	IpAutobindReuse uint8
+	TcpTimestamps   uint8
+	IpNonlocalBind  uint8
+}
+
 type PortsleuthPsOp uint32
 
 const (
@@ -94,6 +104,7 @@ type PortsleuthPsProcMeta struct {
 	Netns    uint64
 	CgroupId uint64
 	Comm     [16]int8
+	Args     [128]int8
 }
 
 type PortsleuthPsProcStats struct {
@@ -116,6 +127,7 @@ const (
 	PortsleuthMapEvents                  = "events"
 	PortsleuthMapFailCounts              = "fail_counts"
 	PortsleuthMapLost                    = "lost"
+	PortsleuthMapNetnsInfo               = "netns_info"
 	PortsleuthMapProcMeta                = "proc_meta"
 	PortsleuthMapProcStats               = "proc_stats"
 	PortsleuthMapSockState               = "sock_state"
@@ -189,6 +201,7 @@ type PortsleuthMapSpecs struct {
 	Events     *ebpf.MapSpec `ebpf:"events"`
 	FailCounts *ebpf.MapSpec `ebpf:"fail_counts"`
 	Lost       *ebpf.MapSpec `ebpf:"lost"`
+	NetnsInfo  *ebpf.MapSpec `ebpf:"netns_info"`
 	ProcMeta   *ebpf.MapSpec `ebpf:"proc_meta"`
 	ProcStats  *ebpf.MapSpec `ebpf:"proc_stats"`
 	SockState  *ebpf.MapSpec `ebpf:"sock_state"`
@@ -232,6 +245,7 @@ type PortsleuthMaps struct {
 	Events     *ebpf.Map `ebpf:"events"`
 	FailCounts *ebpf.Map `ebpf:"fail_counts"`
 	Lost       *ebpf.Map `ebpf:"lost"`
+	NetnsInfo  *ebpf.Map `ebpf:"netns_info"`
 	ProcMeta   *ebpf.Map `ebpf:"proc_meta"`
 	ProcStats  *ebpf.Map `ebpf:"proc_stats"`
 	SockState  *ebpf.Map `ebpf:"sock_state"`
@@ -243,6 +257,7 @@ func (m *PortsleuthMaps) Close() error {
 		m.Events,
 		m.FailCounts,
 		m.Lost,
+		m.NetnsInfo,
 		m.ProcMeta,
 		m.ProcStats,
 		m.SockState,

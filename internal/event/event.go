@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/portsleuth/portsleuth/gen"
+	"github.com/portsleuth/portsleuth/internal/netns"
 )
 
 // Op is the failing call.
@@ -62,9 +63,10 @@ type ProcStats struct {
 // Failures is the number of failed calls that portsleuth attributes.
 func (s ProcStats) Failures() uint64 { return s.BindsFailed + s.ConnectsFailed }
 
-// ProcMeta is what the kernel recorded about a process at its failures.
+// ProcMeta is what the kernel recorded about a process at its first failure.
 type ProcMeta struct {
 	Comm     string
+	Cmdline  string // possibly truncated
 	Netns    uint64
 	CgroupID uint64
 }
@@ -74,7 +76,10 @@ type Snapshot struct {
 	Procs    map[uint32]ProcStats
 	Meta     map[uint32]ProcMeta
 	Failures map[uint32]map[Class]uint64
-	Lost     uint64 // failures that found the ring buffer full
+	// Netns holds the sysctls of each namespace a failure happened in, as
+	// the kernel read them at the first one.
+	Netns map[uint64]netns.Sysctls
+	Lost  uint64 // failures that found the ring buffer full
 }
 
 var optionNames = []struct {
@@ -141,15 +146,26 @@ func ClassOf(k gen.PortsleuthPsFailKey) Class {
 }
 
 // CString converts a NUL-terminated kernel char array.
-func CString(b [16]int8) string {
-	u := make([]byte, len(b))
-	for i, c := range b {
-		u[i] = byte(c)
-	}
+func CString(b []int8) string {
+	u := bytesOf(b)
 	if i := bytes.IndexByte(u, 0); i >= 0 {
 		u = u[:i]
 	}
 	return string(u)
+}
+
+// Cmdline converts the NUL-separated start of a command line.
+func Cmdline(b []int8) string {
+	u := bytes.TrimRight(bytesOf(b), "\x00")
+	return string(bytes.ReplaceAll(u, []byte{0}, []byte{' '}))
+}
+
+func bytesOf(b []int8) []byte {
+	u := make([]byte, len(b))
+	for i, c := range b {
+		u[i] = byte(c)
+	}
+	return u
 }
 
 // Decode turns a ring-buffer record into an Event; boot maps the kernel's
@@ -159,8 +175,8 @@ func Decode(r *gen.PortsleuthPsEvent, boot time.Time) Event {
 		Time:   boot.Add(time.Duration(r.TsNs)),
 		PID:    r.Pid,
 		TID:    r.Tid,
-		Comm:   CString(r.Comm),
-		Thread: CString(r.Tcomm),
+		Comm:   CString(r.Comm[:]),
+		Thread: CString(r.Tcomm[:]),
 		Class: ClassOf(gen.PortsleuthPsFailKey{
 			Err: r.Err, Op: r.Op, Proto: r.Proto, Family: r.Family, Flags: uint8(r.Flags),
 		}),

@@ -17,15 +17,19 @@ import (
 // Sysctls are the values that decide where bind() and connect() find ports.
 // A value of -1 means the kernel has no such sysctl.
 type Sysctls struct {
-	Netns         uint64 `json:"netns"`
-	PortRange     [2]int `json:"ip_local_port_range"`
-	ReservedPorts string `json:"ip_local_reserved_ports"`
+	Netns     uint64 `json:"netns"`
+	PortRange [2]int `json:"ip_local_port_range"`
+	// ReservedPorts is nil when it could not be read (the namespace was gone).
+	ReservedPorts *string `json:"ip_local_reserved_ports"`
 	// Reserved is how many ports of PortRange ip_local_reserved_ports removes.
 	Reserved      int `json:"reserved_in_range"`
 	TCPTwReuse    int `json:"tcp_tw_reuse"`
 	AutobindReuse int `json:"ip_autobind_reuse"`
 	TCPTimestamps int `json:"tcp_timestamps"`
 	NonlocalBind  int `json:"ip_nonlocal_bind"`
+	// Source says where the values come from: "procfs" (read in the namespace
+	// by the agent) or "kernel" (read from struct net by BPF at the first failure).
+	Source string `json:"source"`
 }
 
 // Ports is the number of ports the kernel may hand out from the range.
@@ -45,11 +49,12 @@ func Inode(pid int) (uint64, error) {
 	return st.Ino, nil
 }
 
-// ReadPID reads the sysctls in the network namespace of pid.
-func ReadPID(pid int) (Sysctls, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", pid))
+// ReadTask reads the sysctls in the network namespace of thread tid of pid;
+// threads of one process can live in different namespaces.
+func ReadTask(pid, tid int) (Sysctls, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/task/%d/ns/net", pid, tid))
 	if err != nil {
-		return Sysctls{}, fmt.Errorf("opening netns of pid %d: %w", pid, err)
+		return Sysctls{}, fmt.Errorf("opening netns of pid %d thread %d: %w", pid, tid, err)
 	}
 	defer f.Close()
 	return ReadFD(int(f.Fd()))
@@ -122,12 +127,15 @@ func read() (Sysctls, error) {
 	if err != nil {
 		return s, fmt.Errorf("parsing ip_local_port_range %q: %w", text, err)
 	}
-	if s.ReservedPorts, err = sysctl("ip_local_reserved_ports"); err != nil {
+	reserved, err := sysctl("ip_local_reserved_ports")
+	if err != nil {
 		return s, err
 	}
-	if s.Reserved, err = CountReserved(s.ReservedPorts, s.PortRange); err != nil {
+	s.ReservedPorts = &reserved
+	if s.Reserved, err = CountReserved(reserved, s.PortRange); err != nil {
 		return s, err
 	}
+	s.Source = "procfs"
 	for _, v := range []struct {
 		name string
 		dst  *int

@@ -17,6 +17,7 @@ import (
 
 	"github.com/portsleuth/portsleuth/gen"
 	"github.com/portsleuth/portsleuth/internal/event"
+	"github.com/portsleuth/portsleuth/internal/netns"
 )
 
 // Backend names the layer the programs hook; reports carry it.
@@ -211,6 +212,7 @@ func (t *Tracer) Snapshot() (event.Snapshot, error) {
 		Procs:    map[uint32]event.ProcStats{},
 		Meta:     map[uint32]event.ProcMeta{},
 		Failures: map[uint32]map[event.Class]uint64{},
+		Netns:    map[uint64]netns.Sysctls{},
 	}
 	var pid uint32
 	var st gen.PortsleuthPsProcStats
@@ -224,7 +226,10 @@ func (t *Tracer) Snapshot() (event.Snapshot, error) {
 	var meta gen.PortsleuthPsProcMeta
 	it = t.objs.ProcMeta.Iterate()
 	for it.Next(&pid, &meta) {
-		s.Meta[pid] = event.ProcMeta{Comm: event.CString(meta.Comm), Netns: meta.Netns, CgroupID: meta.CgroupId}
+		s.Meta[pid] = event.ProcMeta{
+			Comm: event.CString(meta.Comm[:]), Cmdline: event.Cmdline(meta.Args[:]),
+			Netns: meta.Netns, CgroupID: meta.CgroupId,
+		}
 	}
 	if err := it.Err(); err != nil {
 		return s, fmt.Errorf("reading proc_meta: %w", err)
@@ -242,6 +247,15 @@ func (t *Tracer) Snapshot() (event.Snapshot, error) {
 	}
 	if err := it.Err(); err != nil {
 		return s, fmt.Errorf("reading fail_counts: %w", err)
+	}
+	var inum uint64
+	var ns gen.PortsleuthPsNetns
+	it = t.objs.NetnsInfo.Iterate()
+	for it.Next(&inum, &ns) {
+		s.Netns[inum] = sysctlsOf(inum, &ns)
+	}
+	if err := it.Err(); err != nil {
+		return s, fmt.Errorf("reading netns_info: %w", err)
 	}
 	var err error
 	s.Lost, err = t.Lost()
@@ -275,5 +289,21 @@ func statsOf(st *gen.PortsleuthPsProcStats) event.ProcStats {
 		BindsOK: st.BindsOk, BindsFailed: st.BindsFailed, BindsOther: st.BindsOther,
 		ConnectsOK: st.ConnectsOk, ConnectsFailed: st.ConnectsFailed, ConnectsOther: st.ConnectsOther,
 		Port0BindsOK: st.Port0BindsOk, Port0BindConnects: st.Port0BindConnects,
+	}
+}
+
+func sysctlsOf(inum uint64, ns *gen.PortsleuthPsNetns) netns.Sysctls {
+	autobind := int(ns.IpAutobindReuse)
+	if ns.IpAutobindReuse == 0xff {
+		autobind = -1
+	}
+	return netns.Sysctls{
+		Netns:         inum,
+		PortRange:     [2]int{int(ns.PortLo), int(ns.PortHi)},
+		TCPTwReuse:    int(ns.TcpTwReuse),
+		AutobindReuse: autobind,
+		TCPTimestamps: int(ns.TcpTimestamps),
+		NonlocalBind:  int(ns.IpNonlocalBind),
+		Source:        "kernel",
 	}
 }

@@ -21,8 +21,8 @@ type Collector struct {
 	procs  map[uint32]*procEvents
 	netns  map[uint64]*netns.Sysctls
 	events uint64
-	// Sysctls reads a namespace's sysctls through a process in it; a test may replace it.
-	Sysctls func(pid uint32) (netns.Sysctls, error)
+	// Sysctls reads a namespace's sysctls through a thread in it; a test may replace it.
+	Sysctls func(pid, tid uint32) (netns.Sysctls, error)
 	// Lookup reads /proc for a process; a test may replace it.
 	Lookup func(pid uint32) (procinfo.Info, error)
 }
@@ -45,7 +45,7 @@ func NewCollector() *Collector {
 	return &Collector{
 		procs:   map[uint32]*procEvents{},
 		netns:   map[uint64]*netns.Sysctls{},
-		Sysctls: func(pid uint32) (netns.Sysctls, error) { return netns.ReadPID(int(pid)) },
+		Sysctls: func(pid, tid uint32) (netns.Sysctls, error) { return netns.ReadTask(int(pid), int(tid)) },
 		Lookup:  procinfo.Lookup,
 	}
 }
@@ -67,7 +67,7 @@ func (c *Collector) Observe(e event.Event) {
 	}
 	if _, seen := c.netns[e.Netns]; !seen {
 		c.netns[e.Netns] = nil
-		if s, err := c.Sysctls(e.PID); err == nil && s.Netns == e.Netns {
+		if s, err := c.Sysctls(e.PID, e.TID); err == nil && s.Netns == e.Netns {
 			c.netns[e.Netns] = &s
 		}
 	}

@@ -106,7 +106,7 @@ func Build(snap event.Snapshot, c *Collector, f Filter, backend string, started 
 		if len(fails) == 0 && !f.All {
 			continue
 		}
-		p := buildProcess(pid, st, fails, snap.Meta[pid], c)
+		p := buildProcess(pid, st, fails, snap.Meta[pid], snap.Netns, c)
 		if f.match(pid, p.Comm) {
 			r.Processes = append(r.Processes, p)
 		}
@@ -116,7 +116,7 @@ func Build(snap event.Snapshot, c *Collector, f Filter, backend string, started 
 		if _, ok := snap.Procs[pid]; ok {
 			continue
 		}
-		p := buildProcess(pid, event.ProcStats{}, fails, snap.Meta[pid], c)
+		p := buildProcess(pid, event.ProcStats{}, fails, snap.Meta[pid], snap.Netns, c)
 		if f.match(pid, p.Comm) {
 			r.Processes = append(r.Processes, p)
 		}
@@ -127,10 +127,11 @@ func Build(snap event.Snapshot, c *Collector, f Filter, backend string, started 
 	return r
 }
 
-func buildProcess(pid uint32, st event.ProcStats, fails map[event.Class]uint64, meta event.ProcMeta, c *Collector) Process {
+func buildProcess(pid uint32, st event.ProcStats, fails map[event.Class]uint64, meta event.ProcMeta, kernelNetns map[uint64]netns.Sysctls, c *Collector) Process {
 	p := Process{
 		PID:        pid,
 		Comm:       meta.Comm,
+		Cmdline:    meta.Cmdline,
 		Netns:      meta.Netns,
 		Errors:     map[string]uint64{},
 		Patterns:   []PatternEntry{},
@@ -151,10 +152,13 @@ func buildProcess(pid uint32, st event.ProcStats, fails map[event.Class]uint64, 
 	if p.Netns == 0 {
 		p.Netns = pe.netns
 	}
-	p.Cmdline, p.Cgroup, p.ContainerID = pe.info.Cmdline, pe.info.Cgroup, pe.info.ContainerID
+	if pe.info.Cmdline != "" {
+		p.Cmdline = pe.info.Cmdline // /proc has it whole; the kernel's copy is truncated
+	}
+	p.Cgroup, p.ContainerID = pe.info.Cgroup, pe.info.ContainerID
 	p.Sysctls = c.netns[p.Netns]
-	if p.Sysctls == nil && p.Netns != 0 {
-		if s, err := c.Sysctls(pid); err == nil && s.Netns == p.Netns {
+	if p.Sysctls == nil {
+		if s, ok := kernelNetns[p.Netns]; ok {
 			p.Sysctls = &s
 		}
 	}
@@ -251,8 +255,12 @@ func (r Report) WriteText(w io.Writer) error {
 			p.Binds.OK, p.Binds.Failed, p.Binds.OtherErrors, p.Port0Binds.OK, p.Port0Binds.Connected)
 		fmt.Fprintf(&b, "   connects: %d ok, %d failed, %d other errors\n", p.Connects.OK, p.Connects.Failed, p.Connects.OtherErrors)
 		if s := p.Sysctls; s != nil {
-			fmt.Fprintf(&b, "   sysctls:  ip_local_port_range %d-%d (%d ports), reserved %q, tcp_tw_reuse %d, ip_autobind_reuse %d\n",
-				s.PortRange[0], s.PortRange[1], s.Ports(), s.ReservedPorts, s.TCPTwReuse, s.AutobindReuse)
+			reserved := "unknown"
+			if s.ReservedPorts != nil {
+				reserved = fmt.Sprintf("%q", *s.ReservedPorts)
+			}
+			fmt.Fprintf(&b, "   sysctls:  ip_local_port_range %d-%d (%d ports), reserved %s, tcp_tw_reuse %d, ip_autobind_reuse %d (from %s)\n",
+				s.PortRange[0], s.PortRange[1], s.Ports(), reserved, s.TCPTwReuse, s.AutobindReuse, s.Source)
 		}
 		for _, pat := range p.Patterns {
 			fmt.Fprintf(&b, "   pattern %s (%d)\n", pat.Pattern, pat.Count)

@@ -1,0 +1,217 @@
+package cli
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/portsleuth/portsleuth/internal/report"
+	"github.com/portsleuth/portsleuth/internal/scenario"
+)
+
+// The test binary doubles as the scenario driver: run with $PORTSLEUTH_SCENARIO
+// set, it reproduces one incident in a fresh network namespace and exits.
+func TestMain(m *testing.M) {
+	if os.Getenv(scenario.Env) != "" {
+		os.Exit(scenario.Main(os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: loads BPF programs (CAP_BPF, CAP_PERFMON) and creates network namespaces (CAP_SYS_ADMIN)")
+	}
+}
+
+// traceScenario runs `portsleuth report -o json -- <this binary>` with the
+// scenario selected, and returns the report and the scenario's own account.
+func traceScenario(t *testing.T, name string, extra ...string) (report.Report, scenario.Result) {
+	t.Helper()
+	requireRoot(t)
+	t.Setenv(scenario.Env, name)
+	file := filepath.Join(t.TempDir(), "report.json")
+	args := append([]string{"report", "-o", "json", "--file", file}, extra...)
+	args = append(args, "--", os.Args[0])
+	var stdout, stderr bytes.Buffer
+	if code := Run(args, &stdout, &stderr); code != 0 {
+		t.Fatalf("portsleuth %s: exit %d\nstderr: %s", strings.Join(args, " "), code, stderr.String())
+	}
+	var res scenario.Result
+	if err := json.Unmarshal(bytes.TrimSpace(stdout.Bytes()), &res); err != nil {
+		t.Fatalf("scenario %s printed %q (stderr %q): %v", name, stdout.String(), stderr.String(), err)
+	}
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r report.Report
+	if err := json.Unmarshal(raw, &r); err != nil {
+		t.Fatalf("report is not JSON: %v\n%s", err, raw)
+	}
+	if r.Command == nil || r.Command.PID != res.PID || r.Command.ExitCode != 0 {
+		t.Fatalf("report's command %+v does not match scenario pid %d", r.Command, res.PID)
+	}
+	t.Logf("report:\n%s", raw)
+	return r, res
+}
+
+func findProcess(r report.Report, pid int) *report.Process {
+	for i := range r.Processes {
+		if int(r.Processes[i].PID) == pid {
+			return &r.Processes[i]
+		}
+	}
+	return nil
+}
+
+// checkCulprit asserts the exact counts and the single pattern of one culprit.
+func checkCulprit(t *testing.T, r report.Report, res scenario.Result, pattern, errno string, failures int) *report.Process {
+	t.Helper()
+	p := findProcess(r, res.PID)
+	if p == nil {
+		t.Fatalf("pid %d (%s) is not in the report", res.PID, res.Scenario)
+	}
+	if got := res.BindsFailed + res.ConnectsFail; got != failures {
+		t.Fatalf("the scenario itself saw %d failures, want %d: the kernel behaved unexpectedly (%+v)", got, failures, res)
+	}
+	if p.Failures != uint64(failures) || p.Errors[errno] != uint64(failures) {
+		t.Errorf("failures = %d, errors = %v; want %d %s", p.Failures, p.Errors, failures, errno)
+	}
+	if len(p.Patterns) != 1 || p.Patterns[0].Pattern != pattern || p.Patterns[0].Count != uint64(failures) {
+		t.Errorf("patterns = %+v; want only %s x%d", p.Patterns, pattern, failures)
+	}
+	if p.Binds.OK != uint64(res.BindsOK) || p.Binds.Failed != uint64(res.BindsFailed) ||
+		p.Connects.OK != uint64(res.ConnectsOK) || p.Connects.Failed != uint64(res.ConnectsFail) {
+		t.Errorf("binds %+v connects %+v; the scenario saw %+v", p.Binds, p.Connects, res)
+	}
+	if p.Comm == "" || p.Cmdline == "" || p.Netns == 0 {
+		t.Errorf("process identity incomplete: comm %q cmdline %q netns %d", p.Comm, p.Cmdline, p.Netns)
+	}
+	if p.Sysctls == nil || p.Sysctls.PortRange != scenario.PortRange {
+		t.Errorf("sysctls %+v: want the scenario namespace's range %v", p.Sysctls, scenario.PortRange)
+	}
+	if len(p.Examples) == 0 {
+		t.Errorf("no examples")
+	}
+	for _, e := range p.Examples {
+		if e.Pattern != pattern || e.Errno != errno || int(e.PID) != res.PID || e.Netns != p.Netns {
+			t.Errorf("example %+v: want pid %d, %s, %s", e, res.PID, pattern, errno)
+		}
+	}
+	if p.EventsMissed != 0 || r.LostEvents != 0 {
+		t.Errorf("events missed %d, lost %d in a 10-failure scenario", p.EventsMissed, r.LostEvents)
+	}
+	return p
+}
+
+func TestErlangBindAnyBeforeConnect(t *testing.T) {
+	r, res := traceScenario(t, "bind-any-before-connect")
+	p := checkCulprit(t, r, res, "bind-any-before-connect", "EADDRINUSE", scenario.FailAttempts)
+	// 64 client sockets, one listener.
+	if res.ConnectsOK != scenario.RangeSize {
+		t.Errorf("scenario connected %d times, want %d", res.ConnectsOK, scenario.RangeSize)
+	}
+	if p.Port0Binds.OK != scenario.RangeSize || p.Port0Binds.Connected != scenario.RangeSize {
+		t.Errorf("port0 binds %+v, want %d of %d connected", p.Port0Binds, scenario.RangeSize, scenario.RangeSize)
+	}
+	ev := p.Patterns[0].Evidence
+	if !strings.Contains(ev, "64 of 64 sockets this process bound to port 0 went on to connect()") ||
+		!strings.Contains(ev, "0.0.0.0:0") || !strings.Contains(ev, "40000-40063") {
+		t.Errorf("evidence %q", ev)
+	}
+	if adv := p.Patterns[0].Advice; !strings.Contains(adv, "IP_BIND_ADDRESS_NO_PORT") || !strings.Contains(adv, "SO_REUSEADDR") {
+		t.Errorf("advice %q", adv)
+	}
+	e := p.Examples[0]
+	if e.Op != "bind" || e.Proto != "tcp" || e.Family != "ipv4" || e.Addr != "0.0.0.0:0" || e.Dest != "" {
+		t.Errorf("example %+v", e)
+	}
+}
+
+func TestSquidBindIPBeforeConnect(t *testing.T) {
+	r, res := traceScenario(t, "bind-ip-before-connect")
+	n := len(scenario.SquidAddrs)
+	p := checkCulprit(t, r, res, "bind-ip-before-connect", "EADDRINUSE", n*scenario.SquidFailsPerAddr)
+	if res.ConnectsOK != n*scenario.RangeSize {
+		t.Errorf("scenario connected %d times, want %d: each address has its own pool", res.ConnectsOK, n*scenario.RangeSize)
+	}
+	for _, ip := range scenario.SquidAddrs {
+		if !strings.Contains(p.Patterns[0].Evidence, ip+":0") {
+			t.Errorf("evidence %q does not name %s", p.Patterns[0].Evidence, ip)
+		}
+	}
+}
+
+func TestTimeWaitConnectExhaustion(t *testing.T) {
+	r, res := traceScenario(t, "timewait-exhaustion")
+	p := checkCulprit(t, r, res, "connect-port-exhaustion", "EADDRNOTAVAIL", scenario.FailAttempts)
+	if res.ConnectsOK != scenario.RangeSize {
+		t.Errorf("scenario connected %d times, want %d", res.ConnectsOK, scenario.RangeSize)
+	}
+	e := p.Examples[0]
+	if e.Op != "connect" || e.Dest != "127.0.0.1:8080" || e.Addr != "0.0.0.0:0" {
+		t.Errorf("example %+v", e)
+	}
+	if p.Sysctls.TCPTwReuse != 0 || !strings.Contains(p.Patterns[0].Advice, "tcp_tw_reuse is 0 here") {
+		t.Errorf("sysctls %+v, advice %q", p.Sysctls, p.Patterns[0].Advice)
+	}
+}
+
+func TestPortInUse(t *testing.T) {
+	r, res := traceScenario(t, "port-in-use")
+	p := checkCulprit(t, r, res, "port-in-use", "EADDRINUSE", scenario.PortInUseAttempts)
+	e := p.Examples[0]
+	if e.Addr != "127.0.0.1:8080" || len(e.Options) != 1 || e.Options[0] != "SO_REUSEADDR" {
+		t.Errorf("example %+v: want 127.0.0.1:8080 with SO_REUSEADDR", e)
+	}
+}
+
+func TestBindAddressNoPortFixHasNoFailures(t *testing.T) {
+	r, res := traceScenario(t, "bind-no-port-fix", "--all")
+	p := findProcess(r, res.PID)
+	if p == nil {
+		t.Fatalf("pid %d missing from the --all report", res.PID)
+	}
+	if res.ConnectsOK != scenario.NoPortConnections || res.BindsFailed+res.ConnectsFail != 0 {
+		t.Fatalf("the fix failed in the kernel: %+v", res)
+	}
+	if p.Failures != 0 || len(p.Patterns) != 0 {
+		t.Errorf("failures %d patterns %+v; want none", p.Failures, p.Patterns)
+	}
+	if p.Binds.OK != uint64(res.BindsOK) || p.Connects.OK != scenario.NoPortConnections {
+		t.Errorf("binds %+v connects %+v; scenario %+v", p.Binds, p.Connects, res)
+	}
+	// The kernel picked no port at bind time: nothing was reserved for all destinations.
+	if p.Port0Binds.OK != 0 {
+		t.Errorf("port0 binds %+v; with IP_BIND_ADDRESS_NO_PORT bind() reserves no port", p.Port0Binds)
+	}
+}
+
+func TestBusyProcessIsNotACulprit(t *testing.T) {
+	r, res := traceScenario(t, "culprit-beside-busy", "--all")
+	checkCulprit(t, r, res, "bind-any-before-connect", "EADDRINUSE", scenario.FailAttempts)
+	busy := findProcess(r, res.Child)
+	if busy == nil {
+		t.Fatalf("the busy child %d is not even in the --all report: was it traced?", res.Child)
+	}
+	if busy.Failures != 0 || len(busy.Patterns) != 0 {
+		t.Errorf("busy child blamed: %+v", busy)
+	}
+	if busy.Connects.OK != scenario.BusyConnects || busy.Connects.OtherErrors != scenario.BusyRefused {
+		t.Errorf("busy child connects %+v, want %d ok, %d refused", busy.Connects, scenario.BusyConnects, scenario.BusyRefused)
+	}
+	if r.Processes[0].PID != uint32(res.PID) {
+		t.Errorf("culprit not ranked first: %+v", r.Processes[0])
+	}
+
+	// Without --all the busy process does not appear at all.
+	r2, res2 := traceScenario(t, "culprit-beside-busy")
+	if findProcess(r2, res2.Child) != nil {
+		t.Errorf("busy child %d listed as a culprit", res2.Child)
+	}
+}

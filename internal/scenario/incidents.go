@@ -1,0 +1,229 @@
+package scenario
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+
+	"golang.org/x/sys/unix"
+)
+
+// FailAttempts is how many calls each exhaustion scenario makes after the
+// pool ran out; every one of them must fail.
+const FailAttempts = 10
+
+// bindAnyBeforeConnect is the Erlang VM incident: bind(0.0.0.0:0) before every
+// connect(). bind(0) needs a port free for all destinations, so 64 ports give
+// 64 connections although the 4-tuple space is nearly empty.
+func bindAnyBeforeConnect(r *Result) error {
+	if _, err := r.listen("127.0.0.1", ListenPort); err != nil {
+		return err
+	}
+	return r.bindThenConnect("0.0.0.0", RangeSize+FailAttempts)
+}
+
+// bindThenConnect makes n attempts of bind(ip:0) + connect(), keeping every
+// connection open. Only bind may fail: a bound socket that can't connect is an error.
+func (r *Result) bindThenConnect(ip string, n int) error {
+	for i := 0; i < n; i++ {
+		fd, err := tcpSocket()
+		if err != nil {
+			return err
+		}
+		if err := r.bind(fd, ip, 0); err != nil {
+			unix.Close(fd)
+			if errnoOf(err) != unix.EADDRINUSE {
+				return fmt.Errorf("bind(%s:0): %w", ip, err)
+			}
+			continue
+		}
+		if err := r.connect(fd, "127.0.0.1", ListenPort); err != nil {
+			return fmt.Errorf("connect after bind(%s:0): %w", ip, err)
+		}
+	}
+	return nil
+}
+
+// SquidAddrs are the local addresses bindIPBeforeConnect binds, like squid's
+// tcp_outgoing_address list.
+var SquidAddrs = []string{"127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"}
+
+// SquidFailsPerAddr is how many failing binds each address gets.
+const SquidFailsPerAddr = 5
+
+// bindIPBeforeConnect is the squid incident: bind(ip:0) before connect across
+// several source addresses. Each address has its own 64-port pool.
+func bindIPBeforeConnect(r *Result) error {
+	if _, err := r.listen("127.0.0.1", ListenPort); err != nil {
+		return err
+	}
+	for _, ip := range SquidAddrs {
+		if err := r.bindThenConnect(ip, RangeSize+SquidFailsPerAddr); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// timeWaitExhaustion is the image-server incident: connect+close to one
+// destination without keep-alive. The client closes first, so every used
+// port sits in TIME_WAIT; with tcp_tw_reuse=0 connect() runs out of ports.
+func timeWaitExhaustion(r *Result) error {
+	if err := Sysctl("tcp_tw_reuse", "0"); err != nil {
+		return err
+	}
+	lfd, err := r.listen("127.0.0.1", ListenPort)
+	if err != nil {
+		return err
+	}
+	for i := 0; i < RangeSize+FailAttempts; i++ {
+		fd, err := tcpSocket()
+		if err != nil {
+			return err
+		}
+		if err := r.connect(fd, "127.0.0.1", ListenPort); err != nil {
+			unix.Close(fd)
+			if errnoOf(err) != unix.EADDRNOTAVAIL {
+				return fmt.Errorf("connect: %w", err)
+			}
+			continue
+		}
+		srv, _, err := unix.Accept4(lfd, unix.SOCK_CLOEXEC)
+		if err != nil {
+			return fmt.Errorf("accept: %w", err)
+		}
+		unix.Close(fd) // active close: the client side keeps the TIME_WAIT
+		unix.Close(srv)
+	}
+	return nil
+}
+
+// PortInUseAttempts is how many times portInUse binds the held port.
+const PortInUseAttempts = 3
+
+// portInUse is the plain case: a server can't bind its port because a
+// listener holds it, SO_REUSEADDR or not.
+func portInUse(r *Result) error {
+	if _, err := r.listen("127.0.0.1", ListenPort); err != nil {
+		return err
+	}
+	for i := 0; i < PortInUseAttempts; i++ {
+		fd, err := tcpSocket()
+		if err != nil {
+			return err
+		}
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+			return err
+		}
+		if err := r.bind(fd, "127.0.0.1", ListenPort); errnoOf(err) != unix.EADDRINUSE {
+			return fmt.Errorf("second bind of a listening port: want EADDRINUSE, got %v", err)
+		}
+		unix.Close(fd)
+	}
+	return nil
+}
+
+// NoPortConnections is how many connections bindNoPortFix opens: more than
+// the range, so plain bind-before-connect would fail.
+const NoPortConnections = 100
+
+// bindNoPortFix is the recommended pattern: IP_BIND_ADDRESS_NO_PORT, then
+// bind(ip:0) + connect. The port is chosen per destination at connect time,
+// so two destinations give twice the range.
+func bindNoPortFix(r *Result) error {
+	for _, port := range []int{ListenPort, ListenPort2} {
+		if _, err := r.listen("127.0.0.1", port); err != nil {
+			return err
+		}
+	}
+	for i := 0; i < NoPortConnections; i++ {
+		fd, err := tcpSocket()
+		if err != nil {
+			return err
+		}
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1); err != nil {
+			return err
+		}
+		if err := r.bind(fd, "127.0.0.1", 0); err != nil {
+			return fmt.Errorf("bind with IP_BIND_ADDRESS_NO_PORT: %w", err)
+		}
+		if err := r.connect(fd, "127.0.0.1", ListenPort+i%2); err != nil {
+			return fmt.Errorf("connect %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// Busy counts: connections and refused connects of busyOK.
+const (
+	BusyConnects = 300
+	BusyRefused  = 20
+	BusyUDPBinds = 50
+)
+
+// busyOK is an unrelated, busy, healthy process: many successful connects,
+// refused ones (not an address error) and UDP binds. It is never a culprit.
+func busyOK(r *Result) error {
+	if err := Sysctl("ip_local_port_range", "20000 60000"); err != nil {
+		return err
+	}
+	lfd, err := r.listen("127.0.0.1", ListenPort)
+	if err != nil {
+		return err
+	}
+	for i := 0; i < BusyConnects; i++ {
+		fd, err := tcpSocket()
+		if err != nil {
+			return err
+		}
+		if err := r.connect(fd, "127.0.0.1", ListenPort); err != nil {
+			return fmt.Errorf("busy connect: %w", err)
+		}
+		srv, _, err := unix.Accept4(lfd, unix.SOCK_CLOEXEC)
+		if err != nil {
+			return err
+		}
+		unix.Close(fd)
+		unix.Close(srv)
+	}
+	for i := 0; i < BusyRefused; i++ {
+		fd, err := tcpSocket()
+		if err != nil {
+			return err
+		}
+		if err := r.connect(fd, "127.0.0.1", 9); errnoOf(err) != unix.ECONNREFUSED {
+			return fmt.Errorf("connect to a closed port: want ECONNREFUSED, got %v", err)
+		}
+		unix.Close(fd)
+	}
+	for i := 0; i < BusyUDPBinds; i++ {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		if err := r.bind(fd, "127.0.0.1", 0); err != nil {
+			return fmt.Errorf("udp bind: %w", err)
+		}
+		unix.Close(fd)
+	}
+	return nil
+}
+
+// culpritBesideBusy runs busyOK in a child process, then is the Erlang culprit
+// itself: the report must name the culprit and not the busy child.
+func culpritBesideBusy(r *Result) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	child := exec.Command(exe)
+	child.Env = append(os.Environ(), Env+"=busy-ok")
+	child.Stderr = os.Stderr
+	out, err := child.Output()
+	if err != nil {
+		return fmt.Errorf("busy child: %w", err)
+	}
+	r.Child = child.Process.Pid
+	os.Stderr.Write(out)
+	return bindAnyBeforeConnect(r)
+}
