@@ -191,9 +191,9 @@ static __always_inline void sock_local(struct sock *sk, __u8 family, __u8 *addr,
 {
 	*port = BPF_CORE_READ(sk, __sk_common.skc_num);
 	if (family == AF_INET)
-		BPF_CORE_READ_INTO(addr, sk, __sk_common.skc_rcv_saddr);
+		bpf_core_read(addr, 4, &sk->__sk_common.skc_rcv_saddr);
 	else
-		BPF_CORE_READ_INTO(addr, sk, __sk_common.skc_v6_rcv_saddr);
+		bpf_core_read(addr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
 }
 
 /* Parses a user sockaddr copy for a socket of this family. Returns -1 for a

@@ -215,3 +215,45 @@ func TestBusyProcessIsNotACulprit(t *testing.T) {
 		t.Errorf("busy child %d listed as a culprit", res2.Child)
 	}
 }
+
+func TestConnectTupleConflict(t *testing.T) {
+	r, res := traceScenario(t, "tuple-conflict")
+	p := checkCulprit(t, r, res, "connect-tuple-conflict", "EADDRNOTAVAIL", 1)
+	e := p.Examples[0]
+	if e.Addr != "127.0.0.1:40100" || e.Dest != "127.0.0.1:8080" || len(e.Options) != 1 || e.Options[0] != "SO_REUSEADDR" {
+		t.Errorf("example %+v: want 127.0.0.1:40100 -> 127.0.0.1:8080 [SO_REUSEADDR]", e)
+	}
+}
+
+func TestIPv6UDPAndNonLocal(t *testing.T) {
+	r, res := traceScenario(t, "ipv6-and-udp")
+	p := findProcess(r, res.PID)
+	if p == nil {
+		t.Fatalf("pid %d missing", res.PID)
+	}
+	if p.Failures != 3 || p.Errors["EADDRINUSE"] != 2 || p.Errors["EADDRNOTAVAIL"] != 1 {
+		t.Errorf("failures %d errors %v; want 2 EADDRINUSE + 1 EADDRNOTAVAIL", p.Failures, p.Errors)
+	}
+	got := map[string]uint64{}
+	for _, pat := range p.Patterns {
+		got[pat.Pattern] = pat.Count
+	}
+	if got["port-in-use"] != 2 || got["address-not-local"] != 1 || len(got) != 2 {
+		t.Errorf("patterns %v", got)
+	}
+	type key struct{ family, proto, addr string }
+	seen := map[key][]string{}
+	for _, e := range p.Examples {
+		seen[key{e.Family, e.Proto, e.Addr}] = e.Options
+	}
+	for k, opts := range map[key][]string{
+		{"ipv6", "tcp", "[::1]:8080"}:     {"IPV6_V6ONLY"},
+		{"ipv4", "udp", "127.0.0.1:5353"}: {},
+		{"ipv4", "tcp", "192.0.2.1:0"}:    {},
+	} {
+		got, ok := seen[k]
+		if !ok || strings.Join(got, ",") != strings.Join(opts, ",") {
+			t.Errorf("no example %v with options %v; examples: %v", k, opts, seen)
+		}
+	}
+}

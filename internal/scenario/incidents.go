@@ -227,3 +227,100 @@ func culpritBesideBusy(r *Result) error {
 	os.Stderr.Write(out)
 	return bindAnyBeforeConnect(r)
 }
+
+// TuplePort is the fixed source port of tupleConflict.
+const TuplePort = 40100
+
+// tupleConflict binds two SO_REUSEADDR sockets to one fixed source port and
+// connects both to one destination: the second 4-tuple already exists.
+func tupleConflict(r *Result) error {
+	if _, err := r.listen("127.0.0.1", ListenPort); err != nil {
+		return err
+	}
+	for i := 0; i < 2; i++ {
+		fd, err := tcpSocket()
+		if err != nil {
+			return err
+		}
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+			return err
+		}
+		if err := r.bind(fd, "127.0.0.1", TuplePort); err != nil {
+			return fmt.Errorf("bind of a fixed source port: %w", err)
+		}
+		err = r.connect(fd, "127.0.0.1", ListenPort)
+		if want := map[int]unix.Errno{0: 0, 1: unix.EADDRNOTAVAIL}[i]; errnoOf(err) != want {
+			return fmt.Errorf("connect %d from a fixed port: want %v, got %v", i, want, err)
+		}
+	}
+	return nil
+}
+
+// NonLocalAddr is a documentation address (TEST-NET-1) that no namespace of ours has.
+const NonLocalAddr = "192.0.2.1"
+
+// ipv6AndUDP covers the other families and protocols: a TCP port held on
+// [::1], a UDP port held on 127.0.0.1, and a bind to an address this
+// namespace doesn't have. One failure each.
+func ipv6AndUDP(r *Result) error {
+	// IPv6: listener on [::1]:8080, then a second bind of it.
+	l6, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	lo6 := &unix.SockaddrInet6{Addr: [16]byte{15: 1}, Port: ListenPort}
+	if err := r.bindSA(l6, lo6); err != nil {
+		return fmt.Errorf("bind [::1]:%d: %w", ListenPort, err)
+	}
+	if err := unix.Listen(l6, 16); err != nil {
+		return err
+	}
+	s6, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	if err := unix.SetsockoptInt(s6, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1); err != nil {
+		return err
+	}
+	if err := r.bindSA(s6, lo6); errnoOf(err) != unix.EADDRINUSE {
+		return fmt.Errorf("second bind of [::1]:%d: want EADDRINUSE, got %v", ListenPort, err)
+	}
+
+	// UDP: two sockets on one port without SO_REUSEADDR.
+	var u [2]int
+	for i := range u {
+		if u[i], err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err != nil {
+			return err
+		}
+	}
+	if err := r.bind(u[0], "127.0.0.1", UDPPort); err != nil {
+		return err
+	}
+	if err := r.bind(u[1], "127.0.0.1", UDPPort); errnoOf(err) != unix.EADDRINUSE {
+		return fmt.Errorf("second UDP bind: want EADDRINUSE, got %v", err)
+	}
+
+	// An address that is not local.
+	fd, err := tcpSocket()
+	if err != nil {
+		return err
+	}
+	if err := r.bind(fd, NonLocalAddr, 0); errnoOf(err) != unix.EADDRNOTAVAIL {
+		return fmt.Errorf("bind to %s: want EADDRNOTAVAIL, got %v", NonLocalAddr, err)
+	}
+	return nil
+}
+
+// UDPPort is the port ipv6AndUDP binds twice.
+const UDPPort = 5353
+
+func (r *Result) bindSA(fd int, sa unix.Sockaddr) error {
+	err := unix.Bind(fd, sa)
+	if err != nil {
+		r.BindsFailed++
+		r.Errors[unix.ErrnoName(errnoOf(err))]++
+		return err
+	}
+	r.BindsOK++
+	return nil
+}

@@ -59,6 +59,8 @@ var Scenarios = map[string]func(*Result) error{
 	"bind-no-port-fix":        bindNoPortFix,
 	"busy-ok":                 busyOK,
 	"culprit-beside-busy":     culpritBesideBusy,
+	"tuple-conflict":          tupleConflict,
+	"ipv6-and-udp":            ipv6AndUDP,
 }
 
 // Names returns the scenario names, sorted.
@@ -135,14 +137,7 @@ func sockaddr(ip string, port int) unix.Sockaddr {
 
 // bind and connect count every call the way portsleuth's kernel side does.
 func (r *Result) bind(fd int, ip string, port int) error {
-	err := unix.Bind(fd, sockaddr(ip, port))
-	if err != nil {
-		r.BindsFailed++
-		r.Errors[unix.ErrnoName(errnoOf(err))]++
-		return err
-	}
-	r.BindsOK++
-	return nil
+	return r.bindSA(fd, sockaddr(ip, port))
 }
 
 func (r *Result) connect(fd int, ip string, port int) error {
