@@ -1,0 +1,52 @@
+# portsleuth: `make run` builds and starts watching, `make test` runs every test.
+# Both need root (BPF, network namespaces); `make deps` installs the toolchain.
+
+GO        ?= go
+CLANG     ?= clang-19
+BIN       := bin/portsleuth
+ARGS      ?= watch
+APT_PKGS  := clang-19 llvm-19 bpftool libbpf-dev iproute2
+
+export PATH := $(PATH):/usr/local/go/bin
+
+.PHONY: all build run test generate check-generate vet fmt-check check deps clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/portsleuth
+
+# The main job: live failures on this host. `make run ARGS="report --duration 30s"` for a report.
+run: build
+	./$(BIN) $(ARGS)
+
+test:
+	$(GO) test -count=1 ./...
+
+# Regenerate gen/ from bpf/ (needs clang-19 and libbpf-dev: `make deps`).
+generate:
+	cd gen && $(GO) generate ./...
+
+# CI: the committed gen/ must be what bpf/ compiles to.
+check-generate: generate
+	@git diff --exit-code --stat -- gen/ || { echo "gen/ is stale: run 'make generate' and commit it"; exit 1; }
+
+vet:
+	$(GO) vet ./...
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^gen/')); \
+	if [ -n "$$out" ]; then echo "gofmt would change: $$out"; exit 1; fi
+
+check: fmt-check vet check-generate
+
+# Installs what a fresh Debian bookworm machine lacks (as root).
+deps:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+clean:
+	rm -rf bin
