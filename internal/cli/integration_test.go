@@ -36,6 +36,10 @@ func traceScenario(t *testing.T, name string, extra ...string) (report.Report, s
 	t.Setenv(scenario.Env, name)
 	file := filepath.Join(t.TempDir(), "report.json")
 	args := append([]string{"report", "-o", "json", "--file", file}, extra...)
+	// PORTSLEUTH_RECORD_DIR=dir saves each run's raw data, e.g. to refresh testdata/recordings.
+	if dir := os.Getenv("PORTSLEUTH_RECORD_DIR"); dir != "" {
+		args = append(args, "--record", filepath.Join(dir, name+".json"))
+	}
 	args = append(args, "--", os.Args[0])
 	var stdout, stderr bytes.Buffer
 	if code := Run(args, &stdout, &stderr); code != 0 {

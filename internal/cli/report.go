@@ -24,12 +24,14 @@ const killGrace = 5 * time.Second
 
 func runReport(args []string, stdout, stderr io.Writer) error {
 	var c common
-	var file string
+	var file, record, replay string
 	var all bool
 	fs := pflag.NewFlagSet("report", pflag.ContinueOnError)
 	c.register(fs)
 	fs.StringVar(&file, "file", "", "write the report here instead of stdout")
 	fs.BoolVar(&all, "all", false, "also list processes that made bind()/connect() calls without failures")
+	fs.StringVar(&record, "record", "", "also save the raw counters and events (up to 10000) here, for --replay")
+	fs.StringVar(&replay, "replay", "", "build the report from a file saved with --record instead of tracing")
 	if err := parse(fs, args, stderr); err != nil {
 		return err
 	}
@@ -48,11 +50,18 @@ func runReport(args []string, stdout, stderr io.Writer) error {
 	} else if fs.NArg() > 0 {
 		return usageError{fmt.Sprintf("unexpected arguments %q (put a command to trace after --)", fs.Args())}
 	}
+	if replay != "" && (len(argv) > 0 || record != "") {
+		return usageError{"--replay reads a recording: it takes no command and no --record"}
+	}
 	out, closeOut, err := openOutput(file, stdout)
 	if err != nil {
 		return err
 	}
 	defer closeOut()
+	filter := report.Filter{PID: uint32(c.pid), Comm: c.comm, All: all}
+	if replay != "" {
+		return replayReport(replay, filter, c.output, out)
+	}
 
 	s, err := startSession(&c)
 	if err != nil {
@@ -82,7 +91,13 @@ func runReport(args []string, stdout, stderr io.Writer) error {
 	}
 
 	col := report.NewCollector()
-	err = s.loop(ctx, func(e event.Event) { col.Observe(e) }, func(time.Time) {})
+	var events []event.Event
+	err = s.loop(ctx, func(e event.Event) {
+		col.Observe(e)
+		if record != "" && len(events) < report.MaxRecordedEvents {
+			events = append(events, e)
+		}
+	}, func(time.Time) {})
 	if cmd != nil {
 		cmd.stop()
 	}
@@ -93,15 +108,37 @@ func runReport(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	r := report.Build(snap, col, report.Filter{PID: uint32(c.pid), Comm: c.comm, All: all},
-		probe.Backend, s.started, time.Since(s.started))
+	if record != "" {
+		if err := report.NewRecording(snap, events).Save(record); err != nil {
+			return err
+		}
+	}
+	r := report.Build(snap, col, filter, probe.Backend, s.started, time.Since(s.started))
 	if cmd != nil {
 		r.Command = &report.Command{Argv: argv, PID: cmd.c.Process.Pid, ExitCode: cmd.c.ProcessState.ExitCode()}
 	}
-	if c.output == "json" {
+	return write(r, c.output, out)
+}
+
+func write(r report.Report, format string, out io.Writer) error {
+	if format == "json" {
 		return r.WriteJSON(out)
 	}
 	return r.WriteText(out)
+}
+
+// replayReport rebuilds a report offline: nothing of this host is read.
+func replayReport(path string, f report.Filter, format string, out io.Writer) error {
+	rec, err := report.LoadRecording(path)
+	if err != nil {
+		return err
+	}
+	col := report.NewOfflineCollector()
+	for _, e := range rec.Events {
+		col.Observe(e)
+	}
+	r := report.Build(rec.Snapshot(), col, f, "replay", time.Time{}, 0)
+	return write(r, format, out)
 }
 
 type tracedCommand struct {

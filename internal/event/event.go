@@ -25,39 +25,44 @@ const (
 // Class is what decides a failure's pattern; the kernel counts failures per
 // (pid, Class), so every count derived from it is exact.
 type Class struct {
-	Op     Op
-	Proto  string // "tcp" or "udp"
-	Family string // "ipv4" or "ipv6"
-	Errno  unix.Errno
+	Op     Op         `json:"op"`
+	Proto  string     `json:"proto"`  // "tcp" or "udp"
+	Family string     `json:"family"` // "ipv4" or "ipv6"
+	Errno  unix.Errno `json:"errno"`
 	// Port0: bind asked for port 0; connect ran on a socket without a bound port.
-	Port0 bool
+	Port0 bool `json:"port0"`
 	// AnyAddr: bind asked for the wildcard address; connect had no bound address.
-	AnyAddr bool
+	AnyAddr bool `json:"any_addr"`
 }
 
 // Event is one failed call.
 type Event struct {
-	Time     time.Time
-	PID      uint32
-	TID      uint32
-	Comm     string // the process (thread-group leader)
-	Thread   string // the calling thread
-	Class    Class
-	Addr     netip.AddrPort // bind: requested; connect: bound local address (zero port if none)
-	Dest     netip.AddrPort // connect only
-	Options  []string
-	Netns    uint64
-	CgroupID uint64
-	SockIno  uint64
+	Time     time.Time      `json:"time"`
+	PID      uint32         `json:"pid"`
+	TID      uint32         `json:"tid"`
+	Comm     string         `json:"comm"`   // the process (thread-group leader)
+	Thread   string         `json:"thread"` // the calling thread
+	Class    Class          `json:"class"`
+	Addr     netip.AddrPort `json:"addr"` // bind: requested; connect: bound local address (zero port if none)
+	Dest     netip.AddrPort `json:"dest"` // connect only
+	Options  []string       `json:"options"`
+	Netns    uint64         `json:"netns"`
+	CgroupID uint64         `json:"cgroup_id"`
+	SockIno  uint64         `json:"sock_ino"`
 }
 
 // ProcStats are a process's counters, kept in the kernel.
 type ProcStats struct {
-	BindsOK, BindsFailed, BindsOther          uint64
-	ConnectsOK, ConnectsFailed, ConnectsOther uint64
+	BindsOK        uint64 `json:"binds_ok"`
+	BindsFailed    uint64 `json:"binds_failed"`
+	BindsOther     uint64 `json:"binds_other"`
+	ConnectsOK     uint64 `json:"connects_ok"`
+	ConnectsFailed uint64 `json:"connects_failed"`
+	ConnectsOther  uint64 `json:"connects_other"`
 	// Port0BindsOK counts sockets a port-0 bind gave a port; Port0BindConnects
 	// how many of those went on to connect().
-	Port0BindsOK, Port0BindConnects uint64
+	Port0BindsOK      uint64 `json:"port0_binds_ok"`
+	Port0BindConnects uint64 `json:"port0_bind_connects"`
 }
 
 // Failures is the number of failed calls that portsleuth attributes.
@@ -65,10 +70,10 @@ func (s ProcStats) Failures() uint64 { return s.BindsFailed + s.ConnectsFailed }
 
 // ProcMeta is what the kernel recorded about a process at its first failure.
 type ProcMeta struct {
-	Comm     string
-	Cmdline  string // possibly truncated
-	Netns    uint64
-	CgroupID uint64
+	Comm     string `json:"comm"`
+	Cmdline  string `json:"cmdline"` // possibly truncated
+	Netns    uint64 `json:"netns"`
+	CgroupID uint64 `json:"cgroup_id"`
 }
 
 // Snapshot is the content of the kernel's counters at one moment.

@@ -1,6 +1,7 @@
 package report
 
 import (
+	"errors"
 	"net/netip"
 	"slices"
 
@@ -49,6 +50,17 @@ func NewCollector() *Collector {
 		Lookup:  procinfo.Lookup,
 	}
 }
+
+// NewOfflineCollector returns a collector for recorded events: it reads
+// nothing from this host, so processes and namespaces are what was recorded.
+func NewOfflineCollector() *Collector {
+	c := NewCollector()
+	c.Sysctls = func(uint32, uint32) (netns.Sysctls, error) { return netns.Sysctls{}, errOffline }
+	c.Lookup = func(uint32) (procinfo.Info, error) { return procinfo.Info{}, errOffline }
+	return c
+}
+
+var errOffline = errors.New("offline: not reading this host")
 
 // Events is how many events the collector has seen.
 func (c *Collector) Events() uint64 { return c.events }
