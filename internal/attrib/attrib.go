@@ -5,6 +5,7 @@ package attrib
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -143,8 +144,12 @@ func (f *Finding) Evidence() string {
 		fmt.Fprintf(&b, "%d calls failed EPERM", f.Count)
 	default:
 		fmt.Fprintf(&b, "%d calls failed:", f.Count)
+		byCall := map[string]uint64{}
 		for c, n := range f.Classes {
-			fmt.Fprintf(&b, " %s %s x%d", c.Op, unix.ErrnoName(c.Errno), n)
+			byCall[fmt.Sprintf("%s %s", c.Op, unix.ErrnoName(c.Errno))] += n
+		}
+		for _, k := range slices.Sorted(maps.Keys(byCall)) {
+			fmt.Fprintf(&b, " %s x%d", k, byCall[k])
 		}
 	}
 	if len(f.Options) > 0 {

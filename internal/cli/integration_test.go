@@ -3,9 +3,14 @@ package cli
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/portsleuth/portsleuth/internal/report"
@@ -18,8 +23,14 @@ func TestMain(m *testing.M) {
 	if os.Getenv(scenario.Env) != "" {
 		os.Exit(scenario.Main(os.Stdout, os.Stderr))
 	}
+	if os.Getenv(runCLIEnv) != "" {
+		os.Exit(Run(os.Args[1:], os.Stdout, os.Stderr))
+	}
 	os.Exit(m.Run())
 }
+
+// runCLIEnv makes the test binary behave as the portsleuth command.
+const runCLIEnv = "PORTSLEUTH_RUN_CLI"
 
 func requireRoot(t *testing.T) {
 	t.Helper()
@@ -259,5 +270,108 @@ func TestIPv6UDPAndNonLocal(t *testing.T) {
 		if !ok || strings.Join(got, ",") != strings.Join(opts, ",") {
 			t.Errorf("no example %v with options %v; examples: %v", k, opts, seen)
 		}
+	}
+}
+
+// signalWriter closes ready on the first write: the tracer is attached.
+type signalWriter struct {
+	bytes.Buffer
+	ready chan struct{}
+	once  sync.Once
+}
+
+func (w *signalWriter) Write(p []byte) (int, error) {
+	w.once.Do(func() { close(w.ready) })
+	return w.Buffer.Write(p)
+}
+
+// watch -o json under a storm: few lines, and the folded counts add up to
+// every failure.
+func TestWatchFoldsAStormWithoutLosingCount(t *testing.T) {
+	requireRoot(t)
+	child := exec.Command(os.Args[0])
+	child.Env = append(os.Environ(), scenario.Env+"=bind-storm", scenario.WaitEnv+"=1")
+	release, err := child.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var childOut bytes.Buffer
+	child.Stdout, child.Stderr = &childOut, &childOut
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer child.Process.Kill()
+
+	var out bytes.Buffer
+	stderr := &signalWriter{ready: make(chan struct{})}
+	done := make(chan int)
+	go func() {
+		done <- Run([]string{"watch", "-o", "json", "--pid", strconv.Itoa(child.Process.Pid), "--duration", "2s"}, &out, stderr)
+	}()
+	select {
+	case <-stderr.ready:
+	case code := <-done:
+		t.Fatalf("watch exited %d before attaching: %s", code, stderr.String())
+	}
+	release.Write([]byte("go\n"))
+	if err := child.Wait(); err != nil {
+		t.Fatalf("storm scenario: %v\n%s", err, childOut.String())
+	}
+	if code := <-done; code != 0 {
+		t.Fatalf("watch exit %d: %s", code, stderr.String())
+	}
+
+	var lines, total uint64
+	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		var r report.Record
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("not a JSON record: %q", line)
+		}
+		if r.PID != uint32(child.Process.Pid) || r.Pattern != "port-in-use" || r.Errno != "EADDRINUSE" || r.Addr != "127.0.0.1:8080" {
+			t.Errorf("record %+v", r)
+		}
+		lines++
+		total += max(r.Folded, 1)
+	}
+	if total != scenario.StormBinds {
+		t.Errorf("records stand for %d failures, want %d", total, scenario.StormBinds)
+	}
+	// 5 lines + 1 folded line per second of storm; the storm lasts well under 2 s.
+	if lines > 20 {
+		t.Errorf("%d lines for one storm: the view did not fold", lines)
+	}
+	t.Logf("%d failures shown as %d lines", total, lines)
+}
+
+// Without privileges: one line naming them, exit 1.
+func TestWatchWithoutPrivileges(t *testing.T) {
+	requireRoot(t) // to become nobody
+	dir, err := os.MkdirTemp("", "portsleuth-nobody")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	exe := filepath.Join(dir, "portsleuth.test")
+	b, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(exe, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(dir, 0o755)
+	cmd := exec.Command(exe, "watch")
+	cmd.Env = append(os.Environ(), runCLIEnv+"=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err = cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("want exit 1, got %v; stderr %q", err, stderr.String())
+	}
+	msg := strings.TrimSpace(stderr.String())
+	if strings.Count(msg, "\n") != 0 || !strings.Contains(msg, "CAP_BPF") || !strings.Contains(msg, "CAP_PERFMON") {
+		t.Errorf("want one line naming CAP_BPF and CAP_PERFMON, got %q", msg)
 	}
 }

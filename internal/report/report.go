@@ -164,7 +164,8 @@ func buildProcess(pid uint32, st event.ProcStats, fails map[event.Class]uint64, 
 	}
 
 	findings := map[attrib.Pattern]*attrib.Finding{}
-	for class, n := range fails {
+	for _, class := range sortedClasses(fails) {
+		n := fails[class]
 		p.Failures += n
 		p.Errors[errnoName(class.Errno)] += n
 		pat := attrib.Classify(class, st)
@@ -290,4 +291,25 @@ func sortedKeys(m map[string]uint64) []string {
 // oneLine keeps a command line on one line of text output.
 func oneLine(s string) string {
 	return strings.NewReplacer("\n", `\n`, "\r", `\r`, "\t", `\t`).Replace(s)
+}
+
+// sortedClasses orders failure classes so every output is deterministic.
+func sortedClasses(m map[event.Class]uint64) []event.Class {
+	classes := make([]event.Class, 0, len(m))
+	for c := range m {
+		classes = append(classes, c)
+	}
+	slices.SortFunc(classes, func(a, b event.Class) int {
+		return cmp.Or(strings.Compare(string(a.Op), string(b.Op)), strings.Compare(a.Proto, b.Proto),
+			strings.Compare(a.Family, b.Family), cmp.Compare(a.Errno, b.Errno),
+			cmp.Compare(b2i(a.Port0), b2i(b.Port0)), cmp.Compare(b2i(a.AnyAddr), b2i(b.AnyAddr)))
+	})
+	return classes
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

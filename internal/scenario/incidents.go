@@ -324,3 +324,24 @@ func (r *Result) bindSA(fd int, sa unix.Sockaddr) error {
 	r.BindsOK++
 	return nil
 }
+
+// StormBinds is how many failing binds bindStorm makes.
+const StormBinds = 2000
+
+// bindStorm is a restart loop gone wild: one socket retries bind() of a held
+// port as fast as it can.
+func bindStorm(r *Result) error {
+	if _, err := r.listen("127.0.0.1", ListenPort); err != nil {
+		return err
+	}
+	fd, err := tcpSocket()
+	if err != nil {
+		return err
+	}
+	for i := 0; i < StormBinds; i++ {
+		if err := r.bind(fd, "127.0.0.1", ListenPort); errnoOf(err) != unix.EADDRINUSE {
+			return fmt.Errorf("bind %d of a held port: want EADDRINUSE, got %v", i, err)
+		}
+	}
+	return nil
+}

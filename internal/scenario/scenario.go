@@ -6,6 +6,7 @@
 package scenario
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,6 +23,9 @@ import (
 // Env names the environment variable that makes a test binary run a scenario
 // instead of its tests.
 const Env = "PORTSLEUTH_SCENARIO"
+
+// WaitEnv, when set, makes a scenario wait for a line on stdin before it starts.
+const WaitEnv = "PORTSLEUTH_SCENARIO_WAIT"
 
 // PortRange is the ephemeral range every scenario namespace uses.
 var PortRange = [2]int{40000, 40063}
@@ -61,6 +65,7 @@ var Scenarios = map[string]func(*Result) error{
 	"culprit-beside-busy":     culpritBesideBusy,
 	"tuple-conflict":          tupleConflict,
 	"ipv6-and-udp":            ipv6AndUDP,
+	"bind-storm":              bindStorm,
 }
 
 // Names returns the scenario names, sorted.
@@ -87,6 +92,13 @@ func Main(stdout, stderr io.Writer) int {
 	if err := isolate(); err != nil {
 		fmt.Fprintf(stderr, "scenario %s: %v\n", name, err)
 		return 1
+	}
+	if os.Getenv(WaitEnv) != "" {
+		// The caller attaches a tracer to this pid, then releases us.
+		if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
+			fmt.Fprintf(stderr, "scenario %s: waiting for the go line: %v\n", name, err)
+			return 1
+		}
 	}
 	if err := fn(res); err != nil {
 		fmt.Fprintf(stderr, "scenario %s: %v\n", name, err)
