@@ -19,6 +19,15 @@ enum ps_opt {
 	PS_OPT_V6ONLY = 1 << 5,
 };
 
+/* The layer that saw a call. */
+enum ps_source {
+	PS_SRC_SYSCALL = 1,          /* syscalls:sys_{enter,exit}_{bind,connect} */
+	PS_SRC_INET_BIND = 2,
+	PS_SRC_INET6_BIND = 3,
+	PS_SRC_INET_HASH_CONNECT = 4,
+	PS_SRC_INET6_HASH_CONNECT = 5,
+};
+
 /* Facts about a failed call that decide its pattern; part of the failure key. */
 enum ps_flag {
 	/* bind: the requested port was 0. connect: the socket had no bound port. */
@@ -48,6 +57,12 @@ struct ps_event {
 	__u8 daddr[16];    /* connect: destination address */
 	char comm[16];     /* the process (thread-group leader) name */
 	char tcomm[16];    /* the calling thread's name */
+	/* Kernel layer, connect: candidate ports whose 4-tuple was taken, by a
+	 * TIME_WAIT socket that could not be reused / by a live connection. */
+	__u32 tw_blocked;
+	__u32 est_blocked;
+	__u8 source;       /* enum ps_source */
+	__u8 _pad[7];
 };
 
 /* Key of the in-kernel failure counters: exact counts whatever the ring buffer drops. */
@@ -70,6 +85,9 @@ struct ps_proc_stats {
 	__u64 connects_other;     /* ECONNREFUSED, ENETUNREACH, ...: not address errors */
 	__u64 port0_binds_ok;     /* successful binds where the kernel picked the port */
 	__u64 port0_bind_connects;/* connect() calls on sockets a port-0 bind had bound */
+	/* Kernel layer: candidate ports connect() found taken, summed over calls. */
+	__u64 connect_tw_blocked;
+	__u64 connect_est_blocked;
 };
 
 /* Process identity recorded at its first failure, for processes gone before

@@ -14,44 +14,51 @@ import (
 )
 
 type PortsleuthCall struct {
-	_       structs.HostLayout
-	SockIno uint64
-	Netns   uint64
-	Sk      uint64
-	Laddr   [16]uint8
-	Daddr   [16]uint8
-	Options uint16
-	Flags   uint16
-	Op      uint8
-	Family  uint8
-	Proto   uint8
-	State   uint8
-	Lport   uint16
-	Dport   uint16
-	Pad     uint32
+	_         structs.HostLayout
+	SockIno   uint64
+	Netns     uint64
+	Sk        uint64
+	Laddr     [16]uint8
+	Daddr     [16]uint8
+	Options   uint16
+	Flags     uint16
+	Op        uint8
+	Family    uint8
+	Proto     uint8
+	State     uint8
+	Lport     uint16
+	Dport     uint16
+	TwBlocked uint32
+	ChkFailed uint32
+	Source    uint8
+	Pad       [3]uint8
 }
 
 type PortsleuthPsEvent struct {
-	_        structs.HostLayout
-	TsNs     uint64
-	Netns    uint64
-	CgroupId uint64
-	SockIno  uint64
-	Pid      uint32
-	Tid      uint32
-	Err      int32
-	Options  uint16
-	Flags    uint16
-	Op       uint8
-	Family   uint8
-	Proto    uint8
-	State    uint8
-	Lport    uint16
-	Dport    uint16
-	Laddr    [16]uint8
-	Daddr    [16]uint8
-	Comm     [16]int8
-	Tcomm    [16]int8
+	_          structs.HostLayout
+	TsNs       uint64
+	Netns      uint64
+	CgroupId   uint64
+	SockIno    uint64
+	Pid        uint32
+	Tid        uint32
+	Err        int32
+	Options    uint16
+	Flags      uint16
+	Op         uint8
+	Family     uint8
+	Proto      uint8
+	State      uint8
+	Lport      uint16
+	Dport      uint16
+	Laddr      [16]uint8
+	Daddr      [16]uint8
+	Comm       [16]int8
+	Tcomm      [16]int8
+	TwBlocked  uint32
+	EstBlocked uint32
+	Source     uint8
+	Pad        [7]uint8
 }
 
 type PortsleuthPsFailKey struct {
@@ -117,32 +124,67 @@ type PortsleuthPsProcStats struct {
 	ConnectsOther     uint64
 	Port0BindsOk      uint64
 	Port0BindConnects uint64
+	ConnectTwBlocked  uint64
+	ConnectEstBlocked uint64
 }
+
+type PortsleuthPsSource uint32
+
+const (
+	PortsleuthPsSourcePS_SRC_SYSCALL           PortsleuthPsSource = 1
+	PortsleuthPsSourcePS_SRC_INET_BIND         PortsleuthPsSource = 2
+	PortsleuthPsSourcePS_SRC_INET6BIND         PortsleuthPsSource = 3
+	PortsleuthPsSourcePS_SRC_INET_HASH_CONNECT PortsleuthPsSource = 4
+	PortsleuthPsSourcePS_SRC_INET6HASH_CONNECT PortsleuthPsSource = 5
+)
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	PortsleuthMapCalls                   = "calls"
-	PortsleuthMapEvents                  = "events"
-	PortsleuthMapFailCounts              = "fail_counts"
-	PortsleuthMapLost                    = "lost"
-	PortsleuthMapNetnsInfo               = "netns_info"
-	PortsleuthMapProcMeta                = "proc_meta"
-	PortsleuthMapProcStats               = "proc_stats"
-	PortsleuthMapSockState               = "sock_state"
-	PortsleuthProgTpEnterBind            = "tp_enter_bind"
-	PortsleuthProgTpEnterConnect         = "tp_enter_connect"
-	PortsleuthProgTpExitBind             = "tp_exit_bind"
-	PortsleuthProgTpExitConnect          = "tp_exit_connect"
-	PortsleuthVarPsEvent                 = "_ps_event"
-	PortsleuthVarPsFlag                  = "_ps_flag"
-	PortsleuthVarPsOp                    = "_ps_op"
-	PortsleuthVarPsOpt                   = "_ps_opt"
-	PortsleuthVarInetFlagsBindNoPortBit  = "inet_flags_bind_no_port_bit"
-	PortsleuthVarInetFlagsFreebindBit    = "inet_flags_freebind_bit"
-	PortsleuthVarInetFlagsTransparentBit = "inet_flags_transparent_bit"
-	PortsleuthVarTargetPid               = "target_pid"
+	PortsleuthMapCalls                       = "calls"
+	PortsleuthMapEvents                      = "events"
+	PortsleuthMapFailCounts                  = "fail_counts"
+	PortsleuthMapLost                        = "lost"
+	PortsleuthMapNetnsInfo                   = "netns_info"
+	PortsleuthMapProcMeta                    = "proc_meta"
+	PortsleuthMapProcStats                   = "proc_stats"
+	PortsleuthMapSockState                   = "sock_state"
+	PortsleuthProgFentryInet6Bind            = "fentry_inet6_bind"
+	PortsleuthProgFentryInet6HashConnect     = "fentry_inet6_hash_connect"
+	PortsleuthProgFentryInetBind             = "fentry_inet_bind"
+	PortsleuthProgFentryInetHashConnect      = "fentry_inet_hash_connect"
+	PortsleuthProgFexitCheckEstablished      = "fexit_check_established"
+	PortsleuthProgFexitCheckEstablished6     = "fexit_check_established6"
+	PortsleuthProgFexitInet6Bind             = "fexit_inet6_bind"
+	PortsleuthProgFexitInet6HashConnect      = "fexit_inet6_hash_connect"
+	PortsleuthProgFexitInetBind              = "fexit_inet_bind"
+	PortsleuthProgFexitInetHashConnect       = "fexit_inet_hash_connect"
+	PortsleuthProgFexitTcpTwskUnique         = "fexit_tcp_twsk_unique"
+	PortsleuthProgKprobeInet6Bind            = "kprobe_inet6_bind"
+	PortsleuthProgKprobeInet6HashConnect     = "kprobe_inet6_hash_connect"
+	PortsleuthProgKprobeInetBind             = "kprobe_inet_bind"
+	PortsleuthProgKprobeInetHashConnect      = "kprobe_inet_hash_connect"
+	PortsleuthProgKretprobeCheckEstablished  = "kretprobe_check_established"
+	PortsleuthProgKretprobeCheckEstablished6 = "kretprobe_check_established6"
+	PortsleuthProgKretprobeInet6Bind         = "kretprobe_inet6_bind"
+	PortsleuthProgKretprobeInet6HashConnect  = "kretprobe_inet6_hash_connect"
+	PortsleuthProgKretprobeInetBind          = "kretprobe_inet_bind"
+	PortsleuthProgKretprobeInetHashConnect   = "kretprobe_inet_hash_connect"
+	PortsleuthProgKretprobeTcpTwskUnique     = "kretprobe_tcp_twsk_unique"
+	PortsleuthProgTpEnterBind                = "tp_enter_bind"
+	PortsleuthProgTpEnterConnect             = "tp_enter_connect"
+	PortsleuthProgTpExitBind                 = "tp_exit_bind"
+	PortsleuthProgTpExitConnect              = "tp_exit_connect"
+	PortsleuthVarPsEvent                     = "_ps_event"
+	PortsleuthVarPsFlag                      = "_ps_flag"
+	PortsleuthVarPsOp                        = "_ps_op"
+	PortsleuthVarPsOpt                       = "_ps_opt"
+	PortsleuthVarPsSource                    = "_ps_source"
+	PortsleuthVarInetFlagsBindNoPortBit      = "inet_flags_bind_no_port_bit"
+	PortsleuthVarInetFlagsFreebindBit        = "inet_flags_freebind_bit"
+	PortsleuthVarInetFlagsTransparentBit     = "inet_flags_transparent_bit"
+	PortsleuthVarTargetPid                   = "target_pid"
 )
 
 // LoadPortsleuth returns the embedded CollectionSpec for Portsleuth.
@@ -187,10 +229,32 @@ type PortsleuthSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type PortsleuthProgramSpecs struct {
-	TpEnterBind    *ebpf.ProgramSpec `ebpf:"tp_enter_bind"`
-	TpEnterConnect *ebpf.ProgramSpec `ebpf:"tp_enter_connect"`
-	TpExitBind     *ebpf.ProgramSpec `ebpf:"tp_exit_bind"`
-	TpExitConnect  *ebpf.ProgramSpec `ebpf:"tp_exit_connect"`
+	FentryInet6Bind            *ebpf.ProgramSpec `ebpf:"fentry_inet6_bind"`
+	FentryInet6HashConnect     *ebpf.ProgramSpec `ebpf:"fentry_inet6_hash_connect"`
+	FentryInetBind             *ebpf.ProgramSpec `ebpf:"fentry_inet_bind"`
+	FentryInetHashConnect      *ebpf.ProgramSpec `ebpf:"fentry_inet_hash_connect"`
+	FexitCheckEstablished      *ebpf.ProgramSpec `ebpf:"fexit_check_established"`
+	FexitCheckEstablished6     *ebpf.ProgramSpec `ebpf:"fexit_check_established6"`
+	FexitInet6Bind             *ebpf.ProgramSpec `ebpf:"fexit_inet6_bind"`
+	FexitInet6HashConnect      *ebpf.ProgramSpec `ebpf:"fexit_inet6_hash_connect"`
+	FexitInetBind              *ebpf.ProgramSpec `ebpf:"fexit_inet_bind"`
+	FexitInetHashConnect       *ebpf.ProgramSpec `ebpf:"fexit_inet_hash_connect"`
+	FexitTcpTwskUnique         *ebpf.ProgramSpec `ebpf:"fexit_tcp_twsk_unique"`
+	KprobeInet6Bind            *ebpf.ProgramSpec `ebpf:"kprobe_inet6_bind"`
+	KprobeInet6HashConnect     *ebpf.ProgramSpec `ebpf:"kprobe_inet6_hash_connect"`
+	KprobeInetBind             *ebpf.ProgramSpec `ebpf:"kprobe_inet_bind"`
+	KprobeInetHashConnect      *ebpf.ProgramSpec `ebpf:"kprobe_inet_hash_connect"`
+	KretprobeCheckEstablished  *ebpf.ProgramSpec `ebpf:"kretprobe_check_established"`
+	KretprobeCheckEstablished6 *ebpf.ProgramSpec `ebpf:"kretprobe_check_established6"`
+	KretprobeInet6Bind         *ebpf.ProgramSpec `ebpf:"kretprobe_inet6_bind"`
+	KretprobeInet6HashConnect  *ebpf.ProgramSpec `ebpf:"kretprobe_inet6_hash_connect"`
+	KretprobeInetBind          *ebpf.ProgramSpec `ebpf:"kretprobe_inet_bind"`
+	KretprobeInetHashConnect   *ebpf.ProgramSpec `ebpf:"kretprobe_inet_hash_connect"`
+	KretprobeTcpTwskUnique     *ebpf.ProgramSpec `ebpf:"kretprobe_tcp_twsk_unique"`
+	TpEnterBind                *ebpf.ProgramSpec `ebpf:"tp_enter_bind"`
+	TpEnterConnect             *ebpf.ProgramSpec `ebpf:"tp_enter_connect"`
+	TpExitBind                 *ebpf.ProgramSpec `ebpf:"tp_exit_bind"`
+	TpExitConnect              *ebpf.ProgramSpec `ebpf:"tp_exit_connect"`
 }
 
 // PortsleuthMapSpecs contains maps before they are loaded into the kernel.
@@ -215,6 +279,7 @@ type PortsleuthVariableSpecs struct {
 	PsFlag                  *ebpf.VariableSpec `ebpf:"_ps_flag"`
 	PsOp                    *ebpf.VariableSpec `ebpf:"_ps_op"`
 	PsOpt                   *ebpf.VariableSpec `ebpf:"_ps_opt"`
+	PsSource                *ebpf.VariableSpec `ebpf:"_ps_source"`
 	InetFlagsBindNoPortBit  *ebpf.VariableSpec `ebpf:"inet_flags_bind_no_port_bit"`
 	InetFlagsFreebindBit    *ebpf.VariableSpec `ebpf:"inet_flags_freebind_bit"`
 	InetFlagsTransparentBit *ebpf.VariableSpec `ebpf:"inet_flags_transparent_bit"`
@@ -272,6 +337,7 @@ type PortsleuthVariables struct {
 	PsFlag                  *ebpf.Variable `ebpf:"_ps_flag"`
 	PsOp                    *ebpf.Variable `ebpf:"_ps_op"`
 	PsOpt                   *ebpf.Variable `ebpf:"_ps_opt"`
+	PsSource                *ebpf.Variable `ebpf:"_ps_source"`
 	InetFlagsBindNoPortBit  *ebpf.Variable `ebpf:"inet_flags_bind_no_port_bit"`
 	InetFlagsFreebindBit    *ebpf.Variable `ebpf:"inet_flags_freebind_bit"`
 	InetFlagsTransparentBit *ebpf.Variable `ebpf:"inet_flags_transparent_bit"`
@@ -282,14 +348,58 @@ type PortsleuthVariables struct {
 //
 // It can be passed to LoadPortsleuthObjects or ebpf.CollectionSpec.LoadAndAssign.
 type PortsleuthPrograms struct {
-	TpEnterBind    *ebpf.Program `ebpf:"tp_enter_bind"`
-	TpEnterConnect *ebpf.Program `ebpf:"tp_enter_connect"`
-	TpExitBind     *ebpf.Program `ebpf:"tp_exit_bind"`
-	TpExitConnect  *ebpf.Program `ebpf:"tp_exit_connect"`
+	FentryInet6Bind            *ebpf.Program `ebpf:"fentry_inet6_bind"`
+	FentryInet6HashConnect     *ebpf.Program `ebpf:"fentry_inet6_hash_connect"`
+	FentryInetBind             *ebpf.Program `ebpf:"fentry_inet_bind"`
+	FentryInetHashConnect      *ebpf.Program `ebpf:"fentry_inet_hash_connect"`
+	FexitCheckEstablished      *ebpf.Program `ebpf:"fexit_check_established"`
+	FexitCheckEstablished6     *ebpf.Program `ebpf:"fexit_check_established6"`
+	FexitInet6Bind             *ebpf.Program `ebpf:"fexit_inet6_bind"`
+	FexitInet6HashConnect      *ebpf.Program `ebpf:"fexit_inet6_hash_connect"`
+	FexitInetBind              *ebpf.Program `ebpf:"fexit_inet_bind"`
+	FexitInetHashConnect       *ebpf.Program `ebpf:"fexit_inet_hash_connect"`
+	FexitTcpTwskUnique         *ebpf.Program `ebpf:"fexit_tcp_twsk_unique"`
+	KprobeInet6Bind            *ebpf.Program `ebpf:"kprobe_inet6_bind"`
+	KprobeInet6HashConnect     *ebpf.Program `ebpf:"kprobe_inet6_hash_connect"`
+	KprobeInetBind             *ebpf.Program `ebpf:"kprobe_inet_bind"`
+	KprobeInetHashConnect      *ebpf.Program `ebpf:"kprobe_inet_hash_connect"`
+	KretprobeCheckEstablished  *ebpf.Program `ebpf:"kretprobe_check_established"`
+	KretprobeCheckEstablished6 *ebpf.Program `ebpf:"kretprobe_check_established6"`
+	KretprobeInet6Bind         *ebpf.Program `ebpf:"kretprobe_inet6_bind"`
+	KretprobeInet6HashConnect  *ebpf.Program `ebpf:"kretprobe_inet6_hash_connect"`
+	KretprobeInetBind          *ebpf.Program `ebpf:"kretprobe_inet_bind"`
+	KretprobeInetHashConnect   *ebpf.Program `ebpf:"kretprobe_inet_hash_connect"`
+	KretprobeTcpTwskUnique     *ebpf.Program `ebpf:"kretprobe_tcp_twsk_unique"`
+	TpEnterBind                *ebpf.Program `ebpf:"tp_enter_bind"`
+	TpEnterConnect             *ebpf.Program `ebpf:"tp_enter_connect"`
+	TpExitBind                 *ebpf.Program `ebpf:"tp_exit_bind"`
+	TpExitConnect              *ebpf.Program `ebpf:"tp_exit_connect"`
 }
 
 func (p *PortsleuthPrograms) Close() error {
 	return _PortsleuthClose(
+		p.FentryInet6Bind,
+		p.FentryInet6HashConnect,
+		p.FentryInetBind,
+		p.FentryInetHashConnect,
+		p.FexitCheckEstablished,
+		p.FexitCheckEstablished6,
+		p.FexitInet6Bind,
+		p.FexitInet6HashConnect,
+		p.FexitInetBind,
+		p.FexitInetHashConnect,
+		p.FexitTcpTwskUnique,
+		p.KprobeInet6Bind,
+		p.KprobeInet6HashConnect,
+		p.KprobeInetBind,
+		p.KprobeInetHashConnect,
+		p.KretprobeCheckEstablished,
+		p.KretprobeCheckEstablished6,
+		p.KretprobeInet6Bind,
+		p.KretprobeInet6HashConnect,
+		p.KretprobeInetBind,
+		p.KretprobeInetHashConnect,
+		p.KretprobeTcpTwskUnique,
 		p.TpEnterBind,
 		p.TpEnterConnect,
 		p.TpExitBind,

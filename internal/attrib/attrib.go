@@ -130,6 +130,10 @@ func (f *Finding) Evidence() string {
 		if s := f.Sysctls; s != nil && s.TCPTwReuse >= 0 {
 			fmt.Fprintf(&b, "; tcp_tw_reuse=%d, tcp_timestamps=%d", s.TCPTwReuse, s.TCPTimestamps)
 		}
+		if st.ConnectTWBlocked+st.ConnectEstBlocked > 0 {
+			fmt.Fprintf(&b, "; the kernel found %d candidate ports taken by TIME_WAIT and %d by live connections",
+				st.ConnectTWBlocked, st.ConnectEstBlocked)
+		}
 	case ConnectTupleConflict:
 		fmt.Fprintf(&b, "%d %s from sockets bound to a fixed local port (%s) failed EADDRNOTAVAIL: that 4-tuple already exists",
 			f.Count, f.calls("connect", f.Addrs), joinAddrs(f.Locals))

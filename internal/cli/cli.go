@@ -21,8 +21,9 @@ const usage = `portsleuth catches failed bind() and connect() calls, names the p
 the call pattern behind them, and says what fixes it on this kernel.
 
 Usage:
-  portsleuth watch  [--pid N] [--comm NAME] [-o text|json] [--duration D]
-  portsleuth report [--pid N] [--comm NAME] [-o text|json] [--duration D] [--file PATH] [--all] [-- CMD ARGS...]
+  portsleuth watch  [--backend B] [--pid N] [--comm NAME] [-o text|json] [--duration D]
+  portsleuth report [--backend B] [--pid N] [--comm NAME] [-o text|json] [--duration D] [--file PATH] [--all] [-- CMD ARGS...]
+  portsleuth doctor
   portsleuth version
 
 Run 'portsleuth COMMAND --help' for a command's flags.
@@ -75,6 +76,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 
 // common are the flags every tracing command takes.
 type common struct {
+	backend  string
 	pid      int
 	comm     string
 	output   string
@@ -82,6 +84,7 @@ type common struct {
 }
 
 func (c *common) register(fs *pflag.FlagSet) {
+	fs.StringVar(&c.backend, "backend", "auto", "hooks to use: auto, fentry, kprobe or tracepoint")
 	fs.IntVar(&c.pid, "pid", 0, "trace only this process (thread-group id)")
 	fs.StringVar(&c.comm, "comm", "", "show only processes with this name")
 	fs.StringVarP(&c.output, "output", "o", "text", "output format: text or json")
@@ -94,6 +97,9 @@ func (c *common) validate() error {
 	}
 	if c.pid < 0 || c.pid > 1<<22 {
 		return usageError{fmt.Sprintf("invalid value %d for --pid", c.pid)}
+	}
+	if _, err := probe.ParseBackend(c.backend); err != nil {
+		return usageError{err.Error()}
 	}
 	if c.duration < 0 {
 		return usageError{fmt.Sprintf("invalid value %s for --duration: must not be negative", c.duration)}

@@ -29,6 +29,18 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// testBackend is the backend under test: $PORTSLEUTH_TEST_BACKEND (the VM
+// harness forces fentry and kprobe), else auto.
+func testBackend() string {
+	if b := os.Getenv("PORTSLEUTH_TEST_BACKEND"); b != "" {
+		return b
+	}
+	return "auto"
+}
+
+// kernelLayer says whether the report came from kernel-function hooks.
+func kernelLayer(r report.Report) bool { return r.Backend == "fentry" || r.Backend == "kprobe" }
+
 // runCLIEnv makes the test binary behave as the portsleuth command.
 const runCLIEnv = "PORTSLEUTH_RUN_CLI"
 
@@ -46,7 +58,7 @@ func traceScenario(t *testing.T, name string, extra ...string) (report.Report, s
 	requireRoot(t)
 	t.Setenv(scenario.Env, name)
 	file := filepath.Join(t.TempDir(), "report.json")
-	args := append([]string{"report", "-o", "json", "--file", file}, extra...)
+	args := append([]string{"report", "-o", "json", "--file", file, "--backend", testBackend()}, extra...)
 	// PORTSLEUTH_RECORD_DIR=dir saves each run's raw data, e.g. to refresh testdata/recordings.
 	if dir := os.Getenv("PORTSLEUTH_RECORD_DIR"); dir != "" {
 		args = append(args, "--record", filepath.Join(dir, name+".json"))
@@ -70,6 +82,9 @@ func traceScenario(t *testing.T, name string, extra ...string) (report.Report, s
 	}
 	if r.Command == nil || r.Command.PID != res.PID || r.Command.ExitCode != 0 {
 		t.Fatalf("report's command %+v does not match scenario pid %d", r.Command, res.PID)
+	}
+	if b := testBackend(); b != "auto" && r.Backend != b {
+		t.Fatalf("ran on backend %s, want %s", r.Backend, b)
 	}
 	t.Logf("report:\n%s", raw)
 	return r, res
@@ -116,6 +131,16 @@ func checkCulprit(t *testing.T, r report.Report, res scenario.Result, pattern, e
 	for _, e := range p.Examples {
 		if e.Pattern != pattern || e.Errno != errno || int(e.PID) != res.PID || e.Netns != p.Netns {
 			t.Errorf("example %+v: want pid %d, %s, %s", e, res.PID, pattern, errno)
+		}
+		wantSource := "syscall"
+		if kernelLayer(r) {
+			wantSource = map[string]string{"bind": "inet_bind", "connect": "inet_hash_connect"}[e.Op]
+			if e.Family == "ipv6" {
+				wantSource = strings.Replace(wantSource, "inet_", "inet6_", 1)
+			}
+		}
+		if e.Source != wantSource {
+			t.Errorf("example source %q, want %q on backend %s", e.Source, wantSource, r.Backend)
 		}
 	}
 	if p.EventsMissed != 0 || r.LostEvents != 0 {
@@ -175,6 +200,15 @@ func TestTimeWaitConnectExhaustion(t *testing.T) {
 	if p.Sysctls.TCPTwReuse != 0 || !strings.Contains(p.Patterns[0].Advice, "tcp_tw_reuse is 0 here") {
 		t.Errorf("sysctls %+v, advice %q", p.Sysctls, p.Patterns[0].Advice)
 	}
+	if kernelLayer(r) {
+		// Every one of the 64 candidate ports holds a TIME_WAIT that may not be reused.
+		if e.TWBlocked != scenario.RangeSize || e.EstBlocked != 0 {
+			t.Errorf("candidates blocked: %d by TIME_WAIT, %d live; want %d, 0", e.TWBlocked, e.EstBlocked, scenario.RangeSize)
+		}
+		if !strings.Contains(p.Patterns[0].Evidence, "by TIME_WAIT") {
+			t.Errorf("evidence %q does not say TIME_WAIT blocked the ports", p.Patterns[0].Evidence)
+		}
+	}
 }
 
 func TestPortInUse(t *testing.T) {
@@ -217,8 +251,14 @@ func TestBusyProcessIsNotACulprit(t *testing.T) {
 	if busy.Failures != 0 || len(busy.Patterns) != 0 {
 		t.Errorf("busy child blamed: %+v", busy)
 	}
-	if busy.Connects.OK != scenario.BusyConnects || busy.Connects.OtherErrors != scenario.BusyRefused {
-		t.Errorf("busy child connects %+v, want %d ok, %d refused", busy.Connects, scenario.BusyConnects, scenario.BusyRefused)
+	// A refused connect fails after the port was found: the kernel layer
+	// (inet_hash_connect) counts it as ok, the syscall layer as another error.
+	refused, refusedOK := uint64(scenario.BusyRefused), uint64(0)
+	if kernelLayer(r) {
+		refused, refusedOK = 0, scenario.BusyRefused
+	}
+	if busy.Connects.OK != scenario.BusyConnects+refusedOK || busy.Connects.OtherErrors != refused {
+		t.Errorf("busy child connects %+v, want %d ok, %d other errors", busy.Connects, scenario.BusyConnects+refusedOK, refused)
 	}
 	if r.Processes[0].PID != uint32(res.PID) {
 		t.Errorf("culprit not ranked first: %+v", r.Processes[0])

@@ -14,7 +14,6 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/portsleuth/portsleuth/internal/event"
-	"github.com/portsleuth/portsleuth/internal/probe"
 	"github.com/portsleuth/portsleuth/internal/report"
 )
 
@@ -63,7 +62,7 @@ func runReport(args []string, stdout, stderr io.Writer) error {
 		return replayReport(replay, filter, c.output, out)
 	}
 
-	s, err := startSession(&c)
+	s, err := startSession(&c, stderr)
 	if err != nil {
 		return err
 	}
@@ -87,7 +86,7 @@ func runReport(args []string, stdout, stderr io.Writer) error {
 		defer cancel()
 		go func() { <-cmd.done; cancel() }()
 	} else if c.output == "text" && file == "" {
-		fmt.Fprintf(stderr, "portsleuth: tracing (backend %s); the report comes at the end (Ctrl-C or --duration)\n", probe.Backend)
+		fmt.Fprintf(stderr, "portsleuth: tracing; the report comes at the end (Ctrl-C or --duration)\n")
 	}
 
 	col := report.NewCollector()
@@ -113,7 +112,8 @@ func runReport(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	r := report.Build(snap, col, filter, probe.Backend, s.started, time.Since(s.started))
+	r := report.Build(snap, col, filter, string(s.t.Backend()), s.started, time.Since(s.started))
+	r.BackendNotes = s.t.Notes()
 	if cmd != nil {
 		r.Command = &report.Command{Argv: argv, PID: cmd.c.Process.Pid, ExitCode: cmd.c.ProcessState.ExitCode()}
 	}

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/portsleuth/portsleuth/internal/attrib"
@@ -22,11 +24,18 @@ type session struct {
 	started time.Time
 }
 
-func startSession(c *common) (*session, error) {
-	t, err := probe.Start(probe.Options{PID: uint32(c.pid)})
+// startSession attaches the tracer and says on stderr which backend runs and why.
+func startSession(c *common, stderr io.Writer) (*session, error) {
+	b, _ := probe.ParseBackend(c.backend) // validated with the flags
+	t, err := probe.Start(probe.Options{PID: uint32(c.pid), Backend: b})
 	if err != nil {
 		return nil, err
 	}
+	msg := "portsleuth: backend " + string(t.Backend())
+	if notes := t.Notes(); len(notes) > 0 {
+		msg += " (" + strings.Join(notes, "; ") + ")"
+	}
+	fmt.Fprintln(stderr, msg)
 	return &session{t: t, started: time.Now()}, nil
 }
 

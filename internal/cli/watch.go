@@ -14,7 +14,6 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/portsleuth/portsleuth/internal/event"
-	"github.com/portsleuth/portsleuth/internal/probe"
 	"github.com/portsleuth/portsleuth/internal/report"
 	"github.com/portsleuth/portsleuth/internal/watch"
 )
@@ -36,7 +35,7 @@ func runWatch(args []string, stdout, stderr io.Writer) error {
 		return usageError{fmt.Sprintf("watch takes no arguments, got %q", fs.Args())}
 	}
 
-	s, err := startSession(&c)
+	s, err := startSession(&c, stderr)
 	if err != nil {
 		return err
 	}
@@ -50,7 +49,7 @@ func runWatch(args []string, stdout, stderr io.Writer) error {
 		defer cancel()
 	}
 	// On stderr in every format: stdout carries only records.
-	fmt.Fprintf(stderr, "portsleuth: watching failed bind()/connect() (backend %s); Ctrl-C to stop\n", probe.Backend)
+	fmt.Fprintf(stderr, "portsleuth: watching failed bind()/connect(); Ctrl-C to stop\n")
 
 	w := &watcher{out: bufio.NewWriter(stdout), json: c.output == "json", folder: watch.NewFolder(foldBurst, time.Second), s: s}
 	err = s.loop(ctx,

@@ -49,6 +49,12 @@ type Event struct {
 	Netns    uint64         `json:"netns"`
 	CgroupID uint64         `json:"cgroup_id"`
 	SockIno  uint64         `json:"sock_ino"`
+	// Source is the layer that saw the call: "syscall", "inet_bind", "inet_hash_connect"...
+	Source string `json:"source"`
+	// TWBlocked and EstBlocked (kernel layer, connect) count candidate ports
+	// taken by a TIME_WAIT socket that could not be reused / a live connection.
+	TWBlocked  uint32 `json:"tw_blocked,omitempty"`
+	EstBlocked uint32 `json:"est_blocked,omitempty"`
 }
 
 // ProcStats are a process's counters, kept in the kernel.
@@ -63,6 +69,9 @@ type ProcStats struct {
 	// how many of those went on to connect().
 	Port0BindsOK      uint64 `json:"port0_binds_ok"`
 	Port0BindConnects uint64 `json:"port0_bind_connects"`
+	// Kernel layer: candidate ports connect() found taken, by TIME_WAIT / live connections.
+	ConnectTWBlocked  uint64 `json:"connect_tw_blocked,omitempty"`
+	ConnectEstBlocked uint64 `json:"connect_est_blocked,omitempty"`
 }
 
 // Failures is the number of failed calls that portsleuth attributes.
@@ -108,6 +117,14 @@ func OptionNames(bits uint16) []string {
 		}
 	}
 	return names
+}
+
+var sourceNames = map[gen.PortsleuthPsSource]string{
+	gen.PortsleuthPsSourcePS_SRC_SYSCALL:           "syscall",
+	gen.PortsleuthPsSourcePS_SRC_INET_BIND:         "inet_bind",
+	gen.PortsleuthPsSourcePS_SRC_INET6BIND:         "inet6_bind",
+	gen.PortsleuthPsSourcePS_SRC_INET_HASH_CONNECT: "inet_hash_connect",
+	gen.PortsleuthPsSourcePS_SRC_INET6HASH_CONNECT: "inet6_hash_connect",
 }
 
 func opOf(op uint8) Op {
@@ -185,11 +202,14 @@ func Decode(r *gen.PortsleuthPsEvent, boot time.Time) Event {
 		Class: ClassOf(gen.PortsleuthPsFailKey{
 			Err: r.Err, Op: r.Op, Proto: r.Proto, Family: r.Family, Flags: uint8(r.Flags),
 		}),
-		Addr:     addrOf(r.Family, r.Laddr, r.Lport),
-		Options:  OptionNames(r.Options),
-		Netns:    r.Netns,
-		CgroupID: r.CgroupId,
-		SockIno:  r.SockIno,
+		Addr:       addrOf(r.Family, r.Laddr, r.Lport),
+		Options:    OptionNames(r.Options),
+		Netns:      r.Netns,
+		CgroupID:   r.CgroupId,
+		SockIno:    r.SockIno,
+		Source:     sourceNames[gen.PortsleuthPsSource(r.Source)],
+		TWBlocked:  r.TwBlocked,
+		EstBlocked: r.EstBlocked,
 	}
 	if e.Class.Op == Connect {
 		e.Dest = addrOf(r.Family, r.Daddr, r.Dport)

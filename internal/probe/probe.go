@@ -5,7 +5,7 @@ package probe
 import (
 	"errors"
 	"fmt"
-	"os"
+	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -20,9 +20,6 @@ import (
 	"github.com/portsleuth/portsleuth/internal/netns"
 )
 
-// Backend names the layer the programs hook; reports carry it.
-const Backend = "tracepoint"
-
 // ErrPrivileges means the caller may not load tracing programs.
 var ErrPrivileges = errors.New("portsleuth needs root, or CAP_BPF and CAP_PERFMON, to load its BPF programs")
 
@@ -30,31 +27,26 @@ var ErrPrivileges = errors.New("portsleuth needs root, or CAP_BPF and CAP_PERFMO
 type Options struct {
 	// PID limits tracing to one process (thread-group id) inside the kernel; 0 traces all.
 	PID uint32
+	// Backend picks the hooks; Auto tries fentry, kprobe, then tracepoint.
+	Backend Backend
 }
 
 // Tracer owns the loaded programs, their links and the ring-buffer reader.
 // Links stay referenced here until Close: an unreferenced link is closed by
 // its finalizer and the program silently detaches.
 type Tracer struct {
-	objs  gen.PortsleuthObjects
-	links []link.Link
-	rd    *ringbuf.Reader
-	epoch time.Time
-	rec   ringbuf.Record
+	maps    gen.PortsleuthMaps
+	progs   []*ebpf.Program
+	links   []link.Link
+	rd      *ringbuf.Reader
+	epoch   time.Time
+	rec     ringbuf.Record
+	backend Backend
+	notes   []string
 }
 
-var tracepoints = []struct {
-	name string
-	prog func(*gen.PortsleuthObjects) *ebpf.Program
-}{
-	{"sys_enter_bind", func(o *gen.PortsleuthObjects) *ebpf.Program { return o.TpEnterBind }},
-	{"sys_exit_bind", func(o *gen.PortsleuthObjects) *ebpf.Program { return o.TpExitBind }},
-	{"sys_enter_connect", func(o *gen.PortsleuthObjects) *ebpf.Program { return o.TpEnterConnect }},
-	{"sys_exit_connect", func(o *gen.PortsleuthObjects) *ebpf.Program { return o.TpExitConnect }},
-}
-
-// Start loads and attaches every program. When it returns without error,
-// every bind()/connect() from then on is traced.
+// Start loads and attaches the programs of one backend. When it returns
+// without error, every bind()/connect() from then on is traced.
 func Start(opts Options) (*Tracer, error) {
 	if err := CheckPrivileges(); err != nil {
 		return nil, err
@@ -69,38 +61,114 @@ func Start(opts Options) (*Tracer, error) {
 	if err := configure(spec, opts); err != nil {
 		return nil, err
 	}
-	if err := ensureTracefs(); err != nil {
+	if opts.Backend != Auto && opts.Backend != "" {
+		return startBackend(spec, opts.Backend)
+	}
+	var skipped []string
+	for _, b := range []Backend{FEntry, Kprobe, Tracepoint} {
+		t, err := startBackend(spec.Copy(), b)
+		if err == nil {
+			if len(skipped) > 0 {
+				t.notes = append([]string{"auto: " + strings.Join(skipped, "; ")}, t.notes...)
+			}
+			return t, nil
+		}
+		if errors.Is(err, ErrPrivileges) {
+			return nil, err
+		}
+		skipped = append(skipped, fmt.Sprintf("%s: %v", b, err))
+	}
+	return nil, fmt.Errorf("no backend can trace on this kernel: %s", strings.Join(skipped, "; "))
+}
+
+func startBackend(spec *ebpf.CollectionSpec, b Backend) (*Tracer, error) {
+	if err := b.supported(); err != nil {
 		return nil, err
 	}
-	t := &Tracer{epoch: event.MonotonicEpoch()}
-	if err := spec.LoadAndAssign(&t.objs, nil); err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("loading bpf programs: %+v", ve)
+	if b == Tracepoint {
+		if err := ensureTracefs(); err != nil {
+			return nil, err
 		}
-		if errors.Is(err, unix.EPERM) {
-			return nil, fmt.Errorf("loading bpf programs: %w (%w)", err, ErrPrivileges)
-		}
-		return nil, fmt.Errorf("loading bpf programs: %w", err)
 	}
-	for _, tp := range tracepoints {
-		l, err := link.Tracepoint("syscalls", tp.name, tp.prog(&t.objs), nil)
-		if err != nil {
-			t.Close()
-			if errors.Is(err, os.ErrNotExist) {
-				return nil, fmt.Errorf("tracepoint syscalls:%s does not exist on this kernel (CONFIG_FTRACE_SYSCALLS off?): %w", tp.name, err)
+	hooks := b.hooks(spec)
+	t := &Tracer{epoch: event.MonotonicEpoch(), backend: b}
+	coll, err := load(spec, hooks, b)
+	if err != nil {
+		// An optional hook missing from this kernel must not cost the backend.
+		var required []hook
+		for _, h := range hooks {
+			if !h.optional {
+				required = append(required, h)
 			}
-			return nil, fmt.Errorf("attaching tracepoint syscalls:%s: %w", tp.name, err)
+		}
+		if len(required) == len(hooks) {
+			return nil, err
+		}
+		coll, err = load(spec, required, b)
+		if err != nil {
+			return nil, err
+		}
+		t.notes = append(t.notes, "without per-candidate-port hooks (check_established, tcp_twsk_unique): "+err.Error())
+		hooks = required
+	}
+	defer coll.Close()
+	if err := coll.Assign(&t.maps); err != nil {
+		return nil, fmt.Errorf("assigning maps: %w", err)
+	}
+	for _, h := range hooks {
+		prog := coll.DetachProgram(h.name)
+		t.progs = append(t.progs, prog)
+		l, err := h.attach(prog)
+		if err != nil {
+			if h.optional {
+				t.notes = append(t.notes, fmt.Sprintf("skipped %s: %v", h.what, err))
+				continue
+			}
+			t.Close()
+			return nil, fmt.Errorf("attaching %s: %w", h.what, err)
 		}
 		t.links = append(t.links, l)
 	}
-	t.rd, err = ringbuf.NewReader(t.objs.Events)
+	t.rd, err = ringbuf.NewReader(t.maps.Events)
 	if err != nil {
 		t.Close()
 		return nil, fmt.Errorf("opening the ring buffer: %w", err)
 	}
 	return t, nil
 }
+
+// load keeps only the programs of hooks and loads them with every map.
+func load(spec *ebpf.CollectionSpec, hooks []hook, b Backend) (*ebpf.Collection, error) {
+	spec = spec.Copy()
+	keep := map[string]bool{}
+	for _, h := range hooks {
+		keep[h.name] = true
+	}
+	for name := range spec.Programs {
+		if !keep[name] {
+			delete(spec.Programs, name)
+		}
+	}
+	coll, err := ebpf.NewCollection(spec)
+	if err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("loading bpf programs: %+v", ve)
+		}
+		if errors.Is(err, unix.EPERM) {
+			// The capabilities were checked: the kernel itself refuses this program type.
+			return nil, fmt.Errorf("the kernel refused to load %s programs (EPERM despite CAP_BPF/CAP_PERFMON: lockdown or a security policy)", b)
+		}
+		return nil, fmt.Errorf("loading %s programs: %w", b, err)
+	}
+	return coll, nil
+}
+
+// Backend is the layer the tracer hooks.
+func (t *Tracer) Backend() Backend { return t.backend }
+
+// Notes say why this backend was chosen and what it runs without.
+func (t *Tracer) Notes() []string { return t.notes }
 
 // configure sets the programs' read-only globals before load.
 func configure(spec *ebpf.CollectionSpec, opts Options) error {
@@ -202,7 +270,11 @@ func (t *Tracer) Close() error {
 		errs = append(errs, l.Close())
 	}
 	t.links = nil
-	errs = append(errs, t.objs.Close())
+	for _, p := range t.progs {
+		errs = append(errs, p.Close())
+	}
+	t.progs = nil
+	errs = append(errs, t.maps.Close())
 	return errors.Join(errs...)
 }
 
@@ -216,7 +288,7 @@ func (t *Tracer) Snapshot() (event.Snapshot, error) {
 	}
 	var pid uint32
 	var st gen.PortsleuthPsProcStats
-	it := t.objs.ProcStats.Iterate()
+	it := t.maps.ProcStats.Iterate()
 	for it.Next(&pid, &st) {
 		s.Procs[pid] = statsOf(&st)
 	}
@@ -224,7 +296,7 @@ func (t *Tracer) Snapshot() (event.Snapshot, error) {
 		return s, fmt.Errorf("reading proc_stats: %w", err)
 	}
 	var meta gen.PortsleuthPsProcMeta
-	it = t.objs.ProcMeta.Iterate()
+	it = t.maps.ProcMeta.Iterate()
 	for it.Next(&pid, &meta) {
 		s.Meta[pid] = event.ProcMeta{
 			Comm: event.CString(meta.Comm[:]), Cmdline: event.Cmdline(meta.Args[:]),
@@ -236,7 +308,7 @@ func (t *Tracer) Snapshot() (event.Snapshot, error) {
 	}
 	var key gen.PortsleuthPsFailKey
 	var n uint64
-	it = t.objs.FailCounts.Iterate()
+	it = t.maps.FailCounts.Iterate()
 	for it.Next(&key, &n) {
 		m := s.Failures[key.Pid]
 		if m == nil {
@@ -250,7 +322,7 @@ func (t *Tracer) Snapshot() (event.Snapshot, error) {
 	}
 	var inum uint64
 	var ns gen.PortsleuthPsNetns
-	it = t.objs.NetnsInfo.Iterate()
+	it = t.maps.NetnsInfo.Iterate()
 	for it.Next(&inum, &ns) {
 		s.Netns[inum] = sysctlsOf(inum, &ns)
 	}
@@ -265,7 +337,7 @@ func (t *Tracer) Snapshot() (event.Snapshot, error) {
 // ProcStats reads one process's counters; a process with no calls yet has zeros.
 func (t *Tracer) ProcStats(pid uint32) event.ProcStats {
 	var st gen.PortsleuthPsProcStats
-	if err := t.objs.ProcStats.Lookup(pid, &st); err != nil {
+	if err := t.maps.ProcStats.Lookup(pid, &st); err != nil {
 		return event.ProcStats{}
 	}
 	return statsOf(&st)
@@ -274,7 +346,7 @@ func (t *Tracer) ProcStats(pid uint32) event.ProcStats {
 // Lost is how many failures found the ring buffer full so far.
 func (t *Tracer) Lost() (uint64, error) {
 	var perCPU []uint64
-	if err := t.objs.Lost.Lookup(uint32(0), &perCPU); err != nil {
+	if err := t.maps.Lost.Lookup(uint32(0), &perCPU); err != nil {
 		return 0, fmt.Errorf("reading lost: %w", err)
 	}
 	var n uint64
@@ -289,6 +361,7 @@ func statsOf(st *gen.PortsleuthPsProcStats) event.ProcStats {
 		BindsOK: st.BindsOk, BindsFailed: st.BindsFailed, BindsOther: st.BindsOther,
 		ConnectsOK: st.ConnectsOk, ConnectsFailed: st.ConnectsFailed, ConnectsOther: st.ConnectsOther,
 		Port0BindsOK: st.Port0BindsOk, Port0BindConnects: st.Port0BindConnects,
+		ConnectTWBlocked: st.ConnectTwBlocked, ConnectEstBlocked: st.ConnectEstBlocked,
 	}
 }
 

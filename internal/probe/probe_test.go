@@ -1,6 +1,7 @@
 package probe
 
 import (
+	"cmp"
 	"errors"
 	"os"
 	"runtime"
@@ -19,7 +20,11 @@ func start(t *testing.T) *Tracer {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: loads BPF programs (CAP_BPF, CAP_PERFMON) and creates network namespaces (CAP_SYS_ADMIN)")
 	}
-	tr, err := Start(Options{PID: uint32(os.Getpid())})
+	b, err := ParseBackend(cmp.Or(os.Getenv("PORTSLEUTH_TEST_BACKEND"), "auto"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := Start(Options{PID: uint32(os.Getpid()), Backend: b})
 	if err != nil {
 		t.Fatalf("starting the tracer: %v", err)
 	}

@@ -32,31 +32,33 @@ type Record struct {
 	Netns   uint64   `json:"netns"`
 	SockIno uint64   `json:"socket_inode"`
 	Source  string   `json:"source"`
+	// Kernel layer, connect: candidate ports taken by TIME_WAIT / by live connections.
+	TWBlocked  uint32 `json:"tw_blocked,omitempty"`
+	EstBlocked uint32 `json:"est_blocked,omitempty"`
 	// Folded is set on a line that stands for N repeats watch did not print.
 	Folded uint64 `json:"folded,omitempty"`
 }
 
-// Source names the layer that saw an event.
-const Source = "syscall"
-
 // NewRecord renders an event with its pattern.
 func NewRecord(e event.Event, p attrib.Pattern) Record {
 	r := Record{
-		Time:    e.Time.UTC().Format(time.RFC3339Nano),
-		PID:     e.PID,
-		TID:     e.TID,
-		Comm:    e.Comm,
-		Thread:  e.Thread,
-		Op:      string(e.Class.Op),
-		Proto:   e.Class.Proto,
-		Family:  e.Class.Family,
-		Addr:    e.Addr.String(),
-		Errno:   unix.ErrnoName(e.Class.Errno),
-		Pattern: string(p),
-		Options: e.Options,
-		Netns:   e.Netns,
-		SockIno: e.SockIno,
-		Source:  Source,
+		Time:       e.Time.UTC().Format(time.RFC3339Nano),
+		PID:        e.PID,
+		TID:        e.TID,
+		Comm:       e.Comm,
+		Thread:     e.Thread,
+		Op:         string(e.Class.Op),
+		Proto:      e.Class.Proto,
+		Family:     e.Class.Family,
+		Addr:       e.Addr.String(),
+		Errno:      unix.ErrnoName(e.Class.Errno),
+		Pattern:    string(p),
+		Options:    e.Options,
+		Netns:      e.Netns,
+		SockIno:    e.SockIno,
+		Source:     e.Source,
+		TWBlocked:  e.TWBlocked,
+		EstBlocked: e.EstBlocked,
 	}
 	if r.Errno == "" {
 		r.Errno = fmt.Sprintf("errno %d", int(e.Class.Errno))

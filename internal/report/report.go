@@ -23,6 +23,7 @@ const Schema = 1
 type Report struct {
 	Schema          int       `json:"schema"`
 	Backend         string    `json:"backend"`
+	BackendNotes    []string  `json:"backend_notes,omitempty"`
 	Started         string    `json:"started"`
 	DurationSeconds float64   `json:"duration_seconds"`
 	LostEvents      uint64    `json:"lost_events"`

@@ -1,0 +1,436 @@
+/* Maps and the logic every backend shares: a call is begun with what is known
+ * when it starts (socket, options, requested addresses) and finished with its
+ * result. Finishing counts the call per process and, for a failure, per
+ * failure class, and streams the failure through the ring buffer. */
+#ifndef PORTSLEUTH_STATE_H
+#define PORTSLEUTH_STATE_H
+
+#include "common.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#define SOCK_BINDADDR_LOCK 4
+
+#define EPERM 1
+#define EAGAIN 11
+#define EACCES 13
+#define EADDRINUSE 98
+#define EADDRNOTAVAIL 99
+#define EINPROGRESS 115
+
+/* Set from Go before load. target_pid 0 traces every process. The inet_flags
+ * bit numbers come from an anonymous enum in the kernel's BTF (6.6+). */
+const volatile __u32 target_pid = 0;
+const volatile __u32 inet_flags_freebind_bit = 11;
+const volatile __u32 inet_flags_transparent_bit = 15;
+const volatile __u32 inet_flags_bind_no_port_bit = 18;
+
+/* A bind/connect between its start and its result. */
+struct call {
+	__u64 sock_ino;
+	__u64 netns;
+	__u64 sk;       /* struct sock *; a map value holds no pointer types */
+	__u8 laddr[16]; /* 8-byte aligned: is_zero16 reads it as two words */
+	__u8 daddr[16];
+	__u16 options;
+	__u16 flags;
+	__u8 op;
+	__u8 family;
+	__u8 proto;
+	__u8 state;
+	__u16 lport;
+	__u16 dport;
+	__u32 tw_blocked; /* kernel layer: candidates blocked by TIME_WAIT */
+	__u32 chk_failed; /* kernel layer: candidates whose 4-tuple was taken */
+	__u8 source;
+	__u8 _pad[3];
+};
+
+/* sock_state values */
+#define SOCK_PORT0_BOUND 1
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64); /* pid_tgid */
+	__type(value, struct call);
+} calls SEC(".maps");
+
+/* Sockets a port-0 bind gave a port, keyed by socket inode, until they connect. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u32);
+} sock_state SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768);
+	__type(key, __u32);
+	__type(value, struct ps_proc_stats);
+} proc_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768);
+	__type(key, __u32);
+	__type(value, struct ps_proc_meta);
+} proc_meta SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64); /* netns inode */
+	__type(value, struct ps_netns);
+} netns_info SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768);
+	__type(key, struct ps_fail_key);
+	__type(value, __u64);
+} fail_counts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} events SEC(".maps");
+
+/* Index 0: failures that found the ring buffer full. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost SEC(".maps");
+
+/* struct local_ports before 6.3: the range as two ints (now one packed u32). */
+struct local_ports___old {
+	int range[2];
+} __attribute__((preserve_access_index));
+
+/* Layout of struct inet_sock before 6.6 moved these bits into inet_flags. */
+struct inet_sock___old {
+	__u8 freebind : 1;
+	__u8 transparent : 1;
+	__u8 bind_address_no_port : 1;
+	__u8 _unused : 5;
+} __attribute__((preserve_access_index));
+
+static __always_inline int traced_pid(__u64 id)
+{
+	return !target_pid || (id >> 32) == target_pid;
+}
+
+static __always_inline __u16 sock_options(struct sock *sk)
+{
+	struct sock_common *skc = &sk->__sk_common;
+	struct inet_sock *inet = (void *)sk;
+	__u16 o = 0;
+
+	if (BPF_CORE_READ_BITFIELD_PROBED(skc, skc_reuse))
+		o |= PS_OPT_REUSEADDR;
+	if (BPF_CORE_READ_BITFIELD_PROBED(skc, skc_reuseport))
+		o |= PS_OPT_REUSEPORT;
+	if (BPF_CORE_READ_BITFIELD_PROBED(skc, skc_ipv6only))
+		o |= PS_OPT_V6ONLY;
+
+	if (bpf_core_field_exists(inet->inet_flags)) {
+		unsigned long f = BPF_CORE_READ(inet, inet_flags);
+
+		if (f & (1UL << inet_flags_freebind_bit))
+			o |= PS_OPT_FREEBIND;
+		if (f & (1UL << inet_flags_transparent_bit))
+			o |= PS_OPT_TRANSPARENT;
+		if (f & (1UL << inet_flags_bind_no_port_bit))
+			o |= PS_OPT_BIND_ADDRESS_NO_PORT;
+	} else {
+		struct inet_sock___old *old = (void *)sk;
+
+		if (BPF_CORE_READ_BITFIELD_PROBED(old, freebind))
+			o |= PS_OPT_FREEBIND;
+		if (BPF_CORE_READ_BITFIELD_PROBED(old, transparent))
+			o |= PS_OPT_TRANSPARENT;
+		if (BPF_CORE_READ_BITFIELD_PROBED(old, bind_address_no_port))
+			o |= PS_OPT_BIND_ADDRESS_NO_PORT;
+	}
+	return o;
+}
+
+static __always_inline int is_zero16(const __u8 *a)
+{
+	const __u64 *w = (const __u64 *)a;
+
+	return (w[0] | w[1]) == 0;
+}
+
+/* The socket's own local address and port (host order). */
+static __always_inline void sock_local(struct sock *sk, __u8 family, __u8 *addr, __u16 *port)
+{
+	*port = BPF_CORE_READ(sk, __sk_common.skc_num);
+	if (family == AF_INET)
+		bpf_core_read(addr, 4, &sk->__sk_common.skc_rcv_saddr);
+	else
+		bpf_core_read(addr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+}
+
+/* Parses a sockaddr copy for a socket of this family. Returns -1 for a
+ * family that says "disconnect" (AF_UNSPEC connect) or is not ours. */
+static __always_inline int parse_sockaddr(const __u8 *sa, __u8 family, __u8 *addr, __u16 *port)
+{
+	__u16 sa_family = *(const __u16 *)sa;
+
+	*port = ((__u16)sa[2] << 8) | sa[3];
+	if (family == AF_INET) {
+		/* An IPv4 bind accepts AF_UNSPEC for INADDR_ANY. */
+		if (sa_family != AF_INET && sa_family != 0)
+			return -1;
+		__builtin_memcpy(addr, sa + 4, 4);
+		return 0;
+	}
+	if (sa_family != AF_INET6)
+		return -1;
+	__builtin_memcpy(addr, sa + 8, 16);
+	return 0;
+}
+
+/* Fills what every call knows of its socket. Returns -1 for sockets that are
+ * not TCP or UDP over IPv4/IPv6. */
+static __always_inline int call_init(struct call *c, __u8 op, __u8 source, struct sock *sk)
+{
+	__u16 family;
+
+	if (!sk)
+		return -1;
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
+		return -1;
+	c->proto = BPF_CORE_READ(sk, sk_protocol);
+	if (c->proto != IPPROTO_TCP && c->proto != IPPROTO_UDP)
+		return -1;
+	c->op = op;
+	c->source = source;
+	c->family = family;
+	c->sk = (__u64)sk;
+	c->state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	c->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	c->options = sock_options(sk);
+	return 0;
+}
+
+/* Derives the failure-class flags and keeps the call until its result. */
+static __always_inline void call_store(__u64 id, struct call *c)
+{
+	if (c->lport == 0)
+		c->flags |= PS_F_PORT0;
+	if (is_zero16(c->laddr))
+		c->flags |= PS_F_ANYADDR;
+	bpf_map_update_elem(&calls, &id, c, BPF_ANY);
+}
+
+static __always_inline struct ps_proc_stats *proc_stats_of(__u32 pid)
+{
+	struct ps_proc_stats *s = bpf_map_lookup_elem(&proc_stats, &pid);
+	struct ps_proc_stats zero = {};
+
+	if (s)
+		return s;
+	bpf_map_update_elem(&proc_stats, &pid, &zero, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&proc_stats, &pid);
+}
+
+static __always_inline void count_failure(struct ps_fail_key *k)
+{
+	__u64 one = 1, *n = bpf_map_lookup_elem(&fail_counts, k);
+
+	if (n) {
+		__sync_fetch_and_add(n, 1);
+		return;
+	}
+	if (bpf_map_update_elem(&fail_counts, k, &one, BPF_NOEXIST)) {
+		/* Another CPU created it first. */
+		n = bpf_map_lookup_elem(&fail_counts, k);
+		if (n)
+			__sync_fetch_and_add(n, 1);
+	}
+}
+
+/* Reads the namespace's port sysctls from struct net at its first failure: a
+ * short-lived namespace is gone before Go could look. */
+static __always_inline void snapshot_netns(struct sock *sk, __u64 inum)
+{
+	struct net *net = BPF_CORE_READ(sk, __sk_common.skc_net.net);
+	struct ps_netns ns = {};
+
+	if (bpf_map_lookup_elem(&netns_info, &inum))
+		return;
+	if (bpf_core_field_size(net->ipv4.ip_local_ports.range) == 4) {
+		__u32 r = BPF_CORE_READ(net, ipv4.ip_local_ports.range);
+
+		ns.port_lo = r & 0xffff;
+		ns.port_hi = r >> 16;
+	} else {
+		struct local_ports___old *lp = (void *)&net->ipv4.ip_local_ports;
+
+		ns.port_lo = BPF_CORE_READ(lp, range[0]);
+		ns.port_hi = BPF_CORE_READ(lp, range[1]);
+	}
+	ns.tcp_tw_reuse = BPF_CORE_READ(net, ipv4.sysctl_tcp_tw_reuse);
+	ns.tcp_timestamps = BPF_CORE_READ(net, ipv4.sysctl_tcp_timestamps);
+	ns.ip_nonlocal_bind = BPF_CORE_READ(net, ipv4.sysctl_ip_nonlocal_bind);
+	ns.ip_autobind_reuse = 0xff;
+	if (bpf_core_field_exists(net->ipv4.sysctl_ip_autobind_reuse))
+		ns.ip_autobind_reuse = BPF_CORE_READ(net, ipv4.sysctl_ip_autobind_reuse);
+	bpf_map_update_elem(&netns_info, &inum, &ns, BPF_NOEXIST);
+}
+
+/* Records who the process is the first time it fails. */
+static __always_inline void record_meta(__u32 pid, __u64 netns, struct task_struct *task,
+					struct task_struct *leader)
+{
+	struct ps_proc_meta meta = {};
+	unsigned long start, end;
+	__u64 len;
+
+	if (bpf_map_lookup_elem(&proc_meta, &pid))
+		return;
+	meta.netns = netns;
+	meta.cgroup_id = bpf_get_current_cgroup_id();
+	bpf_probe_read_kernel_str(meta.comm, sizeof(meta.comm), &leader->comm);
+	start = BPF_CORE_READ(task, mm, arg_start);
+	end = BPF_CORE_READ(task, mm, arg_end);
+	len = end - start;
+	if (len > sizeof(meta.args) - 1)
+		len = sizeof(meta.args) - 1;
+	bpf_probe_read_user(meta.args, len & (sizeof(meta.args) - 1), (void *)start);
+	bpf_map_update_elem(&proc_meta, &pid, &meta, BPF_NOEXIST);
+}
+
+static __always_inline void record_failure(struct call *c, __u64 id, int err)
+{
+	__u32 pid = id >> 32, zero = 0;
+	struct task_struct *task = (void *)bpf_get_current_task();
+	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
+	struct ps_fail_key k = {
+		.pid = pid, .err = err, .op = c->op, .proto = c->proto,
+		.family = c->family, .flags = (__u8)c->flags,
+	};
+	struct ps_event *e;
+	__u64 *n;
+
+	count_failure(&k);
+	record_meta(pid, c->netns, task, leader);
+	snapshot_netns((struct sock *)c->sk, c->netns);
+
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		n = bpf_map_lookup_elem(&lost, &zero);
+		if (n)
+			(*n)++;
+		return;
+	}
+	e->ts_ns = bpf_ktime_get_ns();
+	e->netns = c->netns;
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->sock_ino = c->sock_ino;
+	e->pid = pid;
+	e->tid = (__u32)id;
+	e->err = err;
+	e->options = c->options;
+	e->flags = c->flags;
+	e->op = c->op;
+	e->family = c->family;
+	e->proto = c->proto;
+	e->state = c->state;
+	e->lport = c->lport;
+	e->dport = c->dport;
+	__builtin_memcpy(e->laddr, c->laddr, 16);
+	__builtin_memcpy(e->daddr, c->daddr, 16);
+	bpf_probe_read_kernel_str(e->comm, sizeof(e->comm), &leader->comm);
+	bpf_get_current_comm(e->tcomm, sizeof(e->tcomm));
+	e->tw_blocked = c->tw_blocked;
+	e->est_blocked = c->chk_failed > c->tw_blocked ? c->chk_failed - c->tw_blocked : 0;
+	e->source = c->source;
+	__builtin_memset(e->_pad, 0, sizeof(e->_pad));
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* Failures worth a culprit: address and port errors, not EINVAL-style misuse. */
+static __always_inline int bind_traced(int err)
+{
+	return err == EADDRINUSE || err == EADDRNOTAVAIL || err == EACCES || err == EPERM;
+}
+
+static __always_inline int connect_traced(int err)
+{
+	return err == EADDRNOTAVAIL || err == EADDRINUSE || err == EAGAIN || err == EPERM;
+}
+
+/* Finishes the call op of this task with the kernel's return value. */
+static __always_inline int call_finish(__u8 op, long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 pid = id >> 32, *st;
+	struct ps_proc_stats *s;
+	struct call *c;
+	int err = (int)-ret;
+
+	c = bpf_map_lookup_elem(&calls, &id);
+	if (!c)
+		return 0;
+	if (c->op != op)
+		goto out;
+	s = proc_stats_of(pid);
+	if (!s)
+		goto out;
+
+	if (op == PS_OP_BIND) {
+		if (ret == 0) {
+			struct sock *sk = (struct sock *)c->sk;
+
+			__sync_fetch_and_add(&s->binds_ok, 1);
+			/* The kernel picked a port now (not deferred by IP_BIND_ADDRESS_NO_PORT). */
+			if ((c->flags & PS_F_PORT0) && BPF_CORE_READ(sk, __sk_common.skc_num)) {
+				__u32 v = SOCK_PORT0_BOUND;
+
+				__sync_fetch_and_add(&s->port0_binds_ok, 1);
+				bpf_map_update_elem(&sock_state, &c->sock_ino, &v, BPF_ANY);
+			}
+		} else if (bind_traced(err)) {
+			__sync_fetch_and_add(&s->binds_failed, 1);
+			record_failure(c, id, err);
+		} else {
+			__sync_fetch_and_add(&s->binds_other, 1);
+		}
+		goto out;
+	}
+
+	st = bpf_map_lookup_elem(&sock_state, &c->sock_ino);
+	if (st) {
+		__sync_fetch_and_add(&s->port0_bind_connects, 1);
+		bpf_map_delete_elem(&sock_state, &c->sock_ino);
+	}
+	if (c->chk_failed) {
+		__sync_fetch_and_add(&s->connect_tw_blocked, c->tw_blocked);
+		__sync_fetch_and_add(&s->connect_est_blocked,
+				     c->chk_failed > c->tw_blocked ? c->chk_failed - c->tw_blocked : 0);
+	}
+	if (ret == 0 || err == EINPROGRESS) {
+		__sync_fetch_and_add(&s->connects_ok, 1);
+	} else if (connect_traced(err)) {
+		__sync_fetch_and_add(&s->connects_failed, 1);
+		record_failure(c, id, err);
+	} else {
+		__sync_fetch_and_add(&s->connects_other, 1);
+	}
+out:
+	bpf_map_delete_elem(&calls, &id);
+	return 0;
+}
+
+#endif
