@@ -109,7 +109,7 @@ struct {
 	__type(value, __u64);
 } lost SEC(".maps");
 
-/* struct local_ports before 6.3: the range as two ints (now one packed u32). */
+/* struct local_ports before 6.3: the range as two ints (since, one packed u32). */
 struct local_ports___old {
 	int range[2];
 } __attribute__((preserve_access_index));
@@ -269,16 +269,17 @@ static __always_inline void snapshot_netns(struct sock *sk, __u64 inum)
 
 	if (bpf_map_lookup_elem(&netns_info, &inum))
 		return;
-	if (bpf_core_field_size(net->ipv4.ip_local_ports.range) == 4) {
+	/* Field matching is by name and type: the old int[2] only matches before 6.3. */
+	struct local_ports___old *lp = (void *)&net->ipv4.ip_local_ports;
+
+	if (bpf_core_field_exists(lp->range)) {
+		ns.port_lo = BPF_CORE_READ(lp, range[0]);
+		ns.port_hi = BPF_CORE_READ(lp, range[1]);
+	} else {
 		__u32 r = BPF_CORE_READ(net, ipv4.ip_local_ports.range);
 
 		ns.port_lo = r & 0xffff;
 		ns.port_hi = r >> 16;
-	} else {
-		struct local_ports___old *lp = (void *)&net->ipv4.ip_local_ports;
-
-		ns.port_lo = BPF_CORE_READ(lp, range[0]);
-		ns.port_hi = BPF_CORE_READ(lp, range[1]);
 	}
 	ns.tcp_tw_reuse = BPF_CORE_READ(net, ipv4.sysctl_tcp_tw_reuse);
 	ns.tcp_timestamps = BPF_CORE_READ(net, ipv4.sysctl_tcp_timestamps);

@@ -64,6 +64,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return runWatch(args[1:], stdout, stderr)
 	case "report":
 		return runReport(args[1:], stdout, stderr)
+	case "doctor":
+		return runDoctor(args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintf(stdout, "portsleuth %s\n", Version)
 		return nil

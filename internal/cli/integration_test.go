@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,8 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/portsleuth/portsleuth/internal/report"
 	"github.com/portsleuth/portsleuth/internal/scenario"
@@ -346,7 +349,7 @@ func TestWatchFoldsAStormWithoutLosingCount(t *testing.T) {
 	stderr := &signalWriter{ready: make(chan struct{})}
 	done := make(chan int)
 	go func() {
-		done <- Run([]string{"watch", "-o", "json", "--pid", strconv.Itoa(child.Process.Pid), "--duration", "2s"}, &out, stderr)
+		done <- Run([]string{"watch", "-o", "json", "--backend", testBackend(), "--pid", strconv.Itoa(child.Process.Pid), "--duration", "2s"}, &out, stderr)
 	}()
 	select {
 	case <-stderr.ready:
@@ -414,4 +417,78 @@ func TestWatchWithoutPrivileges(t *testing.T) {
 	if strings.Count(msg, "\n") != 0 || !strings.Contains(msg, "CAP_BPF") || !strings.Contains(msg, "CAP_PERFMON") {
 		t.Errorf("want one line naming CAP_BPF and CAP_PERFMON, got %q", msg)
 	}
+}
+
+// doctor tells the truth: the backend it says auto would use is the one auto
+// uses, and the backend under test is reported as working.
+func TestDoctorAgreesWithAuto(t *testing.T) {
+	requireRoot(t)
+	var out, errb bytes.Buffer
+	if code := Run([]string{"doctor"}, &out, &errb); code != 0 {
+		t.Fatalf("doctor exit %d: %s %s", code, out.String(), errb.String())
+	}
+	t.Logf("doctor:\n%s", out.String())
+	var auto string
+	for _, l := range strings.Split(out.String(), "\n") {
+		if rest, ok := strings.CutPrefix(l, "auto would use:"); ok {
+			auto, _, _ = strings.Cut(strings.TrimSpace(rest), ":")
+		}
+	}
+	r, _ := traceScenario(t, "port-in-use", "--backend", "auto")
+	if auto == "" || r.Backend != auto {
+		t.Errorf("doctor says auto would use %q, auto used %q", auto, r.Backend)
+	}
+	if b := testBackend(); b != "auto" && !strings.Contains(out.String(), "backend "+b+":") {
+		t.Errorf("doctor does not report backend %s", b)
+	}
+	if b := testBackend(); b != "auto" {
+		for _, l := range strings.Split(out.String(), "\n") {
+			if strings.HasPrefix(l, "backend "+b+":") && !strings.Contains(l, "works") {
+				t.Errorf("doctor: %q, but the tests run on %s", l, b)
+			}
+		}
+	}
+}
+
+// kernelAtLeast compares the running kernel's major.minor.
+func kernelAtLeast(t *testing.T, major, minor int) bool {
+	var uts unix.Utsname
+	if err := unix.Uname(&uts); err != nil {
+		t.Fatal(err)
+	}
+	var ma, mi int
+	fmt.Sscanf(unix.ByteSliceToString(uts.Release[:]), "%d.%d", &ma, &mi)
+	return ma > major || (ma == major && mi >= minor)
+}
+
+// io_uring connect (and bind, 6.11+) never pass the syscall tracepoints: only
+// the kernel-function backends can attribute these failures.
+func TestIOUringFailuresNeedTheKernelLayer(t *testing.T) {
+	r, res := traceScenario(t, "io-uring")
+	p := findProcess(r, res.PID)
+	if !kernelLayer(r) {
+		if p != nil {
+			t.Errorf("backend %s saw io_uring failures it cannot see: %+v", r.Backend, p)
+		}
+		t.Logf("backend %s is blind to io_uring, as documented (%d io_uring connects failed unseen)", r.Backend, res.Extra["uring_connect_failed"])
+		return
+	}
+	if res.Extra["uring_bind_unsupported"] == 1 && kernelAtLeast(t, 6, 11) {
+		t.Fatalf("IORING_OP_BIND unsupported on a 6.11+ kernel")
+	}
+	binds := uint64(res.Extra["uring_bind_failed"])
+	if p == nil {
+		t.Fatalf("pid %d not reported", res.PID)
+	}
+	if p.Failures != scenario.FailAttempts+binds || p.Errors["EADDRNOTAVAIL"] != scenario.FailAttempts || p.Errors["EADDRINUSE"] != binds {
+		t.Errorf("failures %d errors %v; want %d EADDRNOTAVAIL + %d EADDRINUSE", p.Failures, p.Errors, scenario.FailAttempts, binds)
+	}
+	got := map[string]uint64{}
+	for _, pat := range p.Patterns {
+		got[pat.Pattern] = pat.Count
+	}
+	if got["connect-port-exhaustion"] != scenario.FailAttempts || got["port-in-use"] != binds {
+		t.Errorf("patterns %v", got)
+	}
+	t.Logf("io_uring: %d connects and %d binds failed, all attributed", scenario.FailAttempts, binds)
 }

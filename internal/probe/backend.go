@@ -127,3 +127,13 @@ func (b Backend) supported() error {
 	// nil, or inconclusive: the load below decides.
 	return nil
 }
+
+// Try loads and attaches backend b for real, then detaches: the only honest
+// answer to "does it work here".
+func Try(b Backend) error {
+	t, err := Start(Options{Backend: b})
+	if err != nil {
+		return err
+	}
+	return t.Close()
+}

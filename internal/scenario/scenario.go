@@ -52,6 +52,8 @@ type Result struct {
 	Errors        map[string]int `json:"errors"`
 	// Child is the pid of a helper process the scenario ran, if any.
 	Child int `json:"child,omitempty"`
+	// Extra holds scenario-specific counts.
+	Extra map[string]int `json:"extra,omitempty"`
 }
 
 // Scenarios lists every scenario by name.
@@ -66,6 +68,7 @@ var Scenarios = map[string]func(*Result) error{
 	"tuple-conflict":          tupleConflict,
 	"ipv6-and-udp":            ipv6AndUDP,
 	"bind-storm":              bindStorm,
+	"io-uring":                ioUring,
 }
 
 // Names returns the scenario names, sorted.
