@@ -9,7 +9,7 @@ APT_PKGS  := clang-19 llvm-19 bpftool libbpf-dev iproute2
 
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all build run test generate check-generate vet fmt-check check deps clean
+.PHONY: all build run test vmtest generate check-generate vet fmt-check check deps clean
 
 all: build
 
@@ -22,6 +22,11 @@ run: build
 
 test:
 	$(GO) test -count=1 ./...
+
+# The kernel-function backends (fentry, kprobe) on Debian's 6.1 and 6.12 kernels
+# under qemu: the host kernel may not load them. Prints a kernel x backend matrix.
+vmtest:
+	bash .ci/vmtest/run
 
 # Regenerate gen/ from bpf/ (needs clang-19 and libbpf-dev: `make deps`).
 generate:

@@ -89,7 +89,11 @@ func traceScenario(t *testing.T, name string, extra ...string) (report.Report, s
 	if b := testBackend(); b != "auto" && r.Backend != b {
 		t.Fatalf("ran on backend %s, want %s", r.Backend, b)
 	}
-	t.Logf("report:\n%s", raw)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("report of %s:\n%s", name, raw)
+		}
+	})
 	return r, res
 }
 
@@ -427,7 +431,11 @@ func TestDoctorAgreesWithAuto(t *testing.T) {
 	if code := Run([]string{"doctor"}, &out, &errb); code != 0 {
 		t.Fatalf("doctor exit %d: %s %s", code, out.String(), errb.String())
 	}
-	t.Logf("doctor:\n%s", out.String())
+	defer func() {
+		if t.Failed() {
+			t.Logf("doctor:\n%s", out.String())
+		}
+	}()
 	var auto string
 	for _, l := range strings.Split(out.String(), "\n") {
 		if rest, ok := strings.CutPrefix(l, "auto would use:"); ok {
