@@ -61,8 +61,16 @@ struct ps_event {
 	 * TIME_WAIT socket that could not be reused / by a live connection. */
 	__u32 tw_blocked;
 	__u32 est_blocked;
+	/* Kernel layer, bind EADDRINUSE: the socket that holds the port. */
+	__u64 holder_ino;  /* its inode; 0 for TIME_WAIT (no socket) or unknown */
+	__u8 holder_laddr[16];
+	__u8 holder_daddr[16];
+	__u16 holder_lport;
+	__u16 holder_dport;
+	__u8 holder_state; /* TCP_* state, 0 when no holder was seen */
+	__u8 holder_options; /* enum ps_opt bits: SO_REUSEADDR, SO_REUSEPORT */
 	__u8 source;       /* enum ps_source */
-	__u8 _pad[7];
+	__u8 _pad;
 };
 
 /* Key of the in-kernel failure counters: exact counts whatever the ring buffer drops. */

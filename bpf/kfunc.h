@@ -8,13 +8,6 @@
 
 #include "state.h"
 
-static __always_inline __u64 socket_ino(struct socket *sock)
-{
-	struct socket_alloc *sa = container_of(sock, struct socket_alloc, socket);
-
-	return BPF_CORE_READ(sa, vfs_inode.i_ino);
-}
-
 /* bind: the requested address from the kernel's copy of the sockaddr (the sk
  * fields are reset when bind fails). */
 static __always_inline int bind_begin(struct socket *sock, const void *uaddr, __u8 source)
@@ -79,6 +72,27 @@ static __always_inline void candidate(int taken, int tw)
 		c->chk_failed++;
 	if (tw)
 		c->tw_blocked++;
+}
+
+/* inet_bind_conflict judges one owner of the port at a time; the bind fails
+ * on the last owner it found in conflict (it stops there), so keeping the
+ * last one names the holder. */
+static __always_inline void conflict_candidate(struct sock *sk2)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct call *c = bpf_map_lookup_elem(&calls, &id);
+
+	if (c && c->op == PS_OP_BIND)
+		c->cand = (__u64)sk2;
+}
+
+static __always_inline void conflict_verdict(int conflict)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct call *c = bpf_map_lookup_elem(&calls, &id);
+
+	if (c && c->op == PS_OP_BIND && conflict)
+		c->holder = c->cand;
 }
 
 /* fentry/fexit */
@@ -160,6 +174,17 @@ int BPF_PROG(fexit_tcp_twsk_unique, struct sock *sk, struct sock *sktw, void *tw
 	return 0;
 }
 
+SEC("fexit/inet_bind_conflict")
+int BPF_PROG(fexit_inet_bind_conflict, const struct sock *sk, struct sock *sk2)
+{
+	__u64 ret = 0;
+
+	bpf_get_func_ret(ctx, &ret);
+	conflict_candidate(sk2);
+	conflict_verdict((__u8)ret);
+	return 0;
+}
+
 /* kprobe/kretprobe twins */
 
 SEC("kprobe/inet_bind")
@@ -231,4 +256,19 @@ int BPF_KRETPROBE(kretprobe_tcp_twsk_unique, int ret)
 	return 0;
 }
 
+SEC("kprobe/inet_bind_conflict")
+int BPF_KPROBE(kprobe_inet_bind_conflict, const struct sock *sk, struct sock *sk2)
+{
+	conflict_candidate(sk2);
+	return 0;
+}
+
+SEC("kretprobe/inet_bind_conflict")
+int BPF_KRETPROBE(kretprobe_inet_bind_conflict, bool ret)
+{
+	conflict_verdict(ret);
+	return 0;
+}
+
 #endif
+

@@ -14,6 +14,8 @@
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
 #define SOCK_BINDADDR_LOCK 4
+#define TCP_TIME_WAIT 6
+#define TCP_NEW_SYN_RECV 12
 
 #define EPERM 1
 #define EAGAIN 11
@@ -34,6 +36,8 @@ struct call {
 	__u64 sock_ino;
 	__u64 netns;
 	__u64 sk;       /* struct sock *; a map value holds no pointer types */
+	__u64 cand;     /* kernel layer: the owner inet_bind_conflict is judging */
+	__u64 holder;   /* kernel layer: the last owner found in conflict */
 	__u8 laddr[16]; /* 8-byte aligned: is_zero16 reads it as two words */
 	__u8 daddr[16];
 	__u16 options;
@@ -312,6 +316,39 @@ static __always_inline void record_meta(__u32 pid, __u64 netns, struct task_stru
 	bpf_map_update_elem(&proc_meta, &pid, &meta, BPF_NOEXIST);
 }
 
+static __always_inline __u64 socket_ino(struct socket *sock)
+{
+	struct socket_alloc *sa = container_of(sock, struct socket_alloc, socket);
+
+	if (!sock)
+		return 0;
+	return BPF_CORE_READ(sa, vfs_inode.i_ino);
+}
+
+/* Describes the socket that holds the port. TIME_WAIT and request sockets
+ * are only a sock_common: no options beyond it, no socket inode. */
+static __always_inline void record_holder(struct ps_event *e, struct sock *h, __u8 family)
+{
+	struct sock_common *skc = &h->__sk_common;
+
+	e->holder_state = BPF_CORE_READ(h, __sk_common.skc_state);
+	e->holder_lport = BPF_CORE_READ(h, __sk_common.skc_num);
+	e->holder_dport = bpf_ntohs(BPF_CORE_READ(h, __sk_common.skc_dport));
+	if (family == AF_INET) {
+		bpf_core_read(e->holder_laddr, 4, &h->__sk_common.skc_rcv_saddr);
+		bpf_core_read(e->holder_daddr, 4, &h->__sk_common.skc_daddr);
+	} else {
+		bpf_core_read(e->holder_laddr, 16, &h->__sk_common.skc_v6_rcv_saddr);
+		bpf_core_read(e->holder_daddr, 16, &h->__sk_common.skc_v6_daddr);
+	}
+	if (BPF_CORE_READ_BITFIELD_PROBED(skc, skc_reuse))
+		e->holder_options |= PS_OPT_REUSEADDR;
+	if (BPF_CORE_READ_BITFIELD_PROBED(skc, skc_reuseport))
+		e->holder_options |= PS_OPT_REUSEPORT;
+	if (e->holder_state != TCP_TIME_WAIT && e->holder_state != TCP_NEW_SYN_RECV)
+		e->holder_ino = socket_ino(BPF_CORE_READ(h, sk_socket));
+}
+
 static __always_inline void record_failure(struct call *c, __u64 id, int err)
 {
 	__u32 pid = id >> 32, zero = 0;
@@ -357,7 +394,16 @@ static __always_inline void record_failure(struct call *c, __u64 id, int err)
 	e->tw_blocked = c->tw_blocked;
 	e->est_blocked = c->chk_failed > c->tw_blocked ? c->chk_failed - c->tw_blocked : 0;
 	e->source = c->source;
-	__builtin_memset(e->_pad, 0, sizeof(e->_pad));
+	e->holder_ino = 0;
+	e->holder_state = 0;
+	e->holder_options = 0;
+	e->holder_lport = 0;
+	e->holder_dport = 0;
+	__builtin_memset(e->holder_laddr, 0, sizeof(e->holder_laddr));
+	__builtin_memset(e->holder_daddr, 0, sizeof(e->holder_daddr));
+	e->_pad = 0;
+	if (c->holder && err == EADDRINUSE)
+		record_holder(e, (struct sock *)c->holder, c->family);
 	bpf_ringbuf_submit(e, 0);
 }
 

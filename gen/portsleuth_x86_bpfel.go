@@ -18,6 +18,8 @@ type PortsleuthCall struct {
 	SockIno   uint64
 	Netns     uint64
 	Sk        uint64
+	Cand      uint64
+	Holder    uint64
 	Laddr     [16]uint8
 	Daddr     [16]uint8
 	Options   uint16
@@ -35,30 +37,37 @@ type PortsleuthCall struct {
 }
 
 type PortsleuthPsEvent struct {
-	_          structs.HostLayout
-	TsNs       uint64
-	Netns      uint64
-	CgroupId   uint64
-	SockIno    uint64
-	Pid        uint32
-	Tid        uint32
-	Err        int32
-	Options    uint16
-	Flags      uint16
-	Op         uint8
-	Family     uint8
-	Proto      uint8
-	State      uint8
-	Lport      uint16
-	Dport      uint16
-	Laddr      [16]uint8
-	Daddr      [16]uint8
-	Comm       [16]int8
-	Tcomm      [16]int8
-	TwBlocked  uint32
-	EstBlocked uint32
-	Source     uint8
-	Pad        [7]uint8
+	_             structs.HostLayout
+	TsNs          uint64
+	Netns         uint64
+	CgroupId      uint64
+	SockIno       uint64
+	Pid           uint32
+	Tid           uint32
+	Err           int32
+	Options       uint16
+	Flags         uint16
+	Op            uint8
+	Family        uint8
+	Proto         uint8
+	State         uint8
+	Lport         uint16
+	Dport         uint16
+	Laddr         [16]uint8
+	Daddr         [16]uint8
+	Comm          [16]int8
+	Tcomm         [16]int8
+	TwBlocked     uint32
+	EstBlocked    uint32
+	HolderIno     uint64
+	HolderLaddr   [16]uint8
+	HolderDaddr   [16]uint8
+	HolderLport   uint16
+	HolderDport   uint16
+	HolderState   uint8
+	HolderOptions uint8
+	Source        uint8
+	Pad           uint8
 }
 
 type PortsleuthPsFailKey struct {
@@ -159,17 +168,20 @@ const (
 	PortsleuthProgFexitInet6Bind             = "fexit_inet6_bind"
 	PortsleuthProgFexitInet6HashConnect      = "fexit_inet6_hash_connect"
 	PortsleuthProgFexitInetBind              = "fexit_inet_bind"
+	PortsleuthProgFexitInetBindConflict      = "fexit_inet_bind_conflict"
 	PortsleuthProgFexitInetHashConnect       = "fexit_inet_hash_connect"
 	PortsleuthProgFexitTcpTwskUnique         = "fexit_tcp_twsk_unique"
 	PortsleuthProgKprobeInet6Bind            = "kprobe_inet6_bind"
 	PortsleuthProgKprobeInet6HashConnect     = "kprobe_inet6_hash_connect"
 	PortsleuthProgKprobeInetBind             = "kprobe_inet_bind"
+	PortsleuthProgKprobeInetBindConflict     = "kprobe_inet_bind_conflict"
 	PortsleuthProgKprobeInetHashConnect      = "kprobe_inet_hash_connect"
 	PortsleuthProgKretprobeCheckEstablished  = "kretprobe_check_established"
 	PortsleuthProgKretprobeCheckEstablished6 = "kretprobe_check_established6"
 	PortsleuthProgKretprobeInet6Bind         = "kretprobe_inet6_bind"
 	PortsleuthProgKretprobeInet6HashConnect  = "kretprobe_inet6_hash_connect"
 	PortsleuthProgKretprobeInetBind          = "kretprobe_inet_bind"
+	PortsleuthProgKretprobeInetBindConflict  = "kretprobe_inet_bind_conflict"
 	PortsleuthProgKretprobeInetHashConnect   = "kretprobe_inet_hash_connect"
 	PortsleuthProgKretprobeTcpTwskUnique     = "kretprobe_tcp_twsk_unique"
 	PortsleuthProgTpEnterBind                = "tp_enter_bind"
@@ -238,17 +250,20 @@ type PortsleuthProgramSpecs struct {
 	FexitInet6Bind             *ebpf.ProgramSpec `ebpf:"fexit_inet6_bind"`
 	FexitInet6HashConnect      *ebpf.ProgramSpec `ebpf:"fexit_inet6_hash_connect"`
 	FexitInetBind              *ebpf.ProgramSpec `ebpf:"fexit_inet_bind"`
+	FexitInetBindConflict      *ebpf.ProgramSpec `ebpf:"fexit_inet_bind_conflict"`
 	FexitInetHashConnect       *ebpf.ProgramSpec `ebpf:"fexit_inet_hash_connect"`
 	FexitTcpTwskUnique         *ebpf.ProgramSpec `ebpf:"fexit_tcp_twsk_unique"`
 	KprobeInet6Bind            *ebpf.ProgramSpec `ebpf:"kprobe_inet6_bind"`
 	KprobeInet6HashConnect     *ebpf.ProgramSpec `ebpf:"kprobe_inet6_hash_connect"`
 	KprobeInetBind             *ebpf.ProgramSpec `ebpf:"kprobe_inet_bind"`
+	KprobeInetBindConflict     *ebpf.ProgramSpec `ebpf:"kprobe_inet_bind_conflict"`
 	KprobeInetHashConnect      *ebpf.ProgramSpec `ebpf:"kprobe_inet_hash_connect"`
 	KretprobeCheckEstablished  *ebpf.ProgramSpec `ebpf:"kretprobe_check_established"`
 	KretprobeCheckEstablished6 *ebpf.ProgramSpec `ebpf:"kretprobe_check_established6"`
 	KretprobeInet6Bind         *ebpf.ProgramSpec `ebpf:"kretprobe_inet6_bind"`
 	KretprobeInet6HashConnect  *ebpf.ProgramSpec `ebpf:"kretprobe_inet6_hash_connect"`
 	KretprobeInetBind          *ebpf.ProgramSpec `ebpf:"kretprobe_inet_bind"`
+	KretprobeInetBindConflict  *ebpf.ProgramSpec `ebpf:"kretprobe_inet_bind_conflict"`
 	KretprobeInetHashConnect   *ebpf.ProgramSpec `ebpf:"kretprobe_inet_hash_connect"`
 	KretprobeTcpTwskUnique     *ebpf.ProgramSpec `ebpf:"kretprobe_tcp_twsk_unique"`
 	TpEnterBind                *ebpf.ProgramSpec `ebpf:"tp_enter_bind"`
@@ -357,17 +372,20 @@ type PortsleuthPrograms struct {
 	FexitInet6Bind             *ebpf.Program `ebpf:"fexit_inet6_bind"`
 	FexitInet6HashConnect      *ebpf.Program `ebpf:"fexit_inet6_hash_connect"`
 	FexitInetBind              *ebpf.Program `ebpf:"fexit_inet_bind"`
+	FexitInetBindConflict      *ebpf.Program `ebpf:"fexit_inet_bind_conflict"`
 	FexitInetHashConnect       *ebpf.Program `ebpf:"fexit_inet_hash_connect"`
 	FexitTcpTwskUnique         *ebpf.Program `ebpf:"fexit_tcp_twsk_unique"`
 	KprobeInet6Bind            *ebpf.Program `ebpf:"kprobe_inet6_bind"`
 	KprobeInet6HashConnect     *ebpf.Program `ebpf:"kprobe_inet6_hash_connect"`
 	KprobeInetBind             *ebpf.Program `ebpf:"kprobe_inet_bind"`
+	KprobeInetBindConflict     *ebpf.Program `ebpf:"kprobe_inet_bind_conflict"`
 	KprobeInetHashConnect      *ebpf.Program `ebpf:"kprobe_inet_hash_connect"`
 	KretprobeCheckEstablished  *ebpf.Program `ebpf:"kretprobe_check_established"`
 	KretprobeCheckEstablished6 *ebpf.Program `ebpf:"kretprobe_check_established6"`
 	KretprobeInet6Bind         *ebpf.Program `ebpf:"kretprobe_inet6_bind"`
 	KretprobeInet6HashConnect  *ebpf.Program `ebpf:"kretprobe_inet6_hash_connect"`
 	KretprobeInetBind          *ebpf.Program `ebpf:"kretprobe_inet_bind"`
+	KretprobeInetBindConflict  *ebpf.Program `ebpf:"kretprobe_inet_bind_conflict"`
 	KretprobeInetHashConnect   *ebpf.Program `ebpf:"kretprobe_inet_hash_connect"`
 	KretprobeTcpTwskUnique     *ebpf.Program `ebpf:"kretprobe_tcp_twsk_unique"`
 	TpEnterBind                *ebpf.Program `ebpf:"tp_enter_bind"`
@@ -387,17 +405,20 @@ func (p *PortsleuthPrograms) Close() error {
 		p.FexitInet6Bind,
 		p.FexitInet6HashConnect,
 		p.FexitInetBind,
+		p.FexitInetBindConflict,
 		p.FexitInetHashConnect,
 		p.FexitTcpTwskUnique,
 		p.KprobeInet6Bind,
 		p.KprobeInet6HashConnect,
 		p.KprobeInetBind,
+		p.KprobeInetBindConflict,
 		p.KprobeInetHashConnect,
 		p.KretprobeCheckEstablished,
 		p.KretprobeCheckEstablished6,
 		p.KretprobeInet6Bind,
 		p.KretprobeInet6HashConnect,
 		p.KretprobeInetBind,
+		p.KretprobeInetBindConflict,
 		p.KretprobeInetHashConnect,
 		p.KretprobeTcpTwskUnique,
 		p.TpEnterBind,

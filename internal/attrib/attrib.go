@@ -90,6 +90,48 @@ type Finding struct {
 	Addrs, Locals []netip.AddrPort
 	Options       []string // socket options seen on the failing sockets
 	Sysctls       *netns.Sysctls
+	// Holders (kernel layer) are sockets found holding the wanted port.
+	Holders []event.Holder
+}
+
+// DescribeHolder says who holds a port, e.g. "pid 42 (nginx): LISTEN 0.0.0.0:80 [SO_REUSEADDR]".
+func DescribeHolder(h event.Holder) string {
+	var b strings.Builder
+	switch {
+	case h.PID != 0:
+		fmt.Fprintf(&b, "pid %d (%s): ", h.PID, h.Comm)
+	case h.State == "TIME_WAIT":
+		b.WriteString("no process (TIME_WAIT): ")
+	default:
+		b.WriteString("a socket no process has open: ")
+	}
+	fmt.Fprintf(&b, "%s %s", h.State, h.Local)
+	if h.Remote.IsValid() && h.Remote.Port() != 0 {
+		fmt.Fprintf(&b, " -> %s", h.Remote)
+	}
+	if len(h.Options) > 0 {
+		fmt.Fprintf(&b, " [%s]", strings.Join(h.Options, ","))
+	}
+	return b.String()
+}
+
+// SharingVerdict says whether socket options would have let a new socket
+// share the port with this holder (TCP rules, shared/KERNEL.md section 1).
+func SharingVerdict(h event.Holder) string {
+	reuse := slices.Contains(h.Options, "SO_REUSEADDR")
+	reuseport := slices.Contains(h.Options, "SO_REUSEPORT")
+	switch {
+	case h.State == "LISTEN" && reuseport:
+		return "SO_REUSEPORT on the new socket too (same user) would share it; SO_REUSEADDR never shares with a listener"
+	case h.State == "LISTEN":
+		return "no option shares a port with a listener that lacks SO_REUSEPORT"
+	case reuse:
+		return "SO_REUSEADDR on the new socket would have shared it (the holder is not listening and set it)"
+	case h.State == "TIME_WAIT":
+		return "SO_REUSEADDR would not help: the TIME_WAIT's socket did not set it; it must be set on both"
+	default:
+		return "SO_REUSEADDR would not help: the holder did not set it; it must be set on both"
+	}
 }
 
 // Evidence says, with exact counts, why the failures carry this pattern.
@@ -107,6 +149,9 @@ func (f *Finding) Evidence() string {
 		f.rangeNote(&b)
 	case PortInUse:
 		fmt.Fprintf(&b, "%d %s failed EADDRINUSE: the port is held by another socket", f.Count, f.calls("bind", f.Addrs))
+		for _, h := range f.Holders {
+			fmt.Fprintf(&b, "; held by %s: %s", DescribeHolder(h), SharingVerdict(h))
+		}
 		if f.Sysctls != nil {
 			for _, a := range f.Addrs {
 				if f.Sysctls.InRange(a.Port()) {

@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/portsleuth/portsleuth/internal/probe"
 	"github.com/portsleuth/portsleuth/internal/report"
 	"github.com/portsleuth/portsleuth/internal/scenario"
 )
@@ -224,6 +225,22 @@ func TestPortInUse(t *testing.T) {
 	e := p.Examples[0]
 	if e.Addr != "127.0.0.1:8080" || len(e.Options) != 1 || e.Options[0] != "SO_REUSEADDR" {
 		t.Errorf("example %+v: want 127.0.0.1:8080 with SO_REUSEADDR", e)
+	}
+	if !kernelLayer(r) {
+		return
+	}
+	// The kernel layer names the holder: the scenario's own listener.
+	h := e.Holder
+	if h == nil {
+		t.Fatalf("no holder on backend %s", r.Backend)
+	}
+	if h.State != "LISTEN" || h.Local.String() != "127.0.0.1:8080" || strings.Join(h.Options, ",") != "SO_REUSEADDR" ||
+		int(h.PID) != res.PID || h.SockIno == 0 {
+		t.Errorf("holder %+v: want pid %d LISTEN 127.0.0.1:8080 [SO_REUSEADDR]", h, res.PID)
+	}
+	ev := p.Patterns[0].Evidence
+	if !strings.Contains(ev, fmt.Sprintf("held by pid %d", res.PID)) || !strings.Contains(ev, "no option shares a port with a listener") {
+		t.Errorf("evidence %q", ev)
 	}
 }
 
@@ -442,9 +459,14 @@ func TestDoctorAgreesWithAuto(t *testing.T) {
 			auto, _, _ = strings.Cut(strings.TrimSpace(rest), ":")
 		}
 	}
-	r, _ := traceScenario(t, "port-in-use", "--backend", "auto")
-	if auto == "" || r.Backend != auto {
-		t.Errorf("doctor says auto would use %q, auto used %q", auto, r.Backend)
+	tr, err := probe.Start(probe.Options{Backend: probe.Auto})
+	if err != nil {
+		t.Fatal(err)
+	}
+	used := tr.Backend()
+	tr.Close()
+	if auto == "" || string(used) != auto {
+		t.Errorf("doctor says auto would use %q, auto used %q", auto, used)
 	}
 	if b := testBackend(); b != "auto" && !strings.Contains(out.String(), "backend "+b+":") {
 		t.Errorf("doctor does not report backend %s", b)

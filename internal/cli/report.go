@@ -92,7 +92,7 @@ func runReport(args []string, stdout, stderr io.Writer) error {
 	col := report.NewCollector()
 	var events []event.Event
 	err = s.loop(ctx, func(e event.Event) {
-		col.Observe(e)
+		col.Observe(&e)
 		if record != "" && len(events) < report.MaxRecordedEvents {
 			events = append(events, e)
 		}
@@ -134,8 +134,8 @@ func replayReport(path string, f report.Filter, format string, out io.Writer) er
 		return err
 	}
 	col := report.NewOfflineCollector()
-	for _, e := range rec.Events {
-		col.Observe(e)
+	for i := range rec.Events {
+		col.Observe(&rec.Events[i])
 	}
 	r := report.Build(rec.Snapshot(), col, f, "replay", time.Time{}, 0)
 	return write(r, format, out)

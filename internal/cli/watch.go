@@ -52,11 +52,13 @@ func runWatch(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stderr, "portsleuth: watching failed bind()/connect(); Ctrl-C to stop\n")
 
 	w := &watcher{out: bufio.NewWriter(stdout), json: c.output == "json", folder: watch.NewFolder(foldBurst, time.Second), s: s}
+	owners := report.NewOwners()
 	err = s.loop(ctx,
 		func(e event.Event) {
 			if c.comm != "" && e.Comm != c.comm {
 				return
 			}
+			owners.Fill(&e)
 			w.print(w.folder.Offer(report.NewRecord(e, s.classify(e)), e.Time))
 			if s.t.Pending() == 0 {
 				w.out.Flush()

@@ -5,6 +5,7 @@ package event
 
 import (
 	"bytes"
+	"fmt"
 	"net/netip"
 	"time"
 
@@ -55,6 +56,39 @@ type Event struct {
 	// taken by a TIME_WAIT socket that could not be reused / a live connection.
 	TWBlocked  uint32 `json:"tw_blocked,omitempty"`
 	EstBlocked uint32 `json:"est_blocked,omitempty"`
+	// Holder (kernel layer, bind EADDRINUSE) is the socket that holds the port.
+	Holder *Holder `json:"holder,omitempty"`
+}
+
+// Holder is a socket that owns the port a bind() wanted.
+type Holder struct {
+	State   string         `json:"state"` // LISTEN, TIME_WAIT, ESTABLISHED, UNCONNECTED (UDP)...
+	Local   netip.AddrPort `json:"local"`
+	Remote  netip.AddrPort `json:"remote"` // the peer of a connected holder
+	Options []string       `json:"options"`
+	SockIno uint64         `json:"socket_inode,omitempty"`
+	// PID and Comm name the process with the socket open, when one was found.
+	PID  uint32 `json:"pid,omitempty"`
+	Comm string `json:"comm,omitempty"`
+}
+
+var tcpStates = []string{1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
+	6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING", 12: "NEW_SYN_RECV"}
+
+// StateName names a socket state the way ss does, for TCP or UDP.
+func StateName(proto string, state uint8) string {
+	if proto == "udp" {
+		switch state {
+		case 1:
+			return "CONNECTED"
+		case 7:
+			return "UNCONNECTED"
+		}
+	}
+	if int(state) < len(tcpStates) && tcpStates[state] != "" {
+		return tcpStates[state]
+	}
+	return fmt.Sprintf("state %d", state)
 }
 
 // ProcStats are a process's counters, kept in the kernel.
@@ -213,6 +247,17 @@ func Decode(r *gen.PortsleuthPsEvent, boot time.Time) Event {
 	}
 	if e.Class.Op == Connect {
 		e.Dest = addrOf(r.Family, r.Daddr, r.Dport)
+	}
+	if r.HolderState != 0 {
+		e.Holder = &Holder{
+			State:   StateName(e.Class.Proto, r.HolderState),
+			Local:   addrOf(r.Family, r.HolderLaddr, r.HolderLport),
+			Options: OptionNames(uint16(r.HolderOptions)),
+			SockIno: r.HolderIno,
+		}
+		if r.HolderDport != 0 {
+			e.Holder.Remote = addrOf(r.Family, r.HolderDaddr, r.HolderDport)
+		}
 	}
 	return e
 }

@@ -39,11 +39,12 @@ func ParseBackend(s string) (Backend, error) {
 }
 
 // Hooks whose loss costs detail, not correctness: they explain why connect()
-// found no port, per candidate port.
+// found no port, per candidate port, and who holds a port bind() wanted.
 var optionalHooks = map[string]bool{
 	"__inet_check_established":  true,
 	"__inet6_check_established": true,
 	"tcp_twsk_unique":           true,
+	"inet_bind_conflict":        true,
 }
 
 type hook struct {

@@ -265,6 +265,7 @@ func (t *Tracer) Close() error {
 	var errs []error
 	if t.rd != nil {
 		errs = append(errs, t.rd.Close())
+		t.rd = nil
 	}
 	for _, l := range t.links {
 		errs = append(errs, l.Close())

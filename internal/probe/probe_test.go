@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/portsleuth/portsleuth/internal/event"
@@ -207,6 +208,35 @@ func TestPrivilegesErrorNamesCapabilities(t *testing.T) {
 	for _, c := range []string{"CAP_BPF", "CAP_PERFMON", "root"} {
 		if !strings.Contains(ErrPrivileges.Error(), c) {
 			t.Errorf("%q does not name %s", ErrPrivileges, c)
+		}
+	}
+}
+
+// Close leaves no program behind: every id the tracer loaded is gone.
+func TestCloseDetachesEverything(t *testing.T) {
+	tr := start(t)
+	var ids []ebpf.ProgramID
+	for _, p := range tr.progs {
+		info, err := p.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, ok := info.ID()
+		if !ok {
+			t.Skip("kernel does not report program ids")
+		}
+		ids = append(ids, id)
+	}
+	if len(ids) == 0 {
+		t.Fatal("tracer holds no programs")
+	}
+	if err := tr.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	for _, id := range ids {
+		if p, err := ebpf.NewProgramFromID(id); err == nil {
+			p.Close()
+			t.Errorf("program %d still loaded after Close", id)
 		}
 	}
 }

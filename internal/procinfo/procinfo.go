@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 )
 
@@ -80,4 +81,26 @@ func ContainerID(cgroup string) string {
 		return ""
 	}
 	return m[len(m)-1][1]
+}
+
+// SocketOwner finds a process that has socket inode ino open, by reading
+// /proc/*/fd. It returns pid 0 when none has (a TIME_WAIT socket, or gone).
+func SocketOwner(ino uint64) (uint32, string) {
+	want := fmt.Sprintf("socket:[%d]", ino)
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		pid, err := strconv.ParseUint(p.Name(), 10, 32)
+		if err != nil {
+			continue
+		}
+		dir := "/proc/" + p.Name() + "/fd"
+		fds, _ := os.ReadDir(dir)
+		for _, fd := range fds {
+			if link, err := os.Readlink(dir + "/" + fd.Name()); err == nil && link == want {
+				comm, _ := os.ReadFile("/proc/" + p.Name() + "/comm")
+				return uint32(pid), strings.TrimSpace(string(comm))
+			}
+		}
+	}
+	return 0, ""
 }

@@ -26,6 +26,44 @@ type Collector struct {
 	Sysctls func(pid, tid uint32) (netns.Sysctls, error)
 	// Lookup reads /proc for a process; a test may replace it.
 	Lookup func(pid uint32) (procinfo.Info, error)
+	// Owners finds the process holding a socket inode.
+	Owners *Owners
+}
+
+// Owners resolves socket inodes to the process that has them open, once per
+// inode (scanning /proc is not cheap), in bounded memory.
+type Owners struct {
+	// Lookup does the resolving; a test may replace it.
+	Lookup func(ino uint64) (uint32, string)
+	cache  map[uint64]socketOwner
+}
+
+type socketOwner struct {
+	pid  uint32
+	comm string
+}
+
+// maxOwners bounds the cache; it starts over when full.
+const maxOwners = 4096
+
+// NewOwners resolves through /proc.
+func NewOwners() *Owners { return &Owners{Lookup: procinfo.SocketOwner} }
+
+// Fill names the process behind e's port holder, if there is one.
+func (o *Owners) Fill(e *event.Event) {
+	h := e.Holder
+	if h == nil || h.SockIno == 0 || h.PID != 0 {
+		return
+	}
+	if o.cache == nil || len(o.cache) >= maxOwners {
+		o.cache = map[uint64]socketOwner{}
+	}
+	so, ok := o.cache[h.SockIno]
+	if !ok {
+		so.pid, so.comm = o.Lookup(h.SockIno)
+		o.cache[h.SockIno] = so
+	}
+	h.PID, h.Comm = so.pid, so.comm
 }
 
 type procEvents struct {
@@ -39,6 +77,7 @@ type procEvents struct {
 type classEvidence struct {
 	addrs, locals []netip.AddrPort
 	options       []string
+	holders       []event.Holder
 }
 
 // NewCollector returns an empty collector reading the live system.
@@ -48,6 +87,7 @@ func NewCollector() *Collector {
 		netns:   map[uint64]*netns.Sysctls{},
 		Sysctls: func(pid, tid uint32) (netns.Sysctls, error) { return netns.ReadTask(int(pid), int(tid)) },
 		Lookup:  procinfo.Lookup,
+		Owners:  NewOwners(),
 	}
 }
 
@@ -57,6 +97,7 @@ func NewOfflineCollector() *Collector {
 	c := NewCollector()
 	c.Sysctls = func(uint32, uint32) (netns.Sysctls, error) { return netns.Sysctls{}, errOffline }
 	c.Lookup = func(uint32) (procinfo.Info, error) { return procinfo.Info{}, errOffline }
+	c.Owners = &Owners{Lookup: func(uint64) (uint32, string) { return 0, "" }}
 	return c
 }
 
@@ -65,9 +106,11 @@ var errOffline = errors.New("offline: not reading this host")
 // Events is how many events the collector has seen.
 func (c *Collector) Events() uint64 { return c.events }
 
-// Observe records one failure.
-func (c *Collector) Observe(e event.Event) {
+// Observe records one failure. It fills in the owner of a port's holder, so
+// the caller sees the event as it will be reported.
+func (c *Collector) Observe(e *event.Event) {
 	c.events++
+	c.Owners.Fill(e)
 	p := c.procs[e.PID]
 	if p == nil {
 		p = &procEvents{classes: map[event.Class]*classEvidence{}, netns: e.Netns}
@@ -85,7 +128,7 @@ func (c *Collector) Observe(e event.Event) {
 	}
 	p.events++
 	if len(p.examples) < MaxExamples {
-		p.examples = append(p.examples, e)
+		p.examples = append(p.examples, *e)
 	}
 	ce := p.classes[e.Class]
 	if ce == nil {
@@ -100,6 +143,11 @@ func (c *Collector) Observe(e event.Event) {
 		}
 	}
 	ce.addrs = addCapped(ce.addrs, target)
+	if e.Holder != nil && len(ce.holders) < attrib.MaxAddrs && !slices.ContainsFunc(ce.holders, func(h event.Holder) bool {
+		return h.Local == e.Holder.Local && h.State == e.Holder.State && h.PID == e.Holder.PID
+	}) {
+		ce.holders = append(ce.holders, *e.Holder)
+	}
 	for _, o := range e.Options {
 		if !slices.Contains(ce.options, o) {
 			ce.options = append(ce.options, o)

@@ -35,6 +35,8 @@ type Record struct {
 	// Kernel layer, connect: candidate ports taken by TIME_WAIT / by live connections.
 	TWBlocked  uint32 `json:"tw_blocked,omitempty"`
 	EstBlocked uint32 `json:"est_blocked,omitempty"`
+	// Holder (kernel layer, EADDRINUSE) is the socket holding the port.
+	Holder *event.Holder `json:"holder,omitempty"`
 	// Folded is set on a line that stands for N repeats watch did not print.
 	Folded uint64 `json:"folded,omitempty"`
 }
@@ -59,6 +61,7 @@ func NewRecord(e event.Event, p attrib.Pattern) Record {
 		Source:     e.Source,
 		TWBlocked:  e.TWBlocked,
 		EstBlocked: e.EstBlocked,
+		Holder:     e.Holder,
 	}
 	if r.Errno == "" {
 		r.Errno = fmt.Sprintf("errno %d", int(e.Class.Errno))
@@ -95,6 +98,9 @@ func (r Record) Text() string {
 	fmt.Fprintf(&b, " %s %s", r.Errno, r.Pattern)
 	if len(r.Options) > 0 {
 		fmt.Fprintf(&b, " [%s]", strings.Join(r.Options, ","))
+	}
+	if r.Holder != nil {
+		fmt.Fprintf(&b, " held by %s", attrib.DescribeHolder(*r.Holder))
 	}
 	if r.Folded > 0 {
 		fmt.Fprintf(&b, " ... %d more like this in the last second", r.Folded)

@@ -21,8 +21,8 @@ func replay(t *testing.T, name string) Report {
 		t.Fatal(err)
 	}
 	c := NewOfflineCollector()
-	for _, e := range rec.Events {
-		c.Observe(e)
+	for i := range rec.Events {
+		c.Observe(&rec.Events[i])
 	}
 	return Build(rec.Snapshot(), c, Filter{}, "replay", time.Unix(0, 0), 0)
 }

@@ -189,6 +189,7 @@ func buildProcess(pid uint32, st event.ProcStats, fails map[event.Class]uint64, 
 					fd.Options = append(fd.Options, o)
 				}
 			}
+			fd.Holders = append(fd.Holders, ce.holders...)
 		}
 	}
 	for _, fd := range findings {

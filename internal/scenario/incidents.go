@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -120,8 +121,14 @@ func portInUse(r *Result) error {
 		}
 		unix.Close(fd)
 	}
+	// A real holder outlives the failure: stay a moment so the agent can
+	// find the listener's owner in /proc.
+	time.Sleep(HolderLinger)
 	return nil
 }
+
+// HolderLinger is how long portInUse keeps its listener after the failures.
+const HolderLinger = time.Second
 
 // NoPortConnections is how many connections bindNoPortFix opens: more than
 // the range, so plain bind-before-connect would fail.
