@@ -65,7 +65,7 @@ func Start(opts Options) (*Tracer, error) {
 		return startBackend(spec, opts.Backend)
 	}
 	var skipped []string
-	for _, b := range []Backend{FEntry, Kprobe, Tracepoint} {
+	for _, b := range Backends {
 		t, err := startBackend(spec.Copy(), b)
 		if err == nil {
 			if len(skipped) > 0 {
@@ -104,11 +104,11 @@ func startBackend(spec *ebpf.CollectionSpec, b Backend) (*Tracer, error) {
 		if len(required) == len(hooks) {
 			return nil, err
 		}
-		coll, err = load(spec, required, b)
-		if err != nil {
+		full := err
+		if coll, err = load(spec, required, b); err != nil {
 			return nil, err
 		}
-		t.notes = append(t.notes, "without per-candidate-port hooks (check_established, tcp_twsk_unique): "+err.Error())
+		t.notes = append(t.notes, "without the optional hooks (candidate ports, port holder): "+firstLine(full.Error()))
 		hooks = required
 	}
 	defer coll.Close()
@@ -137,6 +137,11 @@ func startBackend(spec *ebpf.CollectionSpec, b Backend) (*Tracer, error) {
 	return t, nil
 }
 
+func firstLine(s string) string {
+	first, _, _ := strings.Cut(s, "\n")
+	return first
+}
+
 // load keeps only the programs of hooks and loads them with every map.
 func load(spec *ebpf.CollectionSpec, hooks []hook, b Backend) (*ebpf.Collection, error) {
 	spec = spec.Copy()
@@ -153,7 +158,7 @@ func load(spec *ebpf.CollectionSpec, hooks []hook, b Backend) (*ebpf.Collection,
 	if err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("loading bpf programs: %+v", ve)
+			return nil, fmt.Errorf("loading %s programs: %+v", b, ve)
 		}
 		if errors.Is(err, unix.EPERM) {
 			// The capabilities were checked: the kernel itself refuses this program type.

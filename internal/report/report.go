@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -239,7 +240,7 @@ func (r Report) WriteText(w io.Writer) error {
 	}
 	for i, p := range r.Processes {
 		fmt.Fprintf(&b, "\n%d. pid %d %s: %d failures", i+1, p.PID, p.Comm, p.Failures)
-		for _, name := range sortedKeys(p.Errors) {
+		for _, name := range slices.Sorted(maps.Keys(p.Errors)) {
 			fmt.Fprintf(&b, ", %s %d", name, p.Errors[name])
 		}
 		b.WriteString("\n")
@@ -279,15 +280,6 @@ func (r Report) WriteText(w io.Writer) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
-}
-
-func sortedKeys(m map[string]uint64) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
 
 // oneLine keeps a command line on one line of text output.
