@@ -7,6 +7,9 @@
 enum ps_op {
 	PS_OP_BIND = 1,
 	PS_OP_CONNECT = 2,
+	/* listen() runs get_port again: for an unbound socket (port-0 exhaustion)
+	 * and for a port two SO_REUSEADDR binds share (second listener conflicts). */
+	PS_OP_LISTEN = 3,
 };
 
 /* Socket options in effect on the socket at the time of the call. */
@@ -26,6 +29,7 @@ enum ps_source {
 	PS_SRC_INET6_BIND = 3,
 	PS_SRC_INET_HASH_CONNECT = 4,
 	PS_SRC_INET6_HASH_CONNECT = 5,
+	PS_SRC_INET_CSK_GET_PORT = 6,  /* listen(), kernel layer */
 };
 
 /* Facts about a failed call that decide its pattern; part of the failure key. */
@@ -96,6 +100,8 @@ struct ps_proc_stats {
 	/* Kernel layer: candidate ports connect() found taken, summed over calls. */
 	__u64 connect_tw_blocked;
 	__u64 connect_est_blocked;
+	__u64 listens_ok;
+	__u64 listens_failed;
 };
 
 /* Process identity recorded at its first failure, for processes gone before

@@ -1,5 +1,6 @@
-/* Kernel-function backend: inet_bind/inet6_bind and inet_hash_connect/
- * inet6_hash_connect, plus __inet{,6}_check_established and tcp_twsk_unique
+/* Kernel-function backend: inet_bind/inet6_bind, inet_hash_connect/
+ * inet6_hash_connect and inet_csk_get_port (listen), plus inet_bind_conflict
+ * for who holds a port and __inet{,6}_check_established and tcp_twsk_unique
  * for why a connect found no port. Each hook has an fentry/fexit form and a
  * kprobe/kretprobe twin; Go loads one family and deletes the other. These see
  * calls that never pass a syscall: io_uring bind/connect, in-kernel callers. */
@@ -82,7 +83,7 @@ static __always_inline void conflict_candidate(struct sock *sk2)
 	__u64 id = bpf_get_current_pid_tgid();
 	struct call *c = bpf_map_lookup_elem(&calls, &id);
 
-	if (c && c->op == PS_OP_BIND)
+	if (c && c->op != PS_OP_CONNECT)
 		c->cand = (__u64)sk2;
 }
 
@@ -91,8 +92,32 @@ static __always_inline void conflict_verdict(int conflict)
 	__u64 id = bpf_get_current_pid_tgid();
 	struct call *c = bpf_map_lookup_elem(&calls, &id);
 
-	if (c && c->op == PS_OP_BIND && conflict)
+	if (c && c->op != PS_OP_CONNECT && conflict)
 		c->holder = c->cand;
+}
+
+/* listen() runs get_port outside any bind call: for an unbound socket, and
+ * again for a bound one (where SO_REUSEADDR binds shared a port). Inside a
+ * bind, the bind hooks report. */
+static __always_inline int listen_begin(struct sock *sk)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct call c = {};
+
+	if (!traced_pid(id) || bpf_map_lookup_elem(&calls, &id))
+		return 0;
+	if (call_init(&c, PS_OP_LISTEN, PS_SRC_INET_CSK_GET_PORT, sk))
+		return 0;
+	c.sock_ino = socket_ino(BPF_CORE_READ(sk, sk_socket));
+	sock_local(sk, c.family, c.laddr, &c.lport);
+	call_store(id, &c);
+	return 0;
+}
+
+/* Up to early 6.1 get_port returned 1 on failure, since -EADDRINUSE. */
+static __always_inline int listen_finish(int ret)
+{
+	return call_finish(PS_OP_LISTEN, ret ? -EADDRINUSE : 0);
 }
 
 /* fentry/fexit */
@@ -185,6 +210,18 @@ int BPF_PROG(fexit_inet_bind_conflict, const struct sock *sk, struct sock *sk2)
 	return 0;
 }
 
+SEC("fentry/inet_csk_get_port")
+int BPF_PROG(fentry_inet_csk_get_port, struct sock *sk)
+{
+	return listen_begin(sk);
+}
+
+SEC("fexit/inet_csk_get_port")
+int BPF_PROG(fexit_inet_csk_get_port, struct sock *sk, unsigned short snum, int ret)
+{
+	return listen_finish(ret);
+}
+
 /* kprobe/kretprobe twins */
 
 SEC("kprobe/inet_bind")
@@ -254,6 +291,18 @@ int BPF_KRETPROBE(kretprobe_tcp_twsk_unique, int ret)
 {
 	candidate(0, ret == 0);
 	return 0;
+}
+
+SEC("kprobe/inet_csk_get_port")
+int BPF_KPROBE(kprobe_inet_csk_get_port, struct sock *sk)
+{
+	return listen_begin(sk);
+}
+
+SEC("kretprobe/inet_csk_get_port")
+int BPF_KRETPROBE(kretprobe_inet_csk_get_port, int ret)
+{
+	return listen_finish(ret);
 }
 
 SEC("kprobe/inet_bind_conflict")

@@ -456,6 +456,17 @@ static __always_inline int call_finish(__u8 op, long ret)
 		}
 		goto out;
 	}
+	if (op == PS_OP_LISTEN) {
+		/* Only get_port fails listen() with EADDRINUSE; EINVAL and the
+		 * like are misuse, not ours. */
+		if (ret == 0) {
+			__sync_fetch_and_add(&s->listens_ok, 1);
+		} else if (err == EADDRINUSE) {
+			__sync_fetch_and_add(&s->listens_failed, 1);
+			record_failure(c, id, err);
+		}
+		goto out;
+	}
 
 	st = bpf_map_lookup_elem(&sock_state, &c->sock_ino);
 	if (st) {

@@ -42,10 +42,12 @@ static __always_inline int sys_enter(struct trace_event_raw_sys_enter *ctx, __u8
 	if (call_init(&c, op, PS_SRC_SYSCALL, sk))
 		return 0;
 	/* A sockaddr_in may end at a page boundary: retry with its own size. */
-	if (bpf_probe_read_user(sa, sizeof(sa), uaddr) &&
+	if (op != PS_OP_LISTEN && bpf_probe_read_user(sa, sizeof(sa), uaddr) &&
 	    bpf_probe_read_user(sa, 16, uaddr))
 		return 0;
-	if (op == PS_OP_BIND) {
+	if (op == PS_OP_LISTEN) {
+		sock_local(sk, c.family, c.laddr, &c.lport);
+	} else if (op == PS_OP_BIND) {
 		if (parse_sockaddr(sa, c.family, c.laddr, &c.lport))
 			return 0;
 	} else {
@@ -79,6 +81,18 @@ SEC("tracepoint/syscalls/sys_exit_connect")
 int tp_exit_connect(struct trace_event_raw_sys_exit *ctx)
 {
 	return call_finish(PS_OP_CONNECT, ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_enter_listen")
+int tp_enter_listen(struct trace_event_raw_sys_enter *ctx)
+{
+	return sys_enter(ctx, PS_OP_LISTEN);
+}
+
+SEC("tracepoint/syscalls/sys_exit_listen")
+int tp_exit_listen(struct trace_event_raw_sys_exit *ctx)
+{
+	return call_finish(PS_OP_LISTEN, ctx->ret);
 }
 
 #endif

@@ -102,6 +102,7 @@ type PortsleuthPsOp uint32
 const (
 	PortsleuthPsOpPS_OP_BIND    PortsleuthPsOp = 1
 	PortsleuthPsOpPS_OP_CONNECT PortsleuthPsOp = 2
+	PortsleuthPsOpPS_OP_LISTEN  PortsleuthPsOp = 3
 )
 
 type PortsleuthPsOpt uint32
@@ -135,6 +136,8 @@ type PortsleuthPsProcStats struct {
 	Port0BindConnects uint64
 	ConnectTwBlocked  uint64
 	ConnectEstBlocked uint64
+	ListensOk         uint64
+	ListensFailed     uint64
 }
 
 type PortsleuthPsSource uint32
@@ -145,6 +148,7 @@ const (
 	PortsleuthPsSourcePS_SRC_INET6BIND         PortsleuthPsSource = 3
 	PortsleuthPsSourcePS_SRC_INET_HASH_CONNECT PortsleuthPsSource = 4
 	PortsleuthPsSourcePS_SRC_INET6HASH_CONNECT PortsleuthPsSource = 5
+	PortsleuthPsSourcePS_SRC_INET_CSK_GET_PORT PortsleuthPsSource = 6
 )
 
 // Names of all BPF objects in the ELF.
@@ -162,6 +166,7 @@ const (
 	PortsleuthProgFentryInet6Bind            = "fentry_inet6_bind"
 	PortsleuthProgFentryInet6HashConnect     = "fentry_inet6_hash_connect"
 	PortsleuthProgFentryInetBind             = "fentry_inet_bind"
+	PortsleuthProgFentryInetCskGetPort       = "fentry_inet_csk_get_port"
 	PortsleuthProgFentryInetHashConnect      = "fentry_inet_hash_connect"
 	PortsleuthProgFexitCheckEstablished      = "fexit_check_established"
 	PortsleuthProgFexitCheckEstablished6     = "fexit_check_established6"
@@ -169,12 +174,14 @@ const (
 	PortsleuthProgFexitInet6HashConnect      = "fexit_inet6_hash_connect"
 	PortsleuthProgFexitInetBind              = "fexit_inet_bind"
 	PortsleuthProgFexitInetBindConflict      = "fexit_inet_bind_conflict"
+	PortsleuthProgFexitInetCskGetPort        = "fexit_inet_csk_get_port"
 	PortsleuthProgFexitInetHashConnect       = "fexit_inet_hash_connect"
 	PortsleuthProgFexitTcpTwskUnique         = "fexit_tcp_twsk_unique"
 	PortsleuthProgKprobeInet6Bind            = "kprobe_inet6_bind"
 	PortsleuthProgKprobeInet6HashConnect     = "kprobe_inet6_hash_connect"
 	PortsleuthProgKprobeInetBind             = "kprobe_inet_bind"
 	PortsleuthProgKprobeInetBindConflict     = "kprobe_inet_bind_conflict"
+	PortsleuthProgKprobeInetCskGetPort       = "kprobe_inet_csk_get_port"
 	PortsleuthProgKprobeInetHashConnect      = "kprobe_inet_hash_connect"
 	PortsleuthProgKretprobeCheckEstablished  = "kretprobe_check_established"
 	PortsleuthProgKretprobeCheckEstablished6 = "kretprobe_check_established6"
@@ -182,12 +189,15 @@ const (
 	PortsleuthProgKretprobeInet6HashConnect  = "kretprobe_inet6_hash_connect"
 	PortsleuthProgKretprobeInetBind          = "kretprobe_inet_bind"
 	PortsleuthProgKretprobeInetBindConflict  = "kretprobe_inet_bind_conflict"
+	PortsleuthProgKretprobeInetCskGetPort    = "kretprobe_inet_csk_get_port"
 	PortsleuthProgKretprobeInetHashConnect   = "kretprobe_inet_hash_connect"
 	PortsleuthProgKretprobeTcpTwskUnique     = "kretprobe_tcp_twsk_unique"
 	PortsleuthProgTpEnterBind                = "tp_enter_bind"
 	PortsleuthProgTpEnterConnect             = "tp_enter_connect"
+	PortsleuthProgTpEnterListen              = "tp_enter_listen"
 	PortsleuthProgTpExitBind                 = "tp_exit_bind"
 	PortsleuthProgTpExitConnect              = "tp_exit_connect"
+	PortsleuthProgTpExitListen               = "tp_exit_listen"
 	PortsleuthVarPsEvent                     = "_ps_event"
 	PortsleuthVarPsFlag                      = "_ps_flag"
 	PortsleuthVarPsOp                        = "_ps_op"
@@ -244,6 +254,7 @@ type PortsleuthProgramSpecs struct {
 	FentryInet6Bind            *ebpf.ProgramSpec `ebpf:"fentry_inet6_bind"`
 	FentryInet6HashConnect     *ebpf.ProgramSpec `ebpf:"fentry_inet6_hash_connect"`
 	FentryInetBind             *ebpf.ProgramSpec `ebpf:"fentry_inet_bind"`
+	FentryInetCskGetPort       *ebpf.ProgramSpec `ebpf:"fentry_inet_csk_get_port"`
 	FentryInetHashConnect      *ebpf.ProgramSpec `ebpf:"fentry_inet_hash_connect"`
 	FexitCheckEstablished      *ebpf.ProgramSpec `ebpf:"fexit_check_established"`
 	FexitCheckEstablished6     *ebpf.ProgramSpec `ebpf:"fexit_check_established6"`
@@ -251,12 +262,14 @@ type PortsleuthProgramSpecs struct {
 	FexitInet6HashConnect      *ebpf.ProgramSpec `ebpf:"fexit_inet6_hash_connect"`
 	FexitInetBind              *ebpf.ProgramSpec `ebpf:"fexit_inet_bind"`
 	FexitInetBindConflict      *ebpf.ProgramSpec `ebpf:"fexit_inet_bind_conflict"`
+	FexitInetCskGetPort        *ebpf.ProgramSpec `ebpf:"fexit_inet_csk_get_port"`
 	FexitInetHashConnect       *ebpf.ProgramSpec `ebpf:"fexit_inet_hash_connect"`
 	FexitTcpTwskUnique         *ebpf.ProgramSpec `ebpf:"fexit_tcp_twsk_unique"`
 	KprobeInet6Bind            *ebpf.ProgramSpec `ebpf:"kprobe_inet6_bind"`
 	KprobeInet6HashConnect     *ebpf.ProgramSpec `ebpf:"kprobe_inet6_hash_connect"`
 	KprobeInetBind             *ebpf.ProgramSpec `ebpf:"kprobe_inet_bind"`
 	KprobeInetBindConflict     *ebpf.ProgramSpec `ebpf:"kprobe_inet_bind_conflict"`
+	KprobeInetCskGetPort       *ebpf.ProgramSpec `ebpf:"kprobe_inet_csk_get_port"`
 	KprobeInetHashConnect      *ebpf.ProgramSpec `ebpf:"kprobe_inet_hash_connect"`
 	KretprobeCheckEstablished  *ebpf.ProgramSpec `ebpf:"kretprobe_check_established"`
 	KretprobeCheckEstablished6 *ebpf.ProgramSpec `ebpf:"kretprobe_check_established6"`
@@ -264,12 +277,15 @@ type PortsleuthProgramSpecs struct {
 	KretprobeInet6HashConnect  *ebpf.ProgramSpec `ebpf:"kretprobe_inet6_hash_connect"`
 	KretprobeInetBind          *ebpf.ProgramSpec `ebpf:"kretprobe_inet_bind"`
 	KretprobeInetBindConflict  *ebpf.ProgramSpec `ebpf:"kretprobe_inet_bind_conflict"`
+	KretprobeInetCskGetPort    *ebpf.ProgramSpec `ebpf:"kretprobe_inet_csk_get_port"`
 	KretprobeInetHashConnect   *ebpf.ProgramSpec `ebpf:"kretprobe_inet_hash_connect"`
 	KretprobeTcpTwskUnique     *ebpf.ProgramSpec `ebpf:"kretprobe_tcp_twsk_unique"`
 	TpEnterBind                *ebpf.ProgramSpec `ebpf:"tp_enter_bind"`
 	TpEnterConnect             *ebpf.ProgramSpec `ebpf:"tp_enter_connect"`
+	TpEnterListen              *ebpf.ProgramSpec `ebpf:"tp_enter_listen"`
 	TpExitBind                 *ebpf.ProgramSpec `ebpf:"tp_exit_bind"`
 	TpExitConnect              *ebpf.ProgramSpec `ebpf:"tp_exit_connect"`
+	TpExitListen               *ebpf.ProgramSpec `ebpf:"tp_exit_listen"`
 }
 
 // PortsleuthMapSpecs contains maps before they are loaded into the kernel.
@@ -366,6 +382,7 @@ type PortsleuthPrograms struct {
 	FentryInet6Bind            *ebpf.Program `ebpf:"fentry_inet6_bind"`
 	FentryInet6HashConnect     *ebpf.Program `ebpf:"fentry_inet6_hash_connect"`
 	FentryInetBind             *ebpf.Program `ebpf:"fentry_inet_bind"`
+	FentryInetCskGetPort       *ebpf.Program `ebpf:"fentry_inet_csk_get_port"`
 	FentryInetHashConnect      *ebpf.Program `ebpf:"fentry_inet_hash_connect"`
 	FexitCheckEstablished      *ebpf.Program `ebpf:"fexit_check_established"`
 	FexitCheckEstablished6     *ebpf.Program `ebpf:"fexit_check_established6"`
@@ -373,12 +390,14 @@ type PortsleuthPrograms struct {
 	FexitInet6HashConnect      *ebpf.Program `ebpf:"fexit_inet6_hash_connect"`
 	FexitInetBind              *ebpf.Program `ebpf:"fexit_inet_bind"`
 	FexitInetBindConflict      *ebpf.Program `ebpf:"fexit_inet_bind_conflict"`
+	FexitInetCskGetPort        *ebpf.Program `ebpf:"fexit_inet_csk_get_port"`
 	FexitInetHashConnect       *ebpf.Program `ebpf:"fexit_inet_hash_connect"`
 	FexitTcpTwskUnique         *ebpf.Program `ebpf:"fexit_tcp_twsk_unique"`
 	KprobeInet6Bind            *ebpf.Program `ebpf:"kprobe_inet6_bind"`
 	KprobeInet6HashConnect     *ebpf.Program `ebpf:"kprobe_inet6_hash_connect"`
 	KprobeInetBind             *ebpf.Program `ebpf:"kprobe_inet_bind"`
 	KprobeInetBindConflict     *ebpf.Program `ebpf:"kprobe_inet_bind_conflict"`
+	KprobeInetCskGetPort       *ebpf.Program `ebpf:"kprobe_inet_csk_get_port"`
 	KprobeInetHashConnect      *ebpf.Program `ebpf:"kprobe_inet_hash_connect"`
 	KretprobeCheckEstablished  *ebpf.Program `ebpf:"kretprobe_check_established"`
 	KretprobeCheckEstablished6 *ebpf.Program `ebpf:"kretprobe_check_established6"`
@@ -386,12 +405,15 @@ type PortsleuthPrograms struct {
 	KretprobeInet6HashConnect  *ebpf.Program `ebpf:"kretprobe_inet6_hash_connect"`
 	KretprobeInetBind          *ebpf.Program `ebpf:"kretprobe_inet_bind"`
 	KretprobeInetBindConflict  *ebpf.Program `ebpf:"kretprobe_inet_bind_conflict"`
+	KretprobeInetCskGetPort    *ebpf.Program `ebpf:"kretprobe_inet_csk_get_port"`
 	KretprobeInetHashConnect   *ebpf.Program `ebpf:"kretprobe_inet_hash_connect"`
 	KretprobeTcpTwskUnique     *ebpf.Program `ebpf:"kretprobe_tcp_twsk_unique"`
 	TpEnterBind                *ebpf.Program `ebpf:"tp_enter_bind"`
 	TpEnterConnect             *ebpf.Program `ebpf:"tp_enter_connect"`
+	TpEnterListen              *ebpf.Program `ebpf:"tp_enter_listen"`
 	TpExitBind                 *ebpf.Program `ebpf:"tp_exit_bind"`
 	TpExitConnect              *ebpf.Program `ebpf:"tp_exit_connect"`
+	TpExitListen               *ebpf.Program `ebpf:"tp_exit_listen"`
 }
 
 func (p *PortsleuthPrograms) Close() error {
@@ -399,6 +421,7 @@ func (p *PortsleuthPrograms) Close() error {
 		p.FentryInet6Bind,
 		p.FentryInet6HashConnect,
 		p.FentryInetBind,
+		p.FentryInetCskGetPort,
 		p.FentryInetHashConnect,
 		p.FexitCheckEstablished,
 		p.FexitCheckEstablished6,
@@ -406,12 +429,14 @@ func (p *PortsleuthPrograms) Close() error {
 		p.FexitInet6HashConnect,
 		p.FexitInetBind,
 		p.FexitInetBindConflict,
+		p.FexitInetCskGetPort,
 		p.FexitInetHashConnect,
 		p.FexitTcpTwskUnique,
 		p.KprobeInet6Bind,
 		p.KprobeInet6HashConnect,
 		p.KprobeInetBind,
 		p.KprobeInetBindConflict,
+		p.KprobeInetCskGetPort,
 		p.KprobeInetHashConnect,
 		p.KretprobeCheckEstablished,
 		p.KretprobeCheckEstablished6,
@@ -419,12 +444,15 @@ func (p *PortsleuthPrograms) Close() error {
 		p.KretprobeInet6HashConnect,
 		p.KretprobeInetBind,
 		p.KretprobeInetBindConflict,
+		p.KretprobeInetCskGetPort,
 		p.KretprobeInetHashConnect,
 		p.KretprobeTcpTwskUnique,
 		p.TpEnterBind,
 		p.TpEnterConnect,
+		p.TpEnterListen,
 		p.TpExitBind,
 		p.TpExitConnect,
+		p.TpExitListen,
 	)
 }
 

@@ -63,6 +63,14 @@ func Classify(c event.Class, st event.ProcStats) Pattern {
 		case unix.EPERM:
 			return Denied
 		}
+	case event.Listen:
+		// listen() on an unbound socket picks a port like bind(0) does.
+		if c.Errno == unix.EADDRINUSE {
+			if c.Port0 {
+				return BindPortExhaustion
+			}
+			return PortInUse
+		}
 	case event.Connect:
 		switch c.Errno {
 		case unix.EADDRNOTAVAIL:
@@ -145,10 +153,10 @@ func (f *Finding) Evidence() string {
 		f.rangeNote(&b)
 	case BindPortExhaustion:
 		fmt.Fprintf(&b, "%d %s failed EADDRINUSE; none of the %d sockets this process bound to port 0 went on to connect()",
-			f.Count, f.calls("bind", f.Addrs), st.Port0BindsOK)
+			f.Count, f.calls(f.bindOp(), f.Addrs), st.Port0BindsOK)
 		f.rangeNote(&b)
 	case PortInUse:
-		fmt.Fprintf(&b, "%d %s failed EADDRINUSE: the port is held by another socket", f.Count, f.calls("bind", f.Addrs))
+		fmt.Fprintf(&b, "%d %s failed EADDRINUSE: the port is held by another socket", f.Count, f.calls(f.bindOp(), f.Addrs))
 		for _, h := range f.Holders {
 			fmt.Fprintf(&b, "; held by %s: %s", DescribeHolder(h), SharingVerdict(h))
 		}
@@ -207,6 +215,22 @@ func (f *Finding) Evidence() string {
 	return b.String()
 }
 
+// bindOp names the calls behind a bind-side finding: bind, listen or both.
+func (f *Finding) bindOp() string {
+	var bind, listen bool
+	for c := range f.Classes {
+		bind = bind || c.Op == event.Bind
+		listen = listen || c.Op == event.Listen
+	}
+	switch {
+	case listen && bind:
+		return "bind()/listen"
+	case listen:
+		return "listen"
+	}
+	return "bind"
+}
+
 func (f *Finding) hasErrno(e unix.Errno) bool {
 	for c := range f.Classes {
 		if c.Errno == e {
@@ -227,7 +251,7 @@ func (f *Finding) calls(op string, addrs []netip.AddrPort) string {
 		return word
 	}
 	prep := "to"
-	if op == "bind" {
+	if op != "connect" {
 		prep = "of"
 	}
 	return fmt.Sprintf("%s %s %s", word, prep, joinAddrs(addrs))
@@ -281,9 +305,17 @@ func (f *Finding) Advice() string {
 		}
 		return a
 	case BindPortExhaustion:
-		return "Every port of the ephemeral range already has an owner on this address. Close idle sockets, let the kernel pick the port at connect() (don't bind, or set IP_BIND_ADDRESS_NO_PORT) or listen() time, or widen net.ipv4.ip_local_port_range. SO_REUSEADDR does not relax bind() to port 0 since Linux 4.6; ip_autobind_reuse=1 shares ports only with non-listening SO_REUSEADDR owners."
+		a := "Every port of the ephemeral range already has an owner on this address. Close idle sockets, let the kernel pick the port at connect() (don't bind, or set IP_BIND_ADDRESS_NO_PORT), or widen net.ipv4.ip_local_port_range. SO_REUSEADDR does not relax bind() to port 0 since Linux 4.6; ip_autobind_reuse=1 shares ports only with non-listening SO_REUSEADDR owners."
+		if f.bindOp() != "bind" {
+			a += " A listen() without bind() takes its port from the same range: bind the listener to an explicit port outside it."
+		}
+		return a
 	case PortInUse:
-		return "Not exhaustion: another socket holds the port (find it with `ss -tanp 'sport = :PORT'`). If it is an earlier run's TIME_WAIT, set SO_REUSEADDR before bind(); to serve one port from several sockets, set SO_REUSEPORT on all of them (same user). A service port inside ip_local_port_range can be taken as a source port by outgoing connections: move it out or add it to net.ipv4.ip_local_reserved_ports."
+		a := ""
+		if f.bindOp() != "bind" {
+			a = "listen() re-checks the port: two sockets that shared it with SO_REUSEADDR cannot both listen (use SO_REUSEPORT for that). "
+		}
+		return a + "Not exhaustion: another socket holds the port (find it with `ss -tanp 'sport = :PORT'`). If it is an earlier run's TIME_WAIT, set SO_REUSEADDR before bind(); to serve one port from several sockets, set SO_REUSEPORT on all of them (same user). A service port inside ip_local_port_range can be taken as a source port by outgoing connections: move it out or add it to net.ipv4.ip_local_reserved_ports."
 	case ConnectPortExhaustion:
 		a := "No free local port toward this destination: every port of the range is in use for this (source, destination address, destination port), usually by TIME_WAIT from client-side close. Reuse connections (keep-alive, pooling); spread over more destination ports/addresses or source addresses (IP_BIND_ADDRESS_NO_PORT); widen net.ipv4.ip_local_port_range. "
 		switch {

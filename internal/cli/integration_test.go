@@ -522,3 +522,44 @@ func TestIOUringFailuresNeedTheKernelLayer(t *testing.T) {
 	}
 	t.Logf("io_uring: %d connects and %d binds failed, all attributed", scenario.FailAttempts, binds)
 }
+
+// listen() fails EADDRINUSE in two ways: an unbound socket finds no free port
+// (exhaustion), and a second listener on a port two SO_REUSEADDR binds shared.
+func TestListenFailures(t *testing.T) {
+	r, res := traceScenario(t, "listen")
+	if res.Extra["listen_unbound_ok"] != scenario.RangeSize || res.Extra["listen_unbound_failed"] != scenario.ListenFails {
+		t.Fatalf("the kernel behaved unexpectedly: %+v", res.Extra)
+	}
+	p := findProcess(r, res.PID)
+	if p == nil {
+		t.Fatalf("pid %d missing", res.PID)
+	}
+	want := uint64(scenario.ListenFails + 1)
+	if p.Failures != want || p.Listens.Failed != want || p.Listens.OK != scenario.RangeSize+1 {
+		t.Errorf("failures %d, listens %+v; want %d failed, %d ok", p.Failures, p.Listens, want, scenario.RangeSize+1)
+	}
+	got := map[string]uint64{}
+	for _, pat := range p.Patterns {
+		got[pat.Pattern] = pat.Count
+	}
+	if got["bind-port-exhaustion"] != scenario.ListenFails || got["port-in-use"] != 1 || len(got) != 2 {
+		t.Errorf("patterns %v", got)
+	}
+	for _, e := range p.Examples {
+		if e.Op != "listen" {
+			t.Errorf("example %+v: want op listen", e)
+		}
+	}
+	for _, pat := range p.Patterns {
+		if pat.Pattern != "port-in-use" {
+			continue
+		}
+		if !strings.Contains(pat.Evidence, "listen() call of 127.0.0.1:8080") || !strings.Contains(pat.Advice, "SO_REUSEPORT") {
+			t.Errorf("port-in-use: %+v", pat)
+		}
+		// The kernel layer names the first listener as the holder.
+		if kernelLayer(r) && !strings.Contains(pat.Evidence, fmt.Sprintf("held by pid %d (%s): LISTEN 127.0.0.1:8080", res.PID, p.Comm)) {
+			t.Errorf("evidence %q does not name the first listener", pat.Evidence)
+		}
+	}
+}

@@ -21,6 +21,8 @@ type Op string
 const (
 	Bind    Op = "bind"
 	Connect Op = "connect"
+	// Listen is a listen() that found no port (unbound socket) or a conflict.
+	Listen Op = "listen"
 )
 
 // Class is what decides a failure's pattern; the kernel counts failures per
@@ -106,10 +108,12 @@ type ProcStats struct {
 	// Kernel layer: candidate ports connect() found taken, by TIME_WAIT / live connections.
 	ConnectTWBlocked  uint64 `json:"connect_tw_blocked,omitempty"`
 	ConnectEstBlocked uint64 `json:"connect_est_blocked,omitempty"`
+	ListensOK         uint64 `json:"listens_ok,omitempty"`
+	ListensFailed     uint64 `json:"listens_failed,omitempty"`
 }
 
 // Failures is the number of failed calls that portsleuth attributes.
-func (s ProcStats) Failures() uint64 { return s.BindsFailed + s.ConnectsFailed }
+func (s ProcStats) Failures() uint64 { return s.BindsFailed + s.ConnectsFailed + s.ListensFailed }
 
 // ProcMeta is what the kernel recorded about a process at its first failure.
 type ProcMeta struct {
@@ -159,11 +163,15 @@ var sourceNames = map[gen.PortsleuthPsSource]string{
 	gen.PortsleuthPsSourcePS_SRC_INET6BIND:         "inet6_bind",
 	gen.PortsleuthPsSourcePS_SRC_INET_HASH_CONNECT: "inet_hash_connect",
 	gen.PortsleuthPsSourcePS_SRC_INET6HASH_CONNECT: "inet6_hash_connect",
+	gen.PortsleuthPsSourcePS_SRC_INET_CSK_GET_PORT: "inet_csk_get_port",
 }
 
 func opOf(op uint8) Op {
-	if op == uint8(gen.PortsleuthPsOpPS_OP_CONNECT) {
+	switch gen.PortsleuthPsOp(op) {
+	case gen.PortsleuthPsOpPS_OP_CONNECT:
 		return Connect
+	case gen.PortsleuthPsOpPS_OP_LISTEN:
+		return Listen
 	}
 	return Bind
 }

@@ -5,6 +5,7 @@ package probe
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -93,23 +94,21 @@ func startBackend(spec *ebpf.CollectionSpec, b Backend) (*Tracer, error) {
 	hooks := b.hooks(spec)
 	t := &Tracer{epoch: event.MonotonicEpoch(), backend: b}
 	coll, err := load(spec, hooks, b)
-	if err != nil {
-		// An optional hook missing from this kernel must not cost the backend.
-		var required []hook
-		for _, h := range hooks {
-			if !h.optional {
-				required = append(required, h)
-			}
+	// An optional hook this kernel can't load must not cost the backend: drop
+	// the one the loader names and try again.
+	for err != nil {
+		if errors.Is(err, unix.EPERM) {
+			return nil, err // refused as a whole, not one hook
 		}
-		if len(required) == len(hooks) {
+		i := slices.IndexFunc(hooks, func(h hook) bool {
+			return h.optional && strings.Contains(err.Error(), "program "+h.name+":")
+		})
+		if i < 0 {
 			return nil, err
 		}
-		full := err
-		if coll, err = load(spec, required, b); err != nil {
-			return nil, err
-		}
-		t.notes = append(t.notes, "without the optional hooks (candidate ports, port holder): "+firstLine(full.Error()))
-		hooks = required
+		t.notes = append(t.notes, fmt.Sprintf("without %s: %s", hooks[i].what, firstLine(err.Error())))
+		hooks = slices.Delete(slices.Clone(hooks), i, i+1)
+		coll, err = load(spec, hooks, b)
 	}
 	defer coll.Close()
 	if err := coll.Assign(&t.maps); err != nil {
@@ -162,7 +161,7 @@ func load(spec *ebpf.CollectionSpec, hooks []hook, b Backend) (*ebpf.Collection,
 		}
 		if errors.Is(err, unix.EPERM) {
 			// The capabilities were checked: the kernel itself refuses this program type.
-			return nil, fmt.Errorf("the kernel refused to load %s programs (EPERM despite CAP_BPF/CAP_PERFMON: lockdown or a security policy)", b)
+			return nil, fmt.Errorf("the kernel refused to load %s programs (despite CAP_BPF/CAP_PERFMON: lockdown or a security policy): %w", b, unix.EPERM)
 		}
 		return nil, fmt.Errorf("loading %s programs: %w", b, err)
 	}
@@ -368,6 +367,7 @@ func statsOf(st *gen.PortsleuthPsProcStats) event.ProcStats {
 		ConnectsOK: st.ConnectsOk, ConnectsFailed: st.ConnectsFailed, ConnectsOther: st.ConnectsOther,
 		Port0BindsOK: st.Port0BindsOk, Port0BindConnects: st.Port0BindConnects,
 		ConnectTWBlocked: st.ConnectTwBlocked, ConnectEstBlocked: st.ConnectEstBlocked,
+		ListensOK: st.ListensOk, ListensFailed: st.ListensFailed,
 	}
 }
 

@@ -52,6 +52,7 @@ type Process struct {
 	Patterns    []PatternEntry    `json:"patterns"`
 	Binds       Counts            `json:"binds"`
 	Connects    Counts            `json:"connects"`
+	Listens     Counts            `json:"listens"`
 	Port0Binds  Port0             `json:"port0_binds"`
 	Sysctls     *netns.Sysctls    `json:"sysctls,omitempty"`
 	// EventsMissed counts failures that are in the counts but whose event the
@@ -139,6 +140,7 @@ func buildProcess(pid uint32, st event.ProcStats, fails map[event.Class]uint64, 
 		Patterns:   []PatternEntry{},
 		Binds:      Counts{st.BindsOK, st.BindsFailed, st.BindsOther},
 		Connects:   Counts{st.ConnectsOK, st.ConnectsFailed, st.ConnectsOther},
+		Listens:    Counts{OK: st.ListensOK, Failed: st.ListensFailed},
 		Port0Binds: Port0{st.Port0BindsOK, st.Port0BindConnects},
 		Examples:   []Record{},
 	}
@@ -258,6 +260,9 @@ func (r Report) WriteText(w io.Writer) error {
 		fmt.Fprintf(&b, "   binds:    %d ok, %d failed, %d other errors; %d bound port 0, %d of them connected\n",
 			p.Binds.OK, p.Binds.Failed, p.Binds.OtherErrors, p.Port0Binds.OK, p.Port0Binds.Connected)
 		fmt.Fprintf(&b, "   connects: %d ok, %d failed, %d other errors\n", p.Connects.OK, p.Connects.Failed, p.Connects.OtherErrors)
+		if p.Listens.Failed > 0 {
+			fmt.Fprintf(&b, "   listens:  %d ok, %d failed\n", p.Listens.OK, p.Listens.Failed)
+		}
 		if s := p.Sysctls; s != nil {
 			reserved := "unknown"
 			if s.ReservedPorts != nil {

@@ -352,3 +352,52 @@ func bindStorm(r *Result) error {
 	}
 	return nil
 }
+
+// ListenFails is how many listen() calls on unbound sockets listen makes
+// after the range ran out.
+const ListenFails = 5
+
+// listenFailures covers the two ways listen() fails EADDRINUSE: on an unbound socket
+// it takes a port from the ephemeral range, so 64 listeners exhaust it; and
+// two SO_REUSEADDR sockets that shared a port with bind() cannot both listen.
+func listenFailures(r *Result) error {
+	r.Extra = map[string]int{}
+	for i := 0; i < RangeSize+ListenFails; i++ {
+		fd, err := tcpSocket()
+		if err != nil {
+			return err
+		}
+		if err := unix.Listen(fd, 1); err != nil {
+			if errnoOf(err) != unix.EADDRINUSE {
+				return fmt.Errorf("listen without bind: %w", err)
+			}
+			r.Extra["listen_unbound_failed"]++
+			unix.Close(fd)
+			continue
+		}
+		r.Extra["listen_unbound_ok"]++
+	}
+	var fds [2]int
+	for i := range fds {
+		fd, err := tcpSocket()
+		if err != nil {
+			return err
+		}
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+			return err
+		}
+		if err := r.bind(fd, "127.0.0.1", ListenPort); err != nil {
+			return fmt.Errorf("SO_REUSEADDR bind %d of a shared port: %w", i, err)
+		}
+		fds[i] = fd
+	}
+	if err := unix.Listen(fds[0], 1); err != nil {
+		return err
+	}
+	if err := unix.Listen(fds[1], 1); errnoOf(err) != unix.EADDRINUSE {
+		return fmt.Errorf("second listen on a shared port: want EADDRINUSE, got %v", err)
+	}
+	r.Extra["listen_shared_failed"]++
+	time.Sleep(HolderLinger)
+	return nil
+}

@@ -69,6 +69,7 @@ var Scenarios = map[string]func(*Result) error{
 	"ipv6-and-udp":            ipv6AndUDP,
 	"bind-storm":              bindStorm,
 	"io-uring":                ioUring,
+	"listen":                  listenFailures,
 }
 
 // Names returns the scenario names, sorted.
