@@ -23,6 +23,7 @@ the call pattern behind them, and says what fixes it on this kernel.
 Usage:
   portsleuth watch  [--backend B] [--pid N] [--comm NAME] [-o text|json] [--duration D]
   portsleuth report [--backend B] [--pid N] [--comm NAME] [-o text|json] [--duration D] [--file PATH] [--all] [-- CMD ARGS...]
+  portsleuth serve  [--backend B] [--listen ADDR] [--log-format text|json] [--report-interval D]
   portsleuth doctor
   portsleuth version
 
@@ -64,6 +65,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return runWatch(args[1:], stdout, stderr)
 	case "report":
 		return runReport(args[1:], stdout, stderr)
+	case "serve":
+		return runServe(args[1:], stdout, stderr)
 	case "doctor":
 		return runDoctor(args[1:], stdout, stderr)
 	case "version", "--version":

@@ -38,6 +38,7 @@ type Options struct {
 type Tracer struct {
 	maps    gen.PortsleuthMaps
 	progs   []*ebpf.Program
+	names   []string // program names, parallel to progs
 	links   []link.Link
 	rd      *ringbuf.Reader
 	epoch   time.Time
@@ -117,6 +118,7 @@ func startBackend(spec *ebpf.CollectionSpec, b Backend) (*Tracer, error) {
 	for _, h := range hooks {
 		prog := coll.DetachProgram(h.name)
 		t.progs = append(t.progs, prog)
+		t.names = append(t.names, h.name)
 		l, err := h.attach(prog)
 		if err != nil {
 			if h.optional {
@@ -385,4 +387,18 @@ func sysctlsOf(inum uint64, ns *gen.PortsleuthPsNetns) netns.Sysctls {
 		NonlocalBind:  int(ns.IpNonlocalBind),
 		Source:        "kernel",
 	}
+}
+
+// ProgramStats reads each program's run time and count. They stay zero unless
+// BPF stats are enabled (ebpf.EnableStats, or kernel.bpf_stats_enabled=1).
+func (t *Tracer) ProgramStats() (map[string]*ebpf.ProgramStats, error) {
+	out := make(map[string]*ebpf.ProgramStats, len(t.progs))
+	for i, p := range t.progs {
+		st, err := p.Stats()
+		if err != nil {
+			return nil, fmt.Errorf("reading stats of %s: %w", t.names[i], err)
+		}
+		out[t.names[i]] = st
+	}
+	return out, nil
 }

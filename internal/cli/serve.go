@@ -1,0 +1,197 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
+
+	"github.com/portsleuth/portsleuth/internal/event"
+	"github.com/portsleuth/portsleuth/internal/metrics"
+	"github.com/portsleuth/portsleuth/internal/probe"
+	"github.com/portsleuth/portsleuth/internal/report"
+)
+
+// updateEvery is how often serve folds the kernel counters into its totals
+// between scrapes, so LRU evictions can't take uncounted increments along.
+const updateEvery = 10 * time.Second
+
+type serveFlags struct {
+	common
+	listen    string
+	logFormat string
+	interval  time.Duration
+}
+
+func runServe(args []string, stdout, stderr io.Writer) error {
+	var f serveFlags
+	fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
+	f.common.register(fs)
+	fs.StringVar(&f.listen, "listen", "127.0.0.1:9963", "address for /metrics (localhost by default)")
+	fs.StringVar(&f.logFormat, "log-format", "text", "culprit log lines: text or json")
+	fs.DurationVar(&f.interval, "report-interval", time.Minute, "how often to log each culprit's new failures")
+	if err := parse(fs, args, stderr); err != nil {
+		return err
+	}
+	if err := f.validate(); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Sprintf("serve takes no arguments, got %q", fs.Args())}
+	}
+	if _, _, err := net.SplitHostPort(f.listen); err != nil {
+		return usageError{fmt.Sprintf("invalid --listen %q: %v", f.listen, err)}
+	}
+	if f.logFormat != "text" && f.logFormat != "json" {
+		return usageError{fmt.Sprintf("invalid --log-format %q: want text or json", f.logFormat)}
+	}
+	if f.interval <= 0 {
+		return usageError{fmt.Sprintf("invalid --report-interval %s: must be positive", f.interval)}
+	}
+
+	var log *slog.Logger
+	if f.logFormat == "json" {
+		log = slog.New(slog.NewJSONHandler(stdout, nil))
+	} else {
+		log = slog.New(slog.NewTextHandler(stdout, nil))
+	}
+
+	t, err := startServeTracer(&f.common)
+	if err != nil {
+		return err
+	}
+	s := &session{t: t, started: time.Now()}
+	defer s.close()
+	// Program run time for the agent's own cost; counts only while enabled.
+	if stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME)); err == nil {
+		defer stats.Close()
+	} else {
+		log.Warn("bpf program run time is not available", "err", err)
+	}
+
+	ln, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", f.listen, err)
+	}
+	col := metrics.NewCollector(t, string(t.Backend()))
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(col, collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), collectors.NewGoCollector())
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError)}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server stopped", "err", err)
+		}
+	}()
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	}()
+	log.Info("serving", "listen", ln.Addr().String(), "backend", string(t.Backend()), "notes", strings.Join(t.Notes(), "; "))
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if f.duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, f.duration)
+		defer cancel()
+	}
+
+	c := &culpritLog{log: log, t: t, deltas: metrics.NewDeltas(), col: report.NewCollector(), filter: report.Filter{PID: uint32(f.pid), Comm: f.comm}, interval: f.interval}
+	lastUpdate, lastReport := time.Now(), time.Now()
+	err = s.loop(ctx, func(e event.Event) {
+		c.col.Observe(&e)
+	}, func(now time.Time) {
+		if now.Sub(lastUpdate) >= updateEvery {
+			lastUpdate = now
+			if err := col.Update(); err != nil {
+				log.Error("reading counters", "err", err)
+			}
+		}
+		if now.Sub(lastReport) >= f.interval || ctx.Err() != nil {
+			lastReport = now
+			c.flush()
+		}
+	})
+	log.Info("stopped", "backend", string(t.Backend()))
+	return err
+}
+
+// startServeTracer never picks the syscall tracepoints unless asked: a
+// continuous agent must not put every syscall of the host on the slow path.
+func startServeTracer(c *common) (*probe.Tracer, error) {
+	b, _ := probe.ParseBackend(c.backend)
+	if b != probe.Auto {
+		return probe.Start(probe.Options{PID: uint32(c.pid), Backend: b})
+	}
+	var why []string
+	for _, b := range []probe.Backend{probe.FEntry, probe.Kprobe} {
+		t, err := probe.Start(probe.Options{PID: uint32(c.pid), Backend: b})
+		if err == nil {
+			return t, nil
+		}
+		if errors.Is(err, probe.ErrPrivileges) {
+			return nil, err
+		}
+		why = append(why, fmt.Sprintf("%s: %v", b, err))
+	}
+	return nil, fmt.Errorf("no low-overhead backend on this kernel (%s); serve does not fall back to the syscall tracepoints by itself, since they slow every syscall of every task: pass --backend tracepoint to accept that cost",
+		strings.Join(why, "; "))
+}
+
+// culpritLog writes one line per culprit per interval with its new failures.
+type culpritLog struct {
+	log      *slog.Logger
+	t        *probe.Tracer
+	deltas   *metrics.Deltas
+	col      *report.Collector
+	filter   report.Filter
+	interval time.Duration
+	since    time.Time
+}
+
+func (c *culpritLog) flush() {
+	snap, err := c.t.Snapshot()
+	if err != nil {
+		c.log.Error("reading counters", "err", err)
+		return
+	}
+	inc, cum := c.deltas.Next(snap)
+	// New failures, classified with the process's whole history.
+	window := cum
+	window.Failures = inc.Failures
+	r := report.Build(window, c.col, c.filter, string(c.t.Backend()), c.since, time.Since(c.since))
+	for _, p := range r.Processes {
+		if p.Failures == 0 {
+			continue
+		}
+		patterns := make([]string, 0, len(p.Patterns))
+		for _, pat := range p.Patterns {
+			patterns = append(patterns, fmt.Sprintf("%s=%d", pat.Pattern, pat.Count))
+		}
+		slices.Sort(patterns)
+		c.log.Info("culprit", "pid", p.PID, "comm", p.Comm, "failures", p.Failures,
+			"patterns", strings.Join(patterns, ","), "process", p)
+	}
+	// Examples and addresses start over each interval: memory stays bounded.
+	c.col = report.NewCollector()
+	c.since = time.Now()
+}

@@ -1,0 +1,231 @@
+package cli
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/portsleuth/portsleuth/gen"
+	"github.com/portsleuth/portsleuth/internal/scenario"
+)
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// serveBackend is the backend serve runs on in tests: the one under test, or
+// on a host without kernel backends the tracepoints, asked for explicitly.
+func serveBackend() string {
+	if b := testBackend(); b != "auto" {
+		return b
+	}
+	return "tracepoint"
+}
+
+// ourPrograms lists the kernel names (truncated to 15 bytes) of every program
+// in the object.
+func ourPrograms(t *testing.T) map[string]bool {
+	spec, err := gen.LoadPortsleuth()
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]bool{}
+	for name := range spec.Programs {
+		if len(name) > 15 {
+			name = name[:15]
+		}
+		names[name] = true
+	}
+	return names
+}
+
+func loadedPrograms(t *testing.T, ours map[string]bool) []string {
+	var found []string
+	for id := ebpf.ProgramID(0); ; {
+		next, err := ebpf.ProgramGetNextID(id)
+		if err != nil {
+			break
+		}
+		id = next
+		p, err := ebpf.NewProgramFromID(id)
+		if err != nil {
+			continue
+		}
+		if info, err := p.Info(); err == nil && ours[info.Name] {
+			found = append(found, info.Name)
+		}
+		p.Close()
+	}
+	return found
+}
+
+func scrape(t *testing.T, addr string) map[string]*dto.MetricFamily {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fams
+}
+
+func counter(fams map[string]*dto.MetricFamily, name string, labels map[string]string) float64 {
+	f := fams[name]
+	if f == nil {
+		return -1
+	}
+next:
+	for _, m := range f.Metric {
+		for _, l := range m.Label {
+			if v, ok := labels[l.GetName()]; ok && v != l.GetValue() {
+				continue next
+			}
+		}
+		return m.GetCounter().GetValue()
+	}
+	return 0
+}
+
+// serve during the Erlang scenario: /metrics has the exact failure count,
+// the culprit log names the process, and nothing stays loaded afterwards.
+func TestServeMetricsAndCleanShutdown(t *testing.T) {
+	requireRoot(t)
+	addr := freePort(t)
+	stdout := &signalWriter{ready: make(chan struct{})}
+	var stderr bytes.Buffer
+	done := make(chan int)
+	go func() {
+		done <- Run([]string{"serve", "--backend", serveBackend(), "--listen", addr, "--log-format", "json",
+			"--report-interval", "1s", "--duration", "4s"}, stdout, &stderr)
+	}()
+	select {
+	case <-stdout.ready:
+	case code := <-done:
+		t.Fatalf("serve exited %d: %s", code, stderr.String())
+	}
+
+	child := exec.Command(os.Args[0])
+	child.Env = append(os.Environ(), scenario.Env+"=bind-any-before-connect")
+	out, err := child.Output()
+	if err != nil {
+		t.Fatalf("scenario: %v", err)
+	}
+	var res scenario.Result
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatal(err)
+	}
+
+	fams := scrape(t, addr)
+	got := counter(fams, "portsleuth_failures_total", map[string]string{
+		"op": "bind", "errno": "EADDRINUSE", "pattern": "bind-any-before-connect", "comm": "cli.test"})
+	if got != scenario.FailAttempts {
+		t.Errorf("portsleuth_failures_total = %v, want %d", got, scenario.FailAttempts)
+	}
+	if n := counter(fams, "portsleuth_calls_total", map[string]string{"op": "connect", "result": "ok"}); n < scenario.RangeSize {
+		t.Errorf("connect ok = %v, want at least %d", n, scenario.RangeSize)
+	}
+	if counter(fams, "portsleuth_lost_events_total", nil) != 0 {
+		t.Errorf("lost events in a 10-failure scenario")
+	}
+	if fams["process_resident_memory_bytes"] == nil || fams["portsleuth_bpf_program_runs_total"] == nil {
+		t.Errorf("agent cost metrics missing")
+	}
+
+	if code := <-done; code != 0 {
+		t.Fatalf("serve exit %d: %s", code, stderr.String())
+	}
+	// One or more culprit lines (the interval may split the scenario) adding up to 10.
+	var logged uint64
+	sc := bufio.NewScanner(strings.NewReader(stdout.String()))
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		var line struct {
+			Msg      string `json:"msg"`
+			PID      int    `json:"pid"`
+			Failures uint64 `json:"failures"`
+			Patterns string `json:"patterns"`
+		}
+		if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "culprit" && line.PID == res.PID {
+			logged += line.Failures
+			if line.Patterns != "bind-any-before-connect="+itoa(line.Failures) {
+				t.Errorf("culprit line patterns %q", line.Patterns)
+			}
+		}
+	}
+	if logged != scenario.FailAttempts {
+		t.Errorf("culprit log lines account for %d failures, want %d:\n%s", logged, scenario.FailAttempts, stdout.String())
+	}
+	// Detached cleanly: none of our programs is loaded any more.
+	time.Sleep(100 * time.Millisecond)
+	if left := loadedPrograms(t, ourPrograms(t)); len(left) > 0 {
+		t.Errorf("programs still loaded after serve exited: %v", left)
+	}
+}
+
+func itoa(n uint64) string { b, _ := json.Marshal(n); return string(b) }
+
+func TestServeBadInput(t *testing.T) {
+	for _, args := range [][]string{
+		{"serve", "--listen", "nonsense"},
+		{"serve", "--log-format", "yaml"},
+		{"serve", "--report-interval", "0s"},
+	} {
+		var out, errb bytes.Buffer
+		if code := Run(args, &out, &errb); code != 2 {
+			t.Errorf("%q: exit %d, want 2 (%s)", args, code, errb.String())
+		}
+	}
+	requireRoot(t)
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	var out, errb bytes.Buffer
+	code := Run([]string{"serve", "--backend", serveBackend(), "--listen", busy.Addr().String(), "--duration", "1s"}, &out, &errb)
+	if code != 1 || !strings.Contains(errb.String(), "listening on "+busy.Addr().String()) {
+		t.Errorf("listen address in use: exit %d, stderr %q", code, errb.String())
+	}
+}
+
+// serve picks a kernel-function backend, or refuses to tax every syscall.
+func TestServeDefaultBackendIsLowOverhead(t *testing.T) {
+	requireRoot(t)
+	var out, errb bytes.Buffer
+	code := Run([]string{"serve", "--listen", freePort(t), "--duration", "500ms"}, &out, &errb)
+	switch code {
+	case 0:
+		if !strings.Contains(out.String(), "backend=fentry") && !strings.Contains(out.String(), "backend=kprobe") {
+			t.Errorf("serve ran on something else than fentry/kprobe: %s", out.String())
+		}
+	case 1:
+		if !strings.Contains(errb.String(), "pass --backend tracepoint") {
+			t.Errorf("refusal does not say how to proceed: %q", errb.String())
+		}
+	default:
+		t.Errorf("exit %d: %s", code, errb.String())
+	}
+}
