@@ -428,10 +428,10 @@ static __always_inline int call_finish(__u8 op, long ret)
 	int err = (int)-ret;
 
 	c = bpf_map_lookup_elem(&calls, &id);
-	if (!c)
+	/* Another call of this task is in flight (get_port runs inside bind):
+	 * it is not ours to finish. */
+	if (!c || c->op != op)
 		return 0;
-	if (c->op != op)
-		goto out;
 	s = proc_stats_of(pid);
 	if (!s)
 		goto out;
