@@ -9,7 +9,7 @@ APT_PKGS  := clang-19 llvm-19 bpftool libbpf-dev iproute2
 
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all build run test vmtest generate check-generate vet fmt-check check deps clean
+.PHONY: all build run test bench vmtest generate check-generate vet fmt-check check deps clean
 
 all: build
 
@@ -22,6 +22,10 @@ run: build
 
 test:
 	$(GO) test -count=1 ./...
+
+# What portsleuth costs here, one table (root). Numbers only: nothing asserts on time.
+bench:
+	$(GO) run ./cmd/portsleuth-bench $(BENCH_ARGS)
 
 # The kernel-function backends (fentry, kprobe) on Debian's 6.1 and 6.12 kernels
 # under qemu: the host kernel may not load them. Prints a kernel x backend matrix.

@@ -54,6 +54,9 @@ struct call {
 	__u8 _pad[3];
 };
 
+/* Pending ring-buffer bytes that wake the reader: about 64 events. */
+#define WAKEUP_BYTES (64 * (sizeof(struct ps_event) + 8))
+
 /* sock_state values */
 #define SOCK_PORT0_BOUND 1
 
@@ -404,7 +407,11 @@ static __always_inline void record_failure(struct call *c, __u64 id, int err)
 	e->_pad = 0;
 	if (c->holder && err == EADDRINUSE)
 		record_holder(e, (struct sock *)c->holder, c->family);
-	bpf_ringbuf_submit(e, 0);
+	/* Wake the reader once a batch waits: in a storm a wakeup per event
+	 * costs more than the event. A lone event waits for the reader's next
+	 * poll (its deadline tick, 200 ms). */
+	bpf_ringbuf_submit(e, bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES ?
+				      BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
 /* Failures worth a culprit: address and port errors, not EINVAL-style misuse. */

@@ -1,15 +1,18 @@
 package probe
 
 import (
-	"encoding/binary"
 	"fmt"
+	"unsafe"
 
 	"github.com/portsleuth/portsleuth/gen"
 )
 
+// decodeRaw copies a ring-buffer record into the generated struct, whose
+// layout is the C one (structs.HostLayout): no reflection on the hot path.
 func decodeRaw(b []byte, out *gen.PortsleuthPsEvent) error {
-	if _, err := binary.Decode(b, binary.NativeEndian, out); err != nil {
-		return fmt.Errorf("decoding a %d-byte ring buffer record: %w", len(b), err)
+	if len(b) < int(unsafe.Sizeof(*out)) {
+		return fmt.Errorf("ring buffer record of %d bytes, want %d", len(b), unsafe.Sizeof(*out))
 	}
+	*out = *(*gen.PortsleuthPsEvent)(unsafe.Pointer(&b[0]))
 	return nil
 }

@@ -93,7 +93,7 @@ func Main(stdout, stderr io.Writer) int {
 	// Every socket call happens on this thread, which alone enters the new namespace.
 	runtime.LockOSThread()
 	res := &Result{Scenario: name, PID: os.Getpid(), Errors: map[string]int{}}
-	if err := isolate(); err != nil {
+	if err := Isolate(); err != nil {
 		fmt.Fprintf(stderr, "scenario %s: %v\n", name, err)
 		return 1
 	}
@@ -113,9 +113,9 @@ func Main(stdout, stderr io.Writer) int {
 	return 0
 }
 
-// isolate moves this thread into a new network namespace with lo up and the
-// tiny ephemeral range.
-func isolate() error {
+// Isolate moves the calling thread (lock it first) into a new network
+// namespace with lo up and the tiny ephemeral range.
+func Isolate() error {
 	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
 		return fmt.Errorf("unshare(CLONE_NEWNET) needs CAP_SYS_ADMIN: %w", err)
 	}

@@ -1,0 +1,322 @@
+// Package bench measures what portsleuth costs: the slowdown of bind/connect
+// loops and of unrelated syscalls with the agent attached, per backend; a
+// storm of failing binds (exact count, agent CPU, events/s); launch time and
+// RSS. Every figure is measured side by side in one run and printed in one
+// table with its goal. It reports; it asserts nothing.
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/portsleuth/portsleuth/internal/probe"
+	"github.com/portsleuth/portsleuth/internal/scenario"
+)
+
+// StormEnv makes the bench binary act as the storm child.
+const StormEnv = "PORTSLEUTH_BENCH_STORM"
+
+// Options size the run.
+type Options struct {
+	Loops     int // iterations of each bind/connect loop
+	Syscalls  int // getppid calls per measurement
+	Rounds    int // alternating baseline/agent rounds; the median is kept
+	StormSize int
+}
+
+// row is one line of the table.
+type row struct{ what, value, goal, verdict string }
+
+// Run measures everything and writes the table.
+func Run(w io.Writer, o Options) error {
+	if os.Geteuid() != 0 {
+		return errors.New("bench needs root (BPF and network namespaces)")
+	}
+	var rows []row
+	add := func(what, value, goal string, ok bool) {
+		v := "ok"
+		if !ok {
+			v = "MISSES GOAL"
+		}
+		if goal == "" {
+			v = ""
+		}
+		rows = append(rows, row{what, value, goal, v})
+	}
+
+	// Loops run on one locked thread inside a fresh namespace; the agent
+	// traces host-wide, as it would in production.
+	lp, err := newLooper()
+	if err != nil {
+		return err
+	}
+	defer lp.close()
+
+	available := []probe.Backend{}
+	for _, b := range probe.Backends {
+		if err := probe.Try(b); err != nil {
+			add("backend "+string(b), "does not load here: "+firstLine(err.Error()), "", true)
+			continue
+		}
+		available = append(available, b)
+	}
+	if len(available) == 0 {
+		return errors.New("no backend loads on this kernel")
+	}
+	// serve's default: the first kernel-function backend, else tracepoint (asked for).
+	serveDefault := available[0]
+
+	for _, b := range available {
+		lowOverhead := b == serveDefault
+		for _, l := range []struct {
+			name string
+			fn   func(int) error
+			n    int
+			goal float64
+		}{
+			{"connect+close loop", lp.connectClose, o.Loops, 3},
+			{"bind+connect loop", lp.bindConnect, o.Loops, 3},
+			{"getppid loop (unrelated syscalls)", lp.getppid, o.Syscalls, 1},
+		} {
+			base, with, err := sideBySide(b, o.Rounds, func() (time.Duration, error) { return timeIt(l.n, l.fn) })
+			if err != nil {
+				return fmt.Errorf("%s on %s: %w", l.name, b, err)
+			}
+			slow := 100 * (float64(with) - float64(base)) / float64(base)
+			value := fmt.Sprintf("%+.1f%% (%.0f -> %.0f ns/op)", slow, perOp(base, l.n), perOp(with, l.n))
+			goal := ""
+			if lowOverhead {
+				goal = fmt.Sprintf("<= %.0f%%", l.goal)
+			}
+			add(fmt.Sprintf("%s, %s", l.name, b), value, goal, slow <= l.goal)
+		}
+	}
+
+	// Launch -> attached, and the storm, on serve's default backend.
+	var launches []time.Duration
+	for i := 0; i < 3; i++ {
+		start := time.Now()
+		t, err := probe.Start(probe.Options{Backend: serveDefault})
+		if err != nil {
+			return err
+		}
+		launches = append(launches, time.Since(start))
+		t.Close()
+	}
+	launch := median(launches)
+	add("launch -> probes attached, "+string(serveDefault), launch.Round(time.Millisecond).String(), "< 300ms", launch < 300*time.Millisecond)
+
+	st, err := storm(serveDefault, o.StormSize)
+	if err != nil {
+		return fmt.Errorf("storm: %w", err)
+	}
+	add(fmt.Sprintf("storm %d failing binds, %s: kernel count", o.StormSize, serveDefault),
+		fmt.Sprintf("%d (true count %d)", st.counted, o.StormSize), "== true count", st.counted == uint64(o.StormSize))
+	add("storm: events delivered + lost", fmt.Sprintf("%d + %d = %d", st.delivered, st.lost, st.delivered+st.lost),
+		"== true count (0 unaccounted)", st.delivered+st.lost == uint64(o.StormSize))
+	add("storm: events/s reaching userspace", fmt.Sprintf("%.0f/s over %s", float64(st.delivered)/st.wall.Seconds(), st.wall.Round(time.Millisecond)), "", true)
+	add("storm: agent CPU", fmt.Sprintf("%.1f%% of a core", st.cpuPct), "< 10%", st.cpuPct < 10)
+	add("agent RSS after the storm", fmt.Sprintf("%.1f MiB", float64(st.rss)/(1<<20)), "< 40 MiB", st.rss < 40<<20)
+
+	fmt.Fprintf(w, "portsleuth bench (%s, %d CPUs; loops %d iterations, %d syscalls, median of %d alternating rounds)\n\n",
+		kernelRelease(), runtime.NumCPU(), o.Loops, o.Syscalls, o.Rounds)
+	fmt.Fprintf(w, "%-58s %-42s %-28s %s\n", "measurement", "value", "goal", "")
+	for _, r := range rows {
+		fmt.Fprintf(w, "%-58s %-42s %-28s %s\n", r.what, r.value, r.goal, r.verdict)
+	}
+	return nil
+}
+
+func perOp(d time.Duration, n int) float64 { return float64(d.Nanoseconds()) / float64(n) }
+
+// sideBySide alternates rounds without and with the agent and returns the medians.
+func sideBySide(b probe.Backend, rounds int, measure func() (time.Duration, error)) (time.Duration, time.Duration, error) {
+	var base, with []time.Duration
+	for i := 0; i < rounds; i++ {
+		d, err := measure()
+		if err != nil {
+			return 0, 0, err
+		}
+		base = append(base, d)
+		t, err := probe.Start(probe.Options{Backend: b})
+		if err != nil {
+			return 0, 0, err
+		}
+		stop := drain(t)
+		d, err = measure()
+		stop()
+		t.Close()
+		if err != nil {
+			return 0, 0, err
+		}
+		with = append(with, d)
+	}
+	return median(base), median(with), nil
+}
+
+// drain consumes the ring buffer like watch/serve do, until stopped.
+func drain(t *probe.Tracer) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for ctx.Err() == nil {
+			t.SetDeadline(time.Now().Add(50 * time.Millisecond))
+			_, _ = t.Read()
+		}
+	}()
+	return func() { cancel(); wg.Wait() }
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func timeIt(n int, fn func(int) error) (time.Duration, error) {
+	start := time.Now()
+	err := fn(n)
+	return time.Since(start), err
+}
+
+type stormResult struct {
+	counted, delivered, lost uint64
+	wall                     time.Duration
+	cpuPct                   float64
+	rss                      uint64
+}
+
+// storm runs StormSize failing binds in a child process while this process
+// is the agent, and measures what the agent saw and what it cost.
+func storm(b probe.Backend, n int) (stormResult, error) {
+	var res stormResult
+	t, err := probe.Start(probe.Options{Backend: b})
+	if err != nil {
+		return res, err
+	}
+	defer t.Close()
+	var delivered uint64
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			if ctx.Err() != nil {
+				t.SetDeadline(time.Now())
+			} else {
+				t.SetDeadline(time.Now().Add(50 * time.Millisecond))
+			}
+			_, err := t.Read()
+			if err == nil {
+				delivered++
+				continue
+			}
+			if ctx.Err() != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+				return
+			}
+		}
+	}()
+	exe, err := os.Executable()
+	if err != nil {
+		cancel()
+		wg.Wait()
+		return res, err
+	}
+	child := exec.Command(exe)
+	child.Env = append(os.Environ(), StormEnv+"="+strconv.Itoa(n))
+	child.Stderr = os.Stderr
+	cpu0 := cpuTime()
+	start := time.Now()
+	if err := child.Run(); err != nil {
+		cancel()
+		wg.Wait()
+		return res, fmt.Errorf("storm child: %w", err)
+	}
+	res.wall = time.Since(start)
+	cancel()
+	wg.Wait()
+	res.cpuPct = 100 * (cpuTime() - cpu0).Seconds() / time.Since(start).Seconds()
+	snap, err := t.Snapshot()
+	if err != nil {
+		return res, err
+	}
+	for _, st := range snap.Procs {
+		res.counted += st.BindsFailed
+	}
+	res.delivered, res.lost = delivered, snap.Lost
+	res.rss = rss()
+	return res, nil
+}
+
+// StormMain is the storm child: n failing binds of a held port, in its own namespace.
+func StormMain(n int) error {
+	runtime.LockOSThread()
+	if err := scenario.Isolate(); err != nil {
+		return err
+	}
+	sa := &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: scenario.ListenPort}
+	l, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+	if err != nil {
+		return err
+	}
+	if err := unix.Bind(l, sa); err != nil {
+		return err
+	}
+	if err := unix.Listen(l, 1); err != nil {
+		return err
+	}
+	s, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+	if err != nil {
+		return err
+	}
+	for i := 0; i < n; i++ {
+		if err := unix.Bind(s, sa); !errors.Is(err, unix.EADDRINUSE) {
+			return fmt.Errorf("bind %d: want EADDRINUSE, got %v", i, err)
+		}
+	}
+	return nil
+}
+
+func cpuTime() time.Duration {
+	var ru unix.Rusage
+	_ = unix.Getrusage(unix.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func rss() uint64 {
+	b, _ := os.ReadFile("/proc/self/status")
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+func kernelRelease() string {
+	var u unix.Utsname
+	_ = unix.Uname(&u)
+	return "Linux " + unix.ByteSliceToString(u.Release[:])
+}
+
+func firstLine(s string) string {
+	first, _, _ := strings.Cut(s, "\n")
+	return first
+}
