@@ -54,8 +54,9 @@ struct call {
 	__u8 _pad[3];
 };
 
-/* Pending ring-buffer bytes that wake the reader: about 64 events. */
-#define WAKEUP_BYTES (64 * (sizeof(struct ps_event) + 8))
+/* Pending ring-buffer bytes that wake the reader: about 256 events, a
+ * twentieth of what the buffer holds. */
+#define WAKEUP_BYTES (256 * (sizeof(struct ps_event) + 8))
 
 /* sock_state values */
 #define SOCK_PORT0_BOUND 1

@@ -29,6 +29,8 @@ func main() {
 	pflag.IntVar(&o.Syscalls, "syscalls", 5000000, "getppid calls per measurement")
 	pflag.IntVar(&o.Rounds, "rounds", 3, "alternating rounds without/with the agent (median kept)")
 	pflag.IntVar(&o.StormSize, "storm", 1000000, "failing binds in the storm")
+	pflag.StringVar(&o.StormProfile, "storm-cpuprofile", "", "write a CPU profile of the agent during the storm here")
+	pflag.BoolVar(&o.StormOnly, "storm-only", false, "measure only launch, the storm and RSS")
 	pflag.Parse()
 	if err := bench.Run(os.Stdout, o); err != nil {
 		fmt.Fprintln(os.Stderr, "portsleuth-bench:", err)

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -34,6 +35,10 @@ type Options struct {
 	Syscalls  int // getppid calls per measurement
 	Rounds    int // alternating baseline/agent rounds; the median is kept
 	StormSize int
+	// StormProfile, if set, receives a CPU profile of the agent during the storm.
+	StormProfile string
+	// Only runs just the storm (with launch and RSS), skipping the loops.
+	StormOnly bool
 }
 
 // row is one line of the table.
@@ -79,6 +84,9 @@ func Run(w io.Writer, o Options) error {
 	serveDefault := available[0]
 
 	for _, b := range available {
+		if o.StormOnly {
+			break
+		}
 		lowOverhead := b == serveDefault
 		for _, l := range []struct {
 			name string
@@ -118,7 +126,7 @@ func Run(w io.Writer, o Options) error {
 	launch := median(launches)
 	add("launch -> probes attached, "+string(serveDefault), launch.Round(time.Millisecond).String(), "< 300ms", launch < 300*time.Millisecond)
 
-	st, err := storm(serveDefault, o.StormSize)
+	st, err := storm(serveDefault, o.StormSize, o.StormProfile)
 	if err != nil {
 		return fmt.Errorf("storm: %w", err)
 	}
@@ -202,7 +210,7 @@ type stormResult struct {
 
 // storm runs StormSize failing binds in a child process while this process
 // is the agent, and measures what the agent saw and what it cost.
-func storm(b probe.Backend, n int) (stormResult, error) {
+func storm(b probe.Backend, n int, profile string) (stormResult, error) {
 	var res stormResult
 	t, err := probe.Start(probe.Options{Backend: b})
 	if err != nil {
@@ -216,11 +224,13 @@ func storm(b probe.Backend, n int) (stormResult, error) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		for {
+		// The reading pattern of watch/report/serve: renew the deadline
+		// when the buffer runs dry or every 64 events.
+		for n := 0; ; n++ {
 			if ctx.Err() != nil {
 				t.SetDeadline(time.Now())
-			} else {
-				t.SetDeadline(time.Now().Add(50 * time.Millisecond))
+			} else if n%64 == 0 {
+				t.SetDeadline(time.Now().Add(200 * time.Millisecond))
 			}
 			_, err := t.Read()
 			if err == nil {
@@ -230,6 +240,7 @@ func storm(b probe.Backend, n int) (stormResult, error) {
 			if ctx.Err() != nil && errors.Is(err, os.ErrDeadlineExceeded) {
 				return
 			}
+			n = -1
 		}
 	}()
 	exe, err := os.Executable()
@@ -241,6 +252,17 @@ func storm(b probe.Backend, n int) (stormResult, error) {
 	child := exec.Command(exe)
 	child.Env = append(os.Environ(), StormEnv+"="+strconv.Itoa(n))
 	child.Stderr = os.Stderr
+	if profile != "" {
+		f, err := os.Create(profile)
+		if err != nil {
+			return res, err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return res, err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	cpu0 := cpuTime()
 	start := time.Now()
 	if err := child.Run(); err != nil {

@@ -7,7 +7,9 @@ import (
 	"bytes"
 	"fmt"
 	"net/netip"
+	"sync"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -146,15 +148,25 @@ var optionNames = []struct {
 	{gen.PortsleuthPsOptPS_OPT_V6ONLY, "IPV6_V6ONLY"},
 }
 
-// OptionNames turns option bits into socket option names.
-func OptionNames(bits uint16) []string {
-	names := []string{}
-	for _, o := range optionNames {
-		if bits&uint16(o.bit) != 0 {
-			names = append(names, o.name)
+// optionSets holds the names of every combination of the six option bits,
+// built once: decoding an event allocates no option slice. Shared: read-only.
+var optionSets = func() [64][]string {
+	var sets [64][]string
+	for bits := range sets {
+		sets[bits] = []string{}
+		for _, o := range optionNames {
+			if bits&int(o.bit) != 0 {
+				sets[bits] = append(sets[bits], o.name)
+			}
 		}
 	}
-	return names
+	return sets
+}()
+
+// OptionNames turns option bits into socket option names. The slice is
+// shared: callers must not modify it.
+func OptionNames(bits uint16) []string {
+	return optionSets[bits&63]
 }
 
 var sourceNames = map[gen.PortsleuthPsSource]string{
@@ -211,11 +223,34 @@ func ClassOf(k gen.PortsleuthPsFailKey) Class {
 
 // CString converts a NUL-terminated kernel char array.
 func CString(b []int8) string {
-	u := bytesOf(b)
+	u := unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(b))), len(b))
 	if i := bytes.IndexByte(u, 0); i >= 0 {
 		u = u[:i]
 	}
 	return string(u)
+}
+
+// commCache interns task names: a storm repeats the same few, and each
+// would otherwise cost two allocations per event.
+type commCache struct {
+	mu sync.Mutex
+	m  map[[16]int8]string
+}
+
+var comms = commCache{m: map[[16]int8]string{}}
+
+func (c *commCache) get(b [16]int8) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s, ok := c.m[b]; ok {
+		return s
+	}
+	if len(c.m) >= 4096 {
+		c.m = map[[16]int8]string{}
+	}
+	s := CString(b[:])
+	c.m[b] = s
+	return s
 }
 
 // Cmdline converts the NUL-separated start of a command line.
@@ -239,8 +274,8 @@ func Decode(r *gen.PortsleuthPsEvent, boot time.Time) Event {
 		Time:   boot.Add(time.Duration(r.TsNs)),
 		PID:    r.Pid,
 		TID:    r.Tid,
-		Comm:   CString(r.Comm[:]),
-		Thread: CString(r.Tcomm[:]),
+		Comm:   comms.get(r.Comm),
+		Thread: comms.get(r.Tcomm),
 		Class: ClassOf(gen.PortsleuthPsFailKey{
 			Err: r.Err, Op: r.Op, Proto: r.Proto, Family: r.Family, Flags: uint8(r.Flags),
 		}),
