@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"syscall"
@@ -78,6 +79,9 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	}
 	s := &session{t: t, started: time.Now()}
 	defer s.close()
+	// Loading parsed the kernel's BTF: several MiB an agent that runs for
+	// weeks should hand back now rather than whenever the scavenger gets to it.
+	debug.FreeOSMemory()
 	// Program run time for the agent's own cost; counts only while enabled.
 	if stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME)); err == nil {
 		defer stats.Close()
