@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"os/signal"
 	"syscall"
 	"time"
 
@@ -68,13 +67,8 @@ func runReport(args []string, stdout, stderr io.Writer) error {
 	}
 	defer s.close()
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := runContext(c.duration)
 	defer stop()
-	if c.duration > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.duration)
-		defer cancel()
-	}
 	var cmd *tracedCommand
 	if len(argv) > 0 {
 		// Every probe is attached: from here on the command's calls are seen.

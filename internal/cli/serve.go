@@ -8,12 +8,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"os/signal"
 	"runtime/debug"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -111,13 +108,8 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	}()
 	log.Info("serving", "listen", ln.Addr().String(), "backend", string(t.Backend()), "notes", strings.Join(t.Notes(), "; "))
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := runContext(f.duration)
 	defer stop()
-	if f.duration > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, f.duration)
-		defer cancel()
-	}
 
 	c := &culpritLog{log: log, t: t, deltas: metrics.NewDeltas(), col: report.NewCollector(), filter: report.Filter{PID: uint32(f.pid), Comm: f.comm}, interval: f.interval}
 	lastUpdate, lastReport := time.Now(), time.Now()

@@ -57,8 +57,9 @@ func ourPrograms(t *testing.T) map[string]bool {
 	return names
 }
 
-func loadedPrograms(t *testing.T, ours map[string]bool) []string {
-	var found []string
+// loadedPrograms lists the loaded programs that carry one of our names, by id.
+func loadedPrograms(t *testing.T, ours map[string]bool) map[ebpf.ProgramID]string {
+	found := map[ebpf.ProgramID]string{}
 	for id := ebpf.ProgramID(0); ; {
 		next, err := ebpf.ProgramGetNextID(id)
 		if err != nil {
@@ -70,7 +71,7 @@ func loadedPrograms(t *testing.T, ours map[string]bool) []string {
 			continue
 		}
 		if info, err := p.Info(); err == nil && ours[info.Name] {
-			found = append(found, info.Name)
+			found[id] = info.Name
 		}
 		p.Close()
 	}
@@ -113,6 +114,8 @@ next:
 // the culprit log names the process, and nothing stays loaded afterwards.
 func TestServeMetricsAndCleanShutdown(t *testing.T) {
 	requireRoot(t)
+	// Another agent on the host may run our programs too: only new ids count.
+	before := loadedPrograms(t, ourPrograms(t))
 	addr := freePort(t)
 	stdout := &signalWriter{ready: make(chan struct{})}
 	var stderr bytes.Buffer
@@ -180,8 +183,10 @@ func TestServeMetricsAndCleanShutdown(t *testing.T) {
 	}
 	// Detached cleanly: none of our programs is loaded any more.
 	time.Sleep(100 * time.Millisecond)
-	if left := loadedPrograms(t, ourPrograms(t)); len(left) > 0 {
-		t.Errorf("programs still loaded after serve exited: %v", left)
+	for id, name := range loadedPrograms(t, ourPrograms(t)) {
+		if _, old := before[id]; !old {
+			t.Errorf("program %s (id %d) still loaded after serve exited", name, id)
+		}
 	}
 }
 

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/portsleuth/portsleuth/internal/attrib"
@@ -87,3 +89,13 @@ func (s *session) classify(e event.Event) attrib.Pattern {
 }
 
 func (s *session) close() error { return s.t.Close() }
+
+// runContext ends on SIGINT or SIGTERM, or once d has passed (0: never).
+func runContext(d time.Duration) (context.Context, context.CancelFunc) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	if d <= 0 {
+		return ctx, stop
+	}
+	timed, cancel := context.WithTimeout(ctx, d)
+	return timed, func() { cancel(); stop() }
+}

@@ -2,13 +2,9 @@ package cli
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -41,13 +37,8 @@ func runWatch(args []string, stdout, stderr io.Writer) error {
 	}
 	defer s.close()
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := runContext(c.duration)
 	defer stop()
-	if c.duration > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.duration)
-		defer cancel()
-	}
 	// On stderr in every format: stdout carries only records.
 	fmt.Fprintf(stderr, "portsleuth: watching failed bind()/connect(); Ctrl-C to stop\n")
 
