@@ -124,4 +124,22 @@ struct ps_netns {
 	__u8 ip_nonlocal_bind;
 };
 
+/* One socket as the port-pressure iterators (iter/tcp, iter/udp) see it. */
+struct ps_sock {
+	__u64 ino;          /* socket inode; 0 for TIME_WAIT and request sockets */
+	__u64 tw_jiffies;   /* TIME_WAIT: jiffies until it goes */
+	__u8 laddr[16];
+	__u8 raddr[16];
+	__u16 lport;
+	__u16 rport;
+	__u8 family;
+	__u8 proto;
+	__u8 state;
+	/* The port's bind bucket has a bind()/listen() owner (fastreuse >= 0 or
+	 * fastreuseport >= 0): connect() skips that port for every destination. */
+	__u8 bind_owner;
+	__u8 options;       /* enum ps_opt: SO_REUSEADDR, SO_REUSEPORT */
+	__u8 _pad[7];
+};
+
 #endif

@@ -24,6 +24,7 @@ Usage:
   portsleuth watch  [--backend B] [--pid N] [--comm NAME] [-o text|json] [--duration D]
   portsleuth report [--backend B] [--pid N] [--comm NAME] [-o text|json] [--duration D] [--file PATH] [--all] [-- CMD ARGS...]
   portsleuth serve  [--backend B] [--listen ADDR] [--log-format text|json] [--report-interval D]
+  portsleuth ports  [--netns PID|PATH|all] [-o text|json] [--top N]
   portsleuth doctor
   portsleuth version
 
@@ -65,6 +66,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return runWatch(args[1:], stdout, stderr)
 	case "report":
 		return runReport(args[1:], stdout, stderr)
+	case "ports":
+		return runPorts(args[1:], stdout, stderr)
 	case "serve":
 		return runServe(args[1:], stdout, stderr)
 	case "doctor":

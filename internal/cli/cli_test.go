@@ -18,6 +18,9 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"report", "extra"},
 		{"report", "--"},
 		{"report", "--replay", "x.json", "--", "true"},
+		{"ports", "-o", "xml"},
+		{"ports", "--top", "0"},
+		{"ports", "stray"},
 	} {
 		var out, errb bytes.Buffer
 		if code := Run(args, &out, &errb); code != 2 {

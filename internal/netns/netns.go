@@ -27,6 +27,7 @@ type Sysctls struct {
 	AutobindReuse int `json:"ip_autobind_reuse"`
 	TCPTimestamps int `json:"tcp_timestamps"`
 	NonlocalBind  int `json:"ip_nonlocal_bind"`
+	MaxTWBuckets  int `json:"tcp_max_tw_buckets"`
 	// Source says where the values come from: "procfs" (read in the namespace
 	// by the agent) or "kernel" (read from struct net by BPF at the first failure).
 	Source string `json:"source"`
@@ -144,6 +145,7 @@ func read() (Sysctls, error) {
 		{"ip_autobind_reuse", &s.AutobindReuse},
 		{"tcp_timestamps", &s.TCPTimestamps},
 		{"ip_nonlocal_bind", &s.NonlocalBind},
+		{"tcp_max_tw_buckets", &s.MaxTWBuckets},
 	} {
 		text, err := sysctl(v.name)
 		if errors.Is(err, os.ErrNotExist) {
@@ -166,6 +168,30 @@ func sysctl(name string) (string, error) {
 		return "", fmt.Errorf("reading net.ipv4.%s: %w", name, err)
 	}
 	return strings.TrimSpace(string(b)), nil
+}
+
+// ReservedSet parses a "8080,9000-9010" list into the set of ports it names.
+func ReservedSet(list string) (map[int]bool, error) {
+	set := map[int]bool{}
+	for _, part := range strings.Split(list, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, err := strconv.Atoi(lo)
+		b := a
+		if err == nil && isRange {
+			b, err = strconv.Atoi(hi)
+		}
+		if err != nil || b < a || b > 65535 {
+			return nil, fmt.Errorf("parsing ip_local_reserved_ports entry %q", part)
+		}
+		for p := a; p <= b; p++ {
+			set[p] = true
+		}
+	}
+	return set, nil
 }
 
 // CountReserved counts the ports of a "8080,9000-9010" list inside rng.

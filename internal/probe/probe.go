@@ -385,6 +385,7 @@ func sysctlsOf(inum uint64, ns *gen.PortsleuthPsNetns) netns.Sysctls {
 		AutobindReuse: autobind,
 		TCPTimestamps: int(ns.TcpTimestamps),
 		NonlocalBind:  int(ns.IpNonlocalBind),
+		MaxTWBuckets:  -1, // not read by BPF
 		Source:        "kernel",
 	}
 }

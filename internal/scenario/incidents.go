@@ -388,3 +388,91 @@ func listenFailures(r *Result) error {
 	time.Sleep(HolderLinger)
 	return nil
 }
+
+// Pool sizes of holdPools.
+const (
+	HoldEstablished = 10
+	HoldTimeWait    = 20
+	HoldBound       = 5
+)
+
+// holdPools fills known numbers into the pools ports measures: to
+// 127.0.0.1:8080, HoldEstablished open connections and HoldTimeWait closed
+// ones (client-side close, tcp_tw_reuse=0); to 127.0.0.1:8081,
+// HoldBound bind(127.0.0.1:0)+connect sockets, whose ports a bind() owns and
+// so leave every destination's pool. It then holds them (HoldEnv).
+func holdPools(r *Result) error {
+	if err := Sysctl("tcp_tw_reuse", "0"); err != nil {
+		return err
+	}
+	l1, err := r.listen("127.0.0.1", ListenPort)
+	if err != nil {
+		return err
+	}
+	if _, err := r.listen("127.0.0.1", ListenPort2); err != nil {
+		return err
+	}
+	for i := 0; i < HoldEstablished+HoldTimeWait; i++ {
+		fd, err := tcpSocket()
+		if err != nil {
+			return err
+		}
+		if err := r.connect(fd, "127.0.0.1", ListenPort); err != nil {
+			return err
+		}
+		srv, _, err := unix.Accept4(l1, unix.SOCK_CLOEXEC)
+		if err != nil {
+			return err
+		}
+		if i >= HoldEstablished {
+			unix.Close(fd) // the client closes first: its side goes to TIME_WAIT
+			unix.Close(srv)
+		}
+	}
+	for i := 0; i < HoldBound; i++ {
+		fd, err := tcpSocket()
+		if err != nil {
+			return err
+		}
+		if err := r.bind(fd, "127.0.0.1", 0); err != nil {
+			return err
+		}
+		if err := r.connect(fd, "127.0.0.1", ListenPort2); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ManySockets is how many connections manySockets opens (twice as many sockets).
+const ManySockets = 50000
+
+// manySockets opens ManySockets loopback connections, both ends kept: a
+// namespace with 100k sockets for timing ports.
+func manySockets(r *Result) error {
+	lim := unix.Rlimit{Cur: 4 * ManySockets, Max: 4 * ManySockets}
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return fmt.Errorf("raising RLIMIT_NOFILE: %w", err)
+	}
+	if err := Sysctl("ip_local_port_range", "10000 65000"); err != nil {
+		return err
+	}
+	l, err := r.listen("127.0.0.1", ListenPort)
+	if err != nil {
+		return err
+	}
+	for i := 0; i < ManySockets; i++ {
+		fd, err := tcpSocket()
+		if err != nil {
+			return err
+		}
+		if err := unix.Connect(fd, sockaddr("127.0.0.1", ListenPort)); err != nil {
+			return fmt.Errorf("connect %d: %w", i, err)
+		}
+		if _, _, err := unix.Accept4(l, unix.SOCK_CLOEXEC); err != nil {
+			return err
+		}
+	}
+	r.ConnectsOK = ManySockets
+	return nil
+}

@@ -24,6 +24,11 @@ import (
 // instead of its tests.
 const Env = "PORTSLEUTH_SCENARIO"
 
+// HoldEnv, when set, makes a scenario keep its sockets after printing its
+// result, until its stdin closes; Result.TID names the thread whose network
+// namespace holds them.
+const HoldEnv = "PORTSLEUTH_SCENARIO_HOLD"
+
 // WaitEnv, when set, makes a scenario wait for a line on stdin before it starts.
 const WaitEnv = "PORTSLEUTH_SCENARIO_WAIT"
 
@@ -43,6 +48,7 @@ const (
 type Result struct {
 	Scenario     string `json:"scenario"`
 	PID          int    `json:"pid"`
+	TID          int    `json:"tid"` // the thread in the scenario's namespace
 	BindsOK      int    `json:"binds_ok"`
 	BindsFailed  int    `json:"binds_failed"`
 	ConnectsOK   int    `json:"connects_ok"`
@@ -70,6 +76,8 @@ var Scenarios = map[string]func(*Result) error{
 	"bind-storm":              bindStorm,
 	"io-uring":                ioUring,
 	"listen":                  listenFailures,
+	"hold-pools":              holdPools,
+	"many-sockets":            manySockets,
 }
 
 // Names returns the scenario names, sorted.
@@ -108,8 +116,12 @@ func Main(stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "scenario %s: %v\n", name, err)
 		return 1
 	}
+	res.TID = unix.Gettid()
 	b, _ := json.Marshal(res)
 	fmt.Fprintf(stdout, "%s\n", b)
+	if os.Getenv(HoldEnv) != "" {
+		_, _ = io.Copy(io.Discard, os.Stdin)
+	}
 	return 0
 }
 

@@ -1,0 +1,108 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* Port pressure: BPF iterators over the TCP and UDP socket tables of the
+ * network namespace that opens them. Each socket becomes one fixed-size
+ * record streamed to Go, which aggregates as it reads: memory stays bounded
+ * however many sockets there are. The iterators see what the port allocator
+ * sees: listeners, connected and TIME_WAIT sockets, and whether a port's
+ * bind bucket belongs to a bind()/listen() owner. Sockets that are bound but
+ * neither listening nor connected are in no table they walk. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "common.h"
+
+#define AF_INET 2
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define TCP_TIME_WAIT 6
+#define TCP_NEW_SYN_RECV 12
+
+static __always_inline void fill_common(struct ps_sock *r, struct sock_common *skc)
+{
+	r->family = BPF_CORE_READ(skc, skc_family);
+	r->state = BPF_CORE_READ(skc, skc_state);
+	r->lport = BPF_CORE_READ(skc, skc_num);
+	r->rport = bpf_ntohs(BPF_CORE_READ(skc, skc_dport));
+	if (r->family == AF_INET) {
+		bpf_core_read(r->laddr, 4, &skc->skc_rcv_saddr);
+		bpf_core_read(r->raddr, 4, &skc->skc_daddr);
+	} else {
+		bpf_core_read(r->laddr, 16, &skc->skc_v6_rcv_saddr);
+		bpf_core_read(r->raddr, 16, &skc->skc_v6_daddr);
+	}
+	if (BPF_CORE_READ_BITFIELD_PROBED(skc, skc_reuse))
+		r->options |= PS_OPT_REUSEADDR;
+	if (BPF_CORE_READ_BITFIELD_PROBED(skc, skc_reuseport))
+		r->options |= PS_OPT_REUSEPORT;
+}
+
+static __always_inline __u8 bucket_owned(struct inet_bind_bucket *tb)
+{
+	if (!tb)
+		return 0;
+	return BPF_CORE_READ(tb, fastreuse) >= 0 || BPF_CORE_READ(tb, fastreuseport) >= 0;
+}
+
+static __always_inline __u64 sock_ino(struct sock *sk)
+{
+	struct socket *sock = BPF_CORE_READ(sk, sk_socket);
+
+	if (!sock)
+		return 0;
+	return BPF_CORE_READ(sock, file, f_inode, i_ino);
+}
+
+SEC("iter/tcp")
+int ports_tcp(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct ps_sock r = {};
+
+	if (!skc)
+		return 0;
+	fill_common(&r, skc);
+	r.proto = IPPROTO_TCP;
+	if (r.state == TCP_NEW_SYN_RECV)
+		return 0; /* a request, not an owner of a port */
+	if (r.state == TCP_TIME_WAIT) {
+		struct tcp_timewait_sock *tw = bpf_skc_to_tcp_timewait_sock(skc);
+		__u64 expires, now = bpf_jiffies64();
+
+		if (!tw)
+			return 0;
+		r.bind_owner = bucket_owned(BPF_CORE_READ(tw, tw_sk.tw_tb));
+		expires = BPF_CORE_READ(tw, tw_sk.tw_timer.expires);
+		r.tw_jiffies = expires > now ? expires - now : 0;
+	} else {
+		struct tcp_sock *tp = bpf_skc_to_tcp_sock(skc);
+
+		if (!tp)
+			return 0;
+		r.bind_owner = bucket_owned(BPF_CORE_READ(tp, inet_conn.icsk_bind_hash));
+		r.ino = sock_ino((struct sock *)tp);
+	}
+	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
+	return 0;
+}
+
+SEC("iter/udp")
+int ports_udp(struct bpf_iter__udp *ctx)
+{
+	struct udp_sock *udp = ctx->udp_sk;
+	struct ps_sock r = {};
+
+	if (!udp)
+		return 0;
+	fill_common(&r, &udp->inet.sk.__sk_common);
+	r.proto = IPPROTO_UDP;
+	r.bind_owner = 1; /* every UDP socket owns its port */
+	r.ino = sock_ino((struct sock *)udp);
+	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Keep the record type in BTF so bpf2go emits it for Go. */
+const struct ps_sock *_ps_sock __attribute__((unused));

@@ -1,0 +1,318 @@
+package pressure
+
+import (
+	"bufio"
+	"cmp"
+	"compress/gzip"
+	"fmt"
+	"io"
+	"math"
+	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/portsleuth/portsleuth/gen"
+	"github.com/portsleuth/portsleuth/internal/netns"
+)
+
+// ports is a set of port numbers.
+type ports [65536 / 64]uint64
+
+func (p *ports) add(port uint16)      { p[port/64] |= 1 << (port % 64) }
+func (p *ports) has(port uint16) bool { return p[port/64]&(1<<(port%64)) != 0 }
+func (p *ports) union(q *ports) (u ports) {
+	for i := range p {
+		u[i] = p[i] | q[i]
+	}
+	return u
+}
+
+type poolKey struct {
+	local, dest netip.Addr
+	dport       uint16
+}
+
+type connPool struct {
+	est, tw, other int
+	notOwned       int // sockets whose port no bind() owner holds
+	twMin, twMax   uint64
+	owners         map[int]int
+}
+
+type aggregate struct {
+	sys      netns.Sysctls
+	reserved map[int]bool
+	owners   Inodes
+
+	sockets   int
+	bindOwned ports
+	// Ports with any owner, per protocol and local address (the wildcard included).
+	bound map[string]map[netip.Addr]*ports
+	pools map[poolKey]*connPool
+	procs map[int]int
+}
+
+func newAggregate(sys netns.Sysctls, reserved map[int]bool, owners Inodes) *aggregate {
+	return &aggregate{
+		sys: sys, reserved: reserved, owners: owners,
+		bound: map[string]map[netip.Addr]*ports{"tcp": {}, "udp": {}},
+		pools: map[poolKey]*connPool{},
+		procs: map[int]int{},
+	}
+}
+
+func (a *aggregate) inRange(port uint16) bool {
+	return int(port) >= a.sys.PortRange[0] && int(port) <= a.sys.PortRange[1]
+}
+
+func (a *aggregate) add(r *gen.PortsPsSock) {
+	a.sockets++
+	pid := 0
+	if r.Ino != 0 {
+		pid = int(a.owners[r.Ino])
+		if pid != 0 {
+			a.procs[pid]++
+		}
+	}
+	proto := "tcp"
+	if r.Proto == unix.IPPROTO_UDP {
+		proto = "udp"
+	}
+	local := addrOf(r.Family, r.Laddr)
+	set := a.bound[proto][local]
+	if set == nil {
+		set = &ports{}
+		a.bound[proto][local] = set
+	}
+	set.add(r.Lport)
+	if proto != "tcp" {
+		return
+	}
+	if r.BindOwner != 0 {
+		a.bindOwned.add(r.Lport)
+	}
+	// The connect() 4-tuple space: connected and closing sockets with a peer.
+	state := stateOf(r)
+	if state == "LISTEN" || r.Rport == 0 || !a.inRange(r.Lport) {
+		return
+	}
+	k := poolKey{local, addrOf(r.Family, r.Raddr), r.Rport}
+	p := a.pools[k]
+	if p == nil {
+		p = &connPool{owners: map[int]int{}, twMin: math.MaxUint64}
+		a.pools[k] = p
+	}
+	switch state {
+	case "ESTABLISHED":
+		p.est++
+	case "TIME_WAIT":
+		p.tw++
+		p.twMin = min(p.twMin, r.TwJiffies)
+		p.twMax = max(p.twMax, r.TwJiffies)
+	default:
+		p.other++
+	}
+	if r.BindOwner == 0 {
+		p.notOwned++
+	}
+	if pid != 0 {
+		p.owners[pid]++
+	}
+}
+
+func wildcardOf(addr netip.Addr) netip.Addr {
+	if addr.Is4() {
+		return netip.IPv4Unspecified()
+	}
+	return netip.IPv6Unspecified()
+}
+
+func orEmpty(p *ports) *ports {
+	if p == nil {
+		return &ports{}
+	}
+	return p
+}
+
+// usable counts the range's ports that are neither reserved nor in set.
+func (a *aggregate) usable(set *ports) int {
+	n := 0
+	for port := a.sys.PortRange[0]; port <= a.sys.PortRange[1]; port++ {
+		if !a.reserved[port] && (set == nil || !set.has(uint16(port))) {
+			n++
+		}
+	}
+	return n
+}
+
+func percent(used, total int) float64 {
+	if total <= 0 {
+		return 100
+	}
+	return math.Round(1000*float64(used)/float64(total)) / 10
+}
+
+func (a *aggregate) result(topN int, hz float64) Namespace {
+	ns := Namespace{
+		PortRange:       a.sys.PortRange,
+		Reserved:        a.sys.Reserved,
+		TCPTwReuse:      a.sys.TCPTwReuse,
+		AutobindReuse:   a.sys.AutobindReuse,
+		TCPMaxTWBuckets: a.sys.MaxTWBuckets,
+		Sockets:         a.sockets,
+		BindPools:       []BindPool{},
+		ConnectPools:    []ConnectPool{},
+	}
+	capacity := a.usable(nil)
+	ns.BindOwnedPorts = capacity - a.usable(&a.bindOwned)
+	comm := func(pid int) string { return a.owners.Comm(pid) }
+
+	for _, proto := range []string{"tcp", "udp"} {
+		byAddr := a.bound[proto]
+		// A wildcard owner takes its port on every address of its family, and
+		// a wildcard bind needs the port free on all of them.
+		everyAddr := map[netip.Addr]*ports{}
+		listed := map[netip.Addr]bool{}
+		for addr, set := range byAddr {
+			w := wildcardOf(addr)
+			u := set.union(orEmpty(everyAddr[w]))
+			everyAddr[w] = &u
+			listed[addr], listed[w] = true, true
+		}
+		addrs := make([]netip.Addr, 0, len(listed))
+		for addr := range listed {
+			addrs = append(addrs, addr)
+		}
+		slices.SortFunc(addrs, func(x, y netip.Addr) int { return x.Compare(y) })
+		for _, addr := range addrs {
+			set := everyAddr[addr]
+			if !addr.IsUnspecified() {
+				u := byAddr[addr].union(orEmpty(byAddr[wildcardOf(addr)]))
+				set = &u
+			}
+			free := a.usable(set)
+			ns.BindPools = append(ns.BindPools, BindPool{Proto: proto, Local: addr.String(),
+				Used: capacity - free, Free: free, PercentUsed: percent(capacity-free, capacity)})
+		}
+	}
+
+	for k, p := range a.pools {
+		free := max(0, capacity-ns.BindOwnedPorts-p.notOwned)
+		cp := ConnectPool{
+			Local: k.local.String(), Dest: netip.AddrPortFrom(k.dest, k.dport).String(),
+			Established: p.est, TimeWait: p.tw, Other: p.other, Free: free,
+			PercentUsed: percent(capacity-free, capacity),
+			Owners:      top(p.owners, topN, comm),
+		}
+		if p.tw > 0 && hz > 0 {
+			cp.TimeWaitLeft = [2]float64{math.Round(10*float64(p.twMin)/hz) / 10, math.Round(10*float64(p.twMax)/hz) / 10}
+		}
+		ns.ConnectPools = append(ns.ConnectPools, cp)
+	}
+	slices.SortFunc(ns.ConnectPools, func(x, y ConnectPool) int {
+		return cmp.Or(cmp.Compare(y.PercentUsed, x.PercentUsed), strings.Compare(x.Local+x.Dest, y.Local+y.Dest))
+	})
+	ns.Top = top(a.procs, topN, comm)
+	ns.Verdict = verdict(ns)
+	return ns
+}
+
+// verdict names the fullest pool in one line.
+func verdict(ns Namespace) string {
+	best, what := -1.0, ""
+	for _, p := range ns.ConnectPools {
+		if p.PercentUsed > best {
+			best = p.PercentUsed
+			what = fmt.Sprintf("connect pool to %s from %s is %.0f%% full: %s TIME_WAIT, %s established, %d free",
+				p.Dest, p.Local, p.PercentUsed, thousands(p.TimeWait), thousands(p.Established), p.Free)
+		}
+	}
+	for _, p := range ns.BindPools {
+		if p.PercentUsed > best {
+			best = p.PercentUsed
+			what = fmt.Sprintf("bind(%s:0) pool (%s) is %.0f%% used: %s of %s ports have an owner",
+				p.Local, p.Proto, p.PercentUsed, thousands(p.Used), thousands(p.Used+p.Free))
+		}
+	}
+	if what == "" {
+		return "no sockets"
+	}
+	if best < 50 {
+		return "no pool is under pressure; fullest: " + what
+	}
+	return what
+}
+
+func thousands(n int) string {
+	s := strconv.Itoa(n)
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
+}
+
+// Inodes maps socket inodes to the process that has them open.
+type Inodes map[uint64]uint32
+
+// Comm names a pid.
+func (Inodes) Comm(pid int) string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	return strings.TrimSpace(string(b))
+}
+
+// ScanInodes reads every process's fds once: one pass for all namespaces.
+func ScanInodes() Inodes {
+	m := Inodes{}
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		pid, err := strconv.ParseUint(p.Name(), 10, 32)
+		if err != nil {
+			continue
+		}
+		dir := "/proc/" + p.Name() + "/fd/"
+		fds, _ := os.ReadDir(dir)
+		for _, fd := range fds {
+			link, err := os.Readlink(dir + fd.Name())
+			if err != nil || !strings.HasPrefix(link, "socket:[") {
+				continue
+			}
+			if ino, err := strconv.ParseUint(strings.TrimSuffix(link[len("socket:["):], "]"), 10, 64); err == nil {
+				m[ino] = uint32(pid)
+			}
+		}
+	}
+	return m
+}
+
+// kernelHZ is CONFIG_HZ, to turn TIME_WAIT jiffies into seconds; 0 if unknown.
+func kernelHZ() float64 {
+	var uts unix.Utsname
+	_ = unix.Uname(&uts)
+	release := unix.ByteSliceToString(uts.Release[:])
+	for _, path := range []string{"/proc/config.gz", "/boot/config-" + release} {
+		f, err := os.Open(path)
+		if err != nil {
+			continue
+		}
+		var r io.Reader = f
+		if strings.HasSuffix(path, ".gz") {
+			if zr, err := gzip.NewReader(f); err == nil {
+				r = zr
+			}
+		}
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			if v, ok := strings.CutPrefix(sc.Text(), "CONFIG_HZ="); ok {
+				f.Close()
+				hz, _ := strconv.ParseFloat(v, 64)
+				return hz
+			}
+		}
+		f.Close()
+	}
+	return 0
+}
