@@ -10,9 +10,13 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/portsleuth/portsleuth/internal/bench"
+	"github.com/portsleuth/portsleuth/internal/scenario"
 )
 
 func main() {
+	if os.Getenv(scenario.Env) != "" {
+		os.Exit(scenario.Main(os.Stdout, os.Stderr))
+	}
 	if n := os.Getenv(bench.StormEnv); n != "" {
 		count, err := strconv.Atoi(n)
 		if err == nil {

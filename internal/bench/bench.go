@@ -7,6 +7,7 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +23,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/portsleuth/portsleuth/internal/pressure"
 	"github.com/portsleuth/portsleuth/internal/probe"
 	"github.com/portsleuth/portsleuth/internal/scenario"
 )
@@ -137,6 +139,14 @@ func Run(w io.Writer, o Options) error {
 	add("storm: events/s reaching userspace", fmt.Sprintf("%.0f/s over %s", float64(st.delivered)/st.wall.Seconds(), st.wall.Round(time.Millisecond)), "", true)
 	add("storm: agent CPU", fmt.Sprintf("%.1f%% of a core", st.cpuPct), "< 10%", st.cpuPct < 10)
 	add("agent RSS after the storm", fmt.Sprintf("%.1f MiB", float64(st.rss)/(1<<20)), "< 40 MiB", st.rss < 40<<20)
+
+	if !o.StormOnly {
+		ps, err := portsScan()
+		if err != nil {
+			return fmt.Errorf("ports scan: %w", err)
+		}
+		add(fmt.Sprintf("ports: scan a namespace of %d sockets", ps.sockets), fmt.Sprintf("%s, RSS +%.1f MiB", ps.wall.Round(time.Millisecond), float64(ps.rssGrowth)/(1<<20)), "", true)
+	}
 
 	fmt.Fprintf(w, "portsleuth bench (%s, %d CPUs; loops %d iterations, %d syscalls, median of %d alternating rounds)\n\n",
 		kernelRelease(), runtime.NumCPU(), o.Loops, o.Syscalls, o.Rounds)
@@ -283,6 +293,62 @@ func storm(b probe.Backend, n int, profile string) (stormResult, error) {
 	}
 	res.delivered, res.lost = delivered, snap.Lost
 	res.rss = rss()
+	return res, nil
+}
+
+type scanResult struct {
+	sockets   int
+	wall      time.Duration
+	rssGrowth uint64
+}
+
+// portsScan times `ports` on a namespace that a child fills with 100k sockets.
+func portsScan() (scanResult, error) {
+	var res scanResult
+	exe, err := os.Executable()
+	if err != nil {
+		return res, err
+	}
+	child := exec.Command(exe)
+	child.Env = append(os.Environ(), scenario.Env+"=many-sockets", scenario.HoldEnv+"=1")
+	child.Stderr = os.Stderr
+	stdin, err := child.StdinPipe()
+	if err != nil {
+		return res, err
+	}
+	stdout, err := child.StdoutPipe()
+	if err != nil {
+		return res, err
+	}
+	if err := child.Start(); err != nil {
+		return res, err
+	}
+	defer func() { stdin.Close(); child.Wait() }()
+	var sr scenario.Result
+	if err := json.NewDecoder(stdout).Decode(&sr); err != nil {
+		return res, fmt.Errorf("many-sockets scenario: %w", err)
+	}
+	f, err := os.Open(fmt.Sprintf("/proc/%d/task/%d/ns/net", sr.PID, sr.TID))
+	if err != nil {
+		return res, err
+	}
+	defer f.Close()
+	sc, err := pressure.NewScanner()
+	if err != nil {
+		return res, err
+	}
+	defer sc.Close()
+	rss0 := rss()
+	start := time.Now()
+	ns, err := sc.Scan(int(f.Fd()), pressure.ScanInodes(), 5)
+	res.wall = time.Since(start)
+	if err != nil {
+		return res, err
+	}
+	res.sockets = ns.Sockets
+	if r := rss(); r > rss0 {
+		res.rssGrowth = r - rss0
+	}
 	return res, nil
 }
 
