@@ -179,6 +179,11 @@ func TestErlangBindAnyBeforeConnect(t *testing.T) {
 	if e.Op != "bind" || e.Proto != "tcp" || e.Family != "ipv4" || e.Addr != "0.0.0.0:0" || e.Dest != "" {
 		t.Errorf("example %+v", e)
 	}
+	// The pressure at the first failure: every port of 0.0.0.0's bind pool taken.
+	ps := p.Patterns[0].Pressure
+	if ps == nil || ps.BindPool == nil || ps.BindPool.Local != "0.0.0.0" || ps.BindPool.Free != 0 || ps.BindPool.Used != scenario.RangeSize {
+		t.Errorf("pressure snapshot %+v", ps)
+	}
 }
 
 func TestSquidBindIPBeforeConnect(t *testing.T) {
@@ -208,6 +213,12 @@ func TestTimeWaitConnectExhaustion(t *testing.T) {
 	if p.Sysctls.TCPTwReuse != 0 || !strings.Contains(p.Patterns[0].Advice, "tcp_tw_reuse is 0 here") {
 		t.Errorf("sysctls %+v, advice %q", p.Sysctls, p.Patterns[0].Advice)
 	}
+	ps := p.Patterns[0].Pressure
+	if ps == nil || ps.ConnectPool == nil || ps.ConnectPool.Dest != "127.0.0.1:8080" || ps.ConnectPool.TimeWait != scenario.RangeSize || ps.ConnectPool.Free != 0 {
+		t.Errorf("pressure snapshot %+v; want the pool to 127.0.0.1:8080 full of %d TIME_WAIT", ps, scenario.RangeSize)
+	} else if ps.ConnectPool.PercentUsed != 100 {
+		t.Errorf("pool %.1f%% used, want 100", ps.ConnectPool.PercentUsed)
+	}
 	if kernelLayer(r) {
 		// Every one of the 64 candidate ports holds a TIME_WAIT that may not be reused.
 		if e.TWBlocked != scenario.RangeSize || e.EstBlocked != 0 {
@@ -226,10 +237,8 @@ func TestPortInUse(t *testing.T) {
 	if e.Addr != "127.0.0.1:8080" || len(e.Options) != 1 || e.Options[0] != "SO_REUSEADDR" {
 		t.Errorf("example %+v: want 127.0.0.1:8080 with SO_REUSEADDR", e)
 	}
-	if !kernelLayer(r) {
-		return
-	}
-	// The kernel layer names the holder: the scenario's own listener.
+	// The holder is named on every backend (the kernel layer sees it in
+	// inet_bind_conflict; otherwise a scan of the namespace finds it).
 	h := e.Holder
 	if h == nil {
 		t.Fatalf("no holder on backend %s", r.Backend)

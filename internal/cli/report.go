@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/portsleuth/portsleuth/internal/event"
+	"github.com/portsleuth/portsleuth/internal/pressure"
 	"github.com/portsleuth/portsleuth/internal/report"
 )
 
@@ -84,6 +85,8 @@ func runReport(args []string, stdout, stderr io.Writer) error {
 	}
 
 	col := report.NewCollector()
+	col.Enricher = pressure.NewEnricher()
+	defer col.Enricher.Close()
 	var events []event.Event
 	err = s.loop(ctx, func(e event.Event) {
 		col.Observe(&e)

@@ -22,6 +22,7 @@ import (
 
 	"github.com/portsleuth/portsleuth/internal/event"
 	"github.com/portsleuth/portsleuth/internal/metrics"
+	"github.com/portsleuth/portsleuth/internal/pressure"
 	"github.com/portsleuth/portsleuth/internal/probe"
 	"github.com/portsleuth/portsleuth/internal/report"
 )
@@ -111,7 +112,9 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	ctx, stop := runContext(f.duration)
 	defer stop()
 
-	c := &culpritLog{log: log, t: t, deltas: metrics.NewDeltas(), col: report.NewCollector(), filter: report.Filter{PID: uint32(f.pid), Comm: f.comm}, interval: f.interval}
+	c := &culpritLog{log: log, t: t, deltas: metrics.NewDeltas(), enricher: pressure.NewEnricher(), filter: report.Filter{PID: uint32(f.pid), Comm: f.comm}, interval: f.interval}
+	defer c.enricher.Close()
+	c.col = c.newCollector()
 	lastUpdate, lastReport := time.Now(), time.Now()
 	err = s.loop(ctx, func(e event.Event) {
 		c.col.Observe(&e)
@@ -159,6 +162,7 @@ type culpritLog struct {
 	t        *probe.Tracer
 	deltas   *metrics.Deltas
 	col      *report.Collector
+	enricher *pressure.Enricher
 	filter   report.Filter
 	interval time.Duration
 	since    time.Time
@@ -188,6 +192,12 @@ func (c *culpritLog) flush() {
 			"patterns", strings.Join(patterns, ","), "process", p)
 	}
 	// Examples and addresses start over each interval: memory stays bounded.
-	c.col = report.NewCollector()
+	c.col = c.newCollector()
 	c.since = time.Now()
+}
+
+func (c *culpritLog) newCollector() *report.Collector {
+	col := report.NewCollector()
+	col.Enricher = c.enricher
+	return col
 }

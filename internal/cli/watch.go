@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/portsleuth/portsleuth/internal/event"
+	"github.com/portsleuth/portsleuth/internal/pressure"
 	"github.com/portsleuth/portsleuth/internal/report"
 	"github.com/portsleuth/portsleuth/internal/watch"
 )
@@ -44,13 +45,18 @@ func runWatch(args []string, stdout, stderr io.Writer) error {
 
 	w := &watcher{out: bufio.NewWriter(stdout), json: c.output == "json", folder: watch.NewFolder(foldBurst, time.Second), s: s}
 	owners := report.NewOwners()
+	enricher := pressure.NewEnricher()
+	defer enricher.Close()
 	err = s.loop(ctx,
 		func(e event.Event) {
 			if c.comm != "" && e.Comm != c.comm {
 				return
 			}
 			owners.Fill(&e)
-			w.print(w.folder.Offer(report.NewRecord(e, s.classify(e)), e.Time))
+			snap := enricher.Enrich(&e)
+			rec := report.NewRecord(e, s.classify(e))
+			rec.Pressure = snap
+			w.print(w.folder.Offer(rec, e.Time))
 			if s.t.Pending() == 0 {
 				w.out.Flush()
 			}

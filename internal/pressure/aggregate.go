@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/portsleuth/portsleuth/gen"
+	"github.com/portsleuth/portsleuth/internal/event"
 	"github.com/portsleuth/portsleuth/internal/netns"
 )
 
@@ -54,6 +55,7 @@ type aggregate struct {
 	bound map[string]map[netip.Addr]*ports
 	pools map[poolKey]*connPool
 	procs map[int]int
+	query *HolderQuery
 }
 
 func newAggregate(sys netns.Sysctls, reserved map[int]bool, owners Inodes) *aggregate {
@@ -83,6 +85,22 @@ func (a *aggregate) add(r *gen.PortsPsSock) {
 		proto = "udp"
 	}
 	local := addrOf(r.Family, r.Laddr)
+	if q := a.query; q != nil && q.Proto == proto && q.Port == r.Lport && overlaps(q.Addr, local) && len(q.Found) < maxHolders {
+		h := event.Holder{
+			State:   stateOf(r),
+			Local:   netip.AddrPortFrom(local, r.Lport),
+			Options: event.OptionNames(uint16(r.Options)),
+			SockIno: r.Ino,
+			PID:     uint32(pid),
+		}
+		if r.Rport != 0 {
+			h.Remote = netip.AddrPortFrom(addrOf(r.Family, r.Raddr), r.Rport)
+		}
+		if pid != 0 {
+			h.Comm = a.owners.Comm(pid)
+		}
+		q.Found = append(q.Found, h)
+	}
 	set := a.bound[proto][local]
 	if set == nil {
 		set = &ports{}
@@ -122,6 +140,13 @@ func (a *aggregate) add(r *gen.PortsPsSock) {
 	if pid != 0 {
 		p.owners[pid]++
 	}
+}
+
+// overlaps says whether an owner on b takes the port from a bind() to a:
+// equal addresses, or a wildcard on either side (of either family: a [::]
+// socket without IPV6_V6ONLY covers IPv4 too).
+func overlaps(a, b netip.Addr) bool {
+	return a == b || a.IsUnspecified() || b.IsUnspecified()
 }
 
 func wildcardOf(addr netip.Addr) netip.Addr {

@@ -124,9 +124,25 @@ func (s *Scanner) Close() error {
 	return errors.Join(errs...)
 }
 
+// HolderQuery asks a scan for the sockets that own one port.
+type HolderQuery struct {
+	Proto string
+	Addr  netip.Addr // the address a bind() wanted; overlaps equal and wildcard owners
+	Port  uint16
+	Found []event.Holder
+}
+
+// maxHolders bounds the holders a query keeps.
+const maxHolders = 8
+
 // Scan measures the namespace nsFD refers to. owners maps socket inodes to
 // the pid that has them open (from Inodes); topN bounds every owner list.
 func (s *Scanner) Scan(nsFD int, owners Inodes, topN int) (Namespace, error) {
+	return s.ScanFor(nsFD, owners, topN, nil)
+}
+
+// ScanFor is Scan that also fills q with the owners of a port.
+func (s *Scanner) ScanFor(nsFD int, owners Inodes, topN int, q *HolderQuery) (Namespace, error) {
 	start := time.Now()
 	sys, err := netns.ReadFD(nsFD)
 	if err != nil {
@@ -139,6 +155,7 @@ func (s *Scanner) Scan(nsFD int, owners Inodes, topN int) (Namespace, error) {
 		}
 	}
 	a := newAggregate(sys, reserved, owners)
+	a.query = q
 	// The iterators walk the namespace of the thread that opens them.
 	err = inNetns(nsFD, func() error {
 		for _, it := range []*link.Iter{s.tcp, s.udp} {

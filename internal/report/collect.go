@@ -8,6 +8,7 @@ import (
 	"github.com/portsleuth/portsleuth/internal/attrib"
 	"github.com/portsleuth/portsleuth/internal/event"
 	"github.com/portsleuth/portsleuth/internal/netns"
+	"github.com/portsleuth/portsleuth/internal/pressure"
 	"github.com/portsleuth/portsleuth/internal/procinfo"
 )
 
@@ -28,6 +29,8 @@ type Collector struct {
 	Lookup func(pid uint32) (procinfo.Info, error)
 	// Owners finds the process holding a socket inode.
 	Owners *Owners
+	// Enricher takes pressure snapshots and finds holders; nil reads nothing.
+	Enricher *pressure.Enricher
 }
 
 // Owners resolves socket inodes to the process that has them open, once per
@@ -67,6 +70,7 @@ func (o *Owners) Fill(e *event.Event) {
 }
 
 type procEvents struct {
+	pressure map[event.Class]*pressure.Snapshot
 	info     procinfo.Info
 	netns    uint64
 	events   uint64
@@ -113,7 +117,7 @@ func (c *Collector) Observe(e *event.Event) {
 	c.Owners.Fill(e)
 	p := c.procs[e.PID]
 	if p == nil {
-		p = &procEvents{classes: map[event.Class]*classEvidence{}, netns: e.Netns}
+		p = &procEvents{classes: map[event.Class]*classEvidence{}, netns: e.Netns, pressure: map[event.Class]*pressure.Snapshot{}}
 		p.info, _ = c.Lookup(e.PID)
 		if p.info.Comm == "" {
 			p.info.Comm = e.Comm
@@ -127,6 +131,11 @@ func (c *Collector) Observe(e *event.Event) {
 		}
 	}
 	p.events++
+	if c.Enricher != nil {
+		if snap := c.Enricher.Enrich(e); snap != nil {
+			p.pressure[e.Class] = snap
+		}
+	}
 	if len(p.examples) < MaxExamples {
 		p.examples = append(p.examples, *e)
 	}

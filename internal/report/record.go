@@ -11,6 +11,7 @@ import (
 
 	"github.com/portsleuth/portsleuth/internal/attrib"
 	"github.com/portsleuth/portsleuth/internal/event"
+	"github.com/portsleuth/portsleuth/internal/pressure"
 )
 
 // Record is one failed call as `watch -o json` prints it. The field names are
@@ -37,6 +38,8 @@ type Record struct {
 	EstBlocked uint32 `json:"est_blocked,omitempty"`
 	// Holder (kernel layer, EADDRINUSE) is the socket holding the port.
 	Holder *event.Holder `json:"holder,omitempty"`
+	// Pressure is set on the first failure of its kind by a process.
+	Pressure *pressure.Snapshot `json:"pressure,omitempty"`
 	// Folded is set on a line that stands for N repeats watch did not print.
 	Folded uint64 `json:"folded,omitempty"`
 }
@@ -104,6 +107,9 @@ func (r Record) Text() string {
 	}
 	if r.Folded > 0 {
 		fmt.Fprintf(&b, " ... %d more like this in the last second", r.Folded)
+	}
+	if r.Pressure != nil {
+		fmt.Fprintf(&b, "\n    pressure: %s", r.Pressure.Text())
 	}
 	return b.String()
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/portsleuth/portsleuth/internal/attrib"
 	"github.com/portsleuth/portsleuth/internal/event"
 	"github.com/portsleuth/portsleuth/internal/netns"
+	"github.com/portsleuth/portsleuth/internal/pressure"
 )
 
 // Schema is the version of the JSON report; fields are only ever added.
@@ -67,6 +68,8 @@ type PatternEntry struct {
 	Count    uint64 `json:"count"`
 	Evidence string `json:"evidence"`
 	Advice   string `json:"advice"`
+	// Pressure is the namespace's port pressure at this pattern's first failure.
+	Pressure *pressure.Snapshot `json:"pressure,omitempty"`
 }
 
 // Counts are a process's calls of one kind.
@@ -168,6 +171,7 @@ func buildProcess(pid uint32, st event.ProcStats, fails map[event.Class]uint64, 
 	}
 
 	findings := map[attrib.Pattern]*attrib.Finding{}
+	snaps := map[attrib.Pattern]*pressure.Snapshot{}
 	for _, class := range sortedClasses(fails) {
 		n := fails[class]
 		p.Failures += n
@@ -180,6 +184,9 @@ func buildProcess(pid uint32, st event.ProcStats, fails map[event.Class]uint64, 
 		}
 		fd.Count += n
 		fd.Classes[class] += n
+		if snap := pe.pressure[class]; snap != nil && snaps[pat] == nil {
+			snaps[pat] = snap
+		}
 		if ce := pe.classes[class]; ce != nil {
 			for _, a := range ce.addrs {
 				fd.Addrs = addCapped(fd.Addrs, a)
@@ -199,6 +206,7 @@ func buildProcess(pid uint32, st event.ProcStats, fails map[event.Class]uint64, 
 		slices.Sort(fd.Options)
 		p.Patterns = append(p.Patterns, PatternEntry{
 			Pattern: string(fd.Pattern), Count: fd.Count, Evidence: fd.Evidence(), Advice: fd.Advice(),
+			Pressure: snaps[fd.Pattern],
 		})
 	}
 	slices.SortFunc(p.Patterns, func(a, b PatternEntry) int {
@@ -275,6 +283,9 @@ func (r Report) WriteText(w io.Writer) error {
 			fmt.Fprintf(&b, "   pattern %s (%d)\n", pat.Pattern, pat.Count)
 			fmt.Fprintf(&b, "     evidence: %s\n", pat.Evidence)
 			fmt.Fprintf(&b, "     fix:      %s\n", pat.Advice)
+			if ps := pat.Pressure; ps != nil {
+				fmt.Fprintf(&b, "     pressure: %s\n", ps.Text())
+			}
 		}
 		for _, e := range p.Examples {
 			fmt.Fprintf(&b, "   e.g. %s\n", e.Text())

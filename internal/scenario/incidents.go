@@ -20,7 +20,11 @@ func bindAnyBeforeConnect(r *Result) error {
 	if _, err := r.listen("127.0.0.1", ListenPort); err != nil {
 		return err
 	}
-	return r.bindThenConnect("0.0.0.0", RangeSize+FailAttempts)
+	if err := r.bindThenConnect("0.0.0.0", RangeSize+FailAttempts); err != nil {
+		return err
+	}
+	time.Sleep(HolderLinger) // a real culprit lives on: let the agent look at its namespace
+	return nil
 }
 
 // bindThenConnect makes n attempts of bind(ip:0) + connect(), keeping every
@@ -83,6 +87,7 @@ func timeWaitExhaustion(r *Result) error {
 		}
 		unix.Close(fd)
 	}
+	time.Sleep(HolderLinger)
 	return nil
 }
 
@@ -114,8 +119,9 @@ func portInUse(r *Result) error {
 	return nil
 }
 
-// HolderLinger is how long portInUse keeps its listener after the failures.
-const HolderLinger = time.Second
+// HolderLinger is how long a scenario keeps its sockets after its failures,
+// as a real culprit would, so the agent can look at its namespace.
+const HolderLinger = 1500 * time.Millisecond
 
 // NoPortConnections is how many connections bindNoPortFix opens: more than
 // the range, so plain bind-before-connect would fail.
