@@ -1,11 +1,8 @@
 package pressure
 
 import (
-	"bufio"
 	"cmp"
-	"compress/gzip"
 	"fmt"
-	"io"
 	"math"
 	"net/netip"
 	"os"
@@ -313,31 +310,12 @@ func ScanInodes() Inodes {
 	return m
 }
 
-// kernelHZ is CONFIG_HZ, to turn TIME_WAIT jiffies into seconds; 0 if unknown.
+// kernelHZ is CONFIG_HZ, to turn TIME_WAIT jiffies into seconds: the coarse
+// clocks advance once per tick, so their resolution is 1/HZ. 0 if unknown.
 func kernelHZ() float64 {
-	var uts unix.Utsname
-	_ = unix.Uname(&uts)
-	release := unix.ByteSliceToString(uts.Release[:])
-	for _, path := range []string{"/proc/config.gz", "/boot/config-" + release} {
-		f, err := os.Open(path)
-		if err != nil {
-			continue
-		}
-		var r io.Reader = f
-		if strings.HasSuffix(path, ".gz") {
-			if zr, err := gzip.NewReader(f); err == nil {
-				r = zr
-			}
-		}
-		sc := bufio.NewScanner(r)
-		for sc.Scan() {
-			if v, ok := strings.CutPrefix(sc.Text(), "CONFIG_HZ="); ok {
-				f.Close()
-				hz, _ := strconv.ParseFloat(v, 64)
-				return hz
-			}
-		}
-		f.Close()
+	var ts unix.Timespec
+	if err := unix.ClockGetres(unix.CLOCK_MONOTONIC_COARSE, &ts); err != nil || ts.Nano() <= 0 {
+		return 0
 	}
-	return 0
+	return math.Round(1e9 / float64(ts.Nano()))
 }
