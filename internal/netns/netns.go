@@ -77,39 +77,44 @@ func ReadFD(fd int) (Sysctls, error) {
 		return s, err
 	}
 
-	type result struct {
-		s   Sysctls
-		err error
-	}
-	done := make(chan result, 1)
-	// /proc/sys/net shows the namespace of the reading thread: read on a
-	// locked thread inside the target namespace, then go back. A thread that
-	// can't go back stays locked and dies with its goroutine.
+	var out Sysctls
+	err = Do(fd, func() error {
+		var rerr error
+		out, rerr = read()
+		return rerr
+	})
+	out.Netns = st.Ino
+	return out, err
+}
+
+// Do runs fn on a locked OS thread inside the network namespace fd refers
+// to, then goes back. A thread that can't go back stays locked and dies with
+// its goroutine, so no other goroutine ever runs in the wrong namespace.
+func Do(fd int, fn func() error) error {
+	done := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
 		orig, err := os.Open("/proc/thread-self/ns/net")
 		if err != nil {
 			runtime.UnlockOSThread()
-			done <- result{err: fmt.Errorf("opening own netns: %w", err)}
+			done <- fmt.Errorf("opening own netns: %w", err)
 			return
 		}
 		defer orig.Close()
 		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
 			runtime.UnlockOSThread()
-			done <- result{err: fmt.Errorf("entering netns %d (needs CAP_SYS_ADMIN): %w", st.Ino, err)}
+			done <- fmt.Errorf("entering a network namespace (needs CAP_SYS_ADMIN): %w", err)
 			return
 		}
-		s, rerr := read()
+		ferr := fn()
 		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			done <- result{s, errors.Join(rerr, fmt.Errorf("returning to own netns: %w", err))}
+			done <- errors.Join(ferr, fmt.Errorf("returning to own netns: %w", err))
 			return
 		}
 		runtime.UnlockOSThread()
-		done <- result{s, rerr}
+		done <- ferr
 	}()
-	r := <-done
-	r.s.Netns = st.Ino
-	return r.s, r.err
+	return <-done
 }
 
 func read() (Sysctls, error) {
@@ -172,7 +177,21 @@ func sysctl(name string) (string, error) {
 
 // ReservedSet parses a "8080,9000-9010" list into the set of ports it names.
 func ReservedSet(list string) (map[int]bool, error) {
+	ranges, err := parseRanges(list)
+	if err != nil {
+		return nil, err
+	}
 	set := map[int]bool{}
+	for _, r := range ranges {
+		for p := r[0]; p <= r[1]; p++ {
+			set[p] = true
+		}
+	}
+	return set, nil
+}
+
+func parseRanges(list string) ([][2]int, error) {
+	var out [][2]int
 	for _, part := range strings.Split(list, ",") {
 		part = strings.TrimSpace(part)
 		if part == "" {
@@ -187,31 +206,20 @@ func ReservedSet(list string) (map[int]bool, error) {
 		if err != nil || b < a || b > 65535 {
 			return nil, fmt.Errorf("parsing ip_local_reserved_ports entry %q", part)
 		}
-		for p := a; p <= b; p++ {
-			set[p] = true
-		}
+		out = append(out, [2]int{a, b})
 	}
-	return set, nil
+	return out, nil
 }
 
 // CountReserved counts the ports of a "8080,9000-9010" list inside rng.
 func CountReserved(list string, rng [2]int) (int, error) {
+	ranges, err := parseRanges(list)
+	if err != nil {
+		return 0, err
+	}
 	n := 0
-	for _, part := range strings.Split(list, ",") {
-		part = strings.TrimSpace(part)
-		if part == "" {
-			continue
-		}
-		lo, hi, isRange := strings.Cut(part, "-")
-		a, err := strconv.Atoi(lo)
-		b := a
-		if err == nil && isRange {
-			b, err = strconv.Atoi(hi)
-		}
-		if err != nil || b < a {
-			return 0, fmt.Errorf("parsing ip_local_reserved_ports entry %q", part)
-		}
-		a, b = max(a, rng[0]), min(b, rng[1])
+	for _, r := range ranges {
+		a, b := max(r[0], rng[0]), min(r[1], rng[1])
 		if b >= a {
 			n += b - a + 1
 		}

@@ -11,8 +11,6 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"os"
-	"runtime"
 	"slices"
 	"time"
 	"unsafe"
@@ -157,7 +155,7 @@ func (s *Scanner) ScanFor(nsFD int, owners Inodes, topN int, q *HolderQuery) (Na
 	a := newAggregate(sys, reserved, owners)
 	a.query = q
 	// The iterators walk the namespace of the thread that opens them.
-	err = inNetns(nsFD, func() error {
+	err = netns.Do(nsFD, func() error {
 		for _, it := range []*link.Iter{s.tcp, s.udp} {
 			if err := a.read(it); err != nil {
 				return err
@@ -172,33 +170,6 @@ func (s *Scanner) ScanFor(nsFD int, owners Inodes, topN int, q *HolderQuery) (Na
 	ns.Netns = sys.Netns
 	ns.ScanSeconds = time.Since(start).Seconds()
 	return ns, nil
-}
-
-// inNetns runs fn on a locked thread inside the namespace, then goes back; a
-// thread that can't go back stays locked and dies with its goroutine.
-func inNetns(nsFD int, fn func() error) error {
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			done <- err
-			return
-		}
-		defer orig.Close()
-		if err := unix.Setns(nsFD, unix.CLONE_NEWNET); err != nil {
-			done <- fmt.Errorf("entering the namespace (needs CAP_SYS_ADMIN): %w", err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			done <- errors.Join(ferr, err)
-			return
-		}
-		runtime.UnlockOSThread()
-		done <- ferr
-	}()
-	return <-done
 }
 
 const recSize = int(unsafe.Sizeof(gen.PortsPsSock{}))
