@@ -151,8 +151,9 @@ func checkCulprit(t *testing.T, r report.Report, res scenario.Result, pattern, e
 			t.Errorf("example source %q, want %q on backend %s", e.Source, wantSource, r.Backend)
 		}
 	}
-	if p.EventsMissed != 0 || r.LostEvents != 0 {
-		t.Errorf("events missed %d, lost %d in a 10-failure scenario", p.EventsMissed, r.LostEvents)
+	// (lost_events counts the whole host; other processes may storm.)
+	if p.EventsMissed != 0 {
+		t.Errorf("%d of the scenario's events missed", p.EventsMissed)
 	}
 	return p
 }
