@@ -6,10 +6,14 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Info is what /proc says about a process.
@@ -103,4 +107,50 @@ func SocketOwner(ino uint64) (uint32, string) {
 		}
 	}
 	return 0, ""
+}
+
+// CgroupPathByID finds the cgroup v2 directory whose id (its kernfs inode
+// number, what bpf_get_current_cgroup_id returns) is id: for a process that is
+// gone before /proc could name its cgroup. "" when not found.
+func CgroupPathByID(id uint64) string {
+	root := cgroup2Mount()
+	if root == "" || id == 0 {
+		return ""
+	}
+	found := ""
+	_ = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() || found != "" {
+			return filepath.SkipDir
+		}
+		var st unix.Stat_t
+		if unix.Stat(path, &st) == nil && st.Ino == id {
+			found = strings.TrimPrefix(path, root)
+			if found == "" {
+				found = "/"
+			}
+			return filepath.SkipAll
+		}
+		return nil
+	})
+	return found
+}
+
+// cgroup2Mount is where the unified hierarchy is mounted (/sys/fs/cgroup, or
+// /sys/fs/cgroup/unified on hybrid hosts).
+func cgroup2Mount() string {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		for i, fld := range fields {
+			if fld == "-" && i+1 < len(fields) && fields[i+1] == "cgroup2" && len(fields) > 4 {
+				return fields[4]
+			}
+		}
+	}
+	return ""
 }

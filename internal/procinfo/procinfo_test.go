@@ -1,9 +1,12 @@
 package procinfo
 
 import (
+	"bufio"
 	"os"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 const id = "4e3f1c5b2a8d9e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7081"
@@ -41,5 +44,35 @@ func TestLookupSelf(t *testing.T) {
 	}
 	if info.Comm == "" || !strings.Contains(info.Cmdline, "procinfo") {
 		t.Errorf("Lookup(self) = %+v", info)
+	}
+}
+
+// The cgroup found by id is the one /proc names for this process.
+func TestCgroupPathByID(t *testing.T) {
+	root := cgroup2Mount()
+	if root == "" {
+		t.Skip("no cgroup v2 hierarchy mounted")
+	}
+	f, err := os.Open("/proc/self/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var v2 string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "0::"); ok {
+			v2 = rest
+		}
+	}
+	if v2 == "" {
+		t.Skip("this process is in no cgroup v2")
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(root+v2, &st); err != nil {
+		t.Skipf("cgroup %s not visible under %s: %v", v2, root, err)
+	}
+	if got := CgroupPathByID(st.Ino); got != v2 {
+		t.Errorf("CgroupPathByID(%d) = %q, want %q", st.Ino, got, v2)
 	}
 }

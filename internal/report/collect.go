@@ -31,6 +31,8 @@ type Collector struct {
 	Owners *Owners
 	// Enricher takes pressure snapshots and finds holders; nil reads nothing.
 	Enricher *pressure.Enricher
+	// CgroupPath resolves a cgroup id for a process /proc no longer shows; nil offline.
+	CgroupPath func(id uint64) string
 }
 
 // Owners resolves socket inodes to the process that has them open, once per
@@ -87,11 +89,12 @@ type classEvidence struct {
 // NewCollector returns an empty collector reading the live system.
 func NewCollector() *Collector {
 	return &Collector{
-		procs:   map[uint32]*procEvents{},
-		netns:   map[uint64]*netns.Sysctls{},
-		Sysctls: func(pid, tid uint32) (netns.Sysctls, error) { return netns.ReadTask(int(pid), int(tid)) },
-		Lookup:  procinfo.Lookup,
-		Owners:  NewOwners(),
+		procs:      map[uint32]*procEvents{},
+		netns:      map[uint64]*netns.Sysctls{},
+		Sysctls:    func(pid, tid uint32) (netns.Sysctls, error) { return netns.ReadTask(int(pid), int(tid)) },
+		Lookup:     procinfo.Lookup,
+		Owners:     NewOwners(),
+		CgroupPath: procinfo.CgroupPathByID,
 	}
 }
 
@@ -102,6 +105,7 @@ func NewOfflineCollector() *Collector {
 	c.Sysctls = func(uint32, uint32) (netns.Sysctls, error) { return netns.Sysctls{}, errOffline }
 	c.Lookup = func(uint32) (procinfo.Info, error) { return procinfo.Info{}, errOffline }
 	c.Owners = &Owners{Lookup: func(uint64) (uint32, string) { return 0, "" }}
+	c.CgroupPath = nil
 	return c
 }
 

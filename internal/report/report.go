@@ -16,6 +16,7 @@ import (
 	"github.com/portsleuth/portsleuth/internal/event"
 	"github.com/portsleuth/portsleuth/internal/netns"
 	"github.com/portsleuth/portsleuth/internal/pressure"
+	"github.com/portsleuth/portsleuth/internal/procinfo"
 )
 
 // Schema is the version of the JSON report; fields are only ever added.
@@ -163,6 +164,11 @@ func buildProcess(pid uint32, st event.ProcStats, fails map[event.Class]uint64, 
 		p.Cmdline = pe.info.Cmdline // /proc has it whole; the kernel's copy is truncated
 	}
 	p.Cgroup, p.ContainerID = pe.info.Cgroup, pe.info.ContainerID
+	if p.Cgroup == "" && meta.CgroupID != 0 && c.CgroupPath != nil {
+		// Gone before /proc could say: the kernel's cgroup id still can.
+		p.Cgroup = c.CgroupPath(meta.CgroupID)
+		p.ContainerID = procinfo.ContainerID(p.Cgroup)
+	}
 	p.Sysctls = c.netns[p.Netns]
 	if p.Sysctls == nil {
 		if s, ok := kernelNetns[p.Netns]; ok {
