@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/portsleuth/portsleuth/internal/event"
+	"github.com/portsleuth/portsleuth/internal/procinfo"
 )
 
 // Enricher adds to failures what only a look at the namespace tells, once
@@ -36,6 +37,9 @@ type holderKey struct {
 	addr  string
 	port  uint16
 }
+
+// ownersTTL is how long one pass over /proc/*/fd serves.
+const ownersTTL = 100 * time.Millisecond
 
 // maxSeen bounds the enricher's memory; it starts over when full.
 const maxSeen = 4096
@@ -86,7 +90,8 @@ func (en *Enricher) Enrich(e *event.Event) *Snapshot {
 		return nil // gone already: the report says so by having no snapshot
 	}
 	defer f.Close()
-	if time.Since(en.ownersAt) > time.Second {
+	// The failing process may be seconds old: a stale map would miss it.
+	if time.Since(en.ownersAt) > ownersTTL {
 		en.owners, en.ownersAt = ScanInodes(), time.Now()
 	}
 	var q *HolderQuery
@@ -98,6 +103,12 @@ func (en *Enricher) Enrich(e *event.Event) *Snapshot {
 		return nil
 	}
 	if q != nil {
+		for i := range q.Found {
+			if h := &q.Found[i]; h.PID == 0 && h.SockIno != 0 {
+				pid, comm := procinfo.SocketOwner(h.SockIno)
+				h.PID, h.Comm = pid, comm
+			}
+		}
 		en.holders[hk] = q.Found
 		if e.Holder == nil && len(q.Found) > 0 {
 			h := q.Found[0]
