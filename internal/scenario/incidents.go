@@ -172,16 +172,9 @@ func busyOK(r *Result) error {
 		return err
 	}
 	for i := 0; i < BusyConnects; i++ {
-		fd, err := tcpSocket()
+		fd, srv, err := r.connectAccepted(lfd, ListenPort)
 		if err != nil {
-			return err
-		}
-		if err := r.connect(fd, "127.0.0.1", ListenPort); err != nil {
 			return fmt.Errorf("busy connect: %w", err)
-		}
-		srv, _, err := unix.Accept4(lfd, unix.SOCK_CLOEXEC)
-		if err != nil {
-			return err
 		}
 		unix.Close(fd)
 		unix.Close(srv)
@@ -419,14 +412,7 @@ func holdPools(r *Result) error {
 		return err
 	}
 	for i := 0; i < HoldEstablished+HoldTimeWait; i++ {
-		fd, err := tcpSocket()
-		if err != nil {
-			return err
-		}
-		if err := r.connect(fd, "127.0.0.1", ListenPort); err != nil {
-			return err
-		}
-		srv, _, err := unix.Accept4(l1, unix.SOCK_CLOEXEC)
+		fd, srv, err := r.connectAccepted(l1, ListenPort)
 		if err != nil {
 			return err
 		}

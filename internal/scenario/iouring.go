@@ -202,16 +202,9 @@ func timeWaitPrefill(r *Result) error {
 		return err
 	}
 	for i := 0; i < RangeSize; i++ {
-		fd, err := tcpSocket()
+		fd, srv, err := r.connectAccepted(lfd, ListenPort)
 		if err != nil {
-			return err
-		}
-		if err := r.connect(fd, "127.0.0.1", ListenPort); err != nil {
 			return fmt.Errorf("prefill connect %d: %w", i, err)
-		}
-		srv, _, err := unix.Accept4(lfd, unix.SOCK_CLOEXEC)
-		if err != nil {
-			return err
 		}
 		unix.Close(fd)
 		unix.Close(srv)

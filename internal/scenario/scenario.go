@@ -207,6 +207,25 @@ func (r *Result) listen(ip string, port int) (int, error) {
 	return fd, nil
 }
 
+// connectAccepted opens a counted connection from a new socket to
+// 127.0.0.1:port and accepts it on the listener lfd.
+func (r *Result) connectAccepted(lfd, port int) (client, server int, err error) {
+	client, err = tcpSocket()
+	if err != nil {
+		return -1, -1, err
+	}
+	if err := r.connect(client, "127.0.0.1", port); err != nil {
+		unix.Close(client)
+		return -1, -1, err
+	}
+	server, _, err = unix.Accept4(lfd, unix.SOCK_CLOEXEC)
+	if err != nil {
+		unix.Close(client)
+		return -1, -1, err
+	}
+	return client, server, nil
+}
+
 func tcpSocket() (int, error) {
 	return unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 }
