@@ -30,6 +30,9 @@ enum ps_source {
 	PS_SRC_INET_HASH_CONNECT = 4,
 	PS_SRC_INET6_HASH_CONNECT = 5,
 	PS_SRC_INET_CSK_GET_PORT = 6,  /* listen(), kernel layer */
+	/* cgroup backend: the errno of these is inferred, not seen. */
+	PS_SRC_CGROUP_BIND = 7,        /* cgroup/bind{4,6} without post_bind{4,6} */
+	PS_SRC_CGROUP_CONNECT = 8,     /* cgroup/connect{4,6} + inet_sock_set_state */
 };
 
 /* Facts about a failed call that decide its pattern; part of the failure key. */

@@ -10,6 +10,7 @@
 #include "state.h"
 #include "syscall.h"
 #include "kfunc.h"
+#include "cgroup.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 

@@ -298,10 +298,34 @@ static __always_inline void snapshot_netns(struct sock *sk, __u64 inum)
 	bpf_map_update_elem(&netns_info, &inum, &ns, BPF_NOEXIST);
 }
 
-/* Records who the process is the first time it fails. */
-static __always_inline void record_meta(__u32 pid, __u64 netns, struct task_struct *task,
-					struct task_struct *leader)
+/* Who made a call. The cgroup backend may learn a call's outcome in another
+ * task's context (a socket's release, the sweeper), so it keeps this from the
+ * call's start; the other backends fill it when the call returns. */
+struct who {
+	__u64 id;        /* pid_tgid */
+	__u64 cgroup_id; /* cgroup v2 id */
+	char comm[16];   /* thread-group leader's name */
+	char tcomm[16];  /* the thread's name */
+};
+
+/* Reads everything from the task: no helper that some program types lack. */
+static __always_inline void who_of(struct who *w, struct task_struct *task)
 {
+	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
+
+	w->id = ((__u64)BPF_CORE_READ(task, tgid) << 32) | (__u32)BPF_CORE_READ(task, pid);
+	w->cgroup_id = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
+	bpf_probe_read_kernel_str(w->comm, sizeof(w->comm), &leader->comm);
+	bpf_probe_read_kernel_str(w->tcomm, sizeof(w->tcomm), &task->comm);
+}
+
+/* Records who the process is the first time it fails. The command line is
+ * read only from the caller's own memory: when the outcome is learnt in
+ * another task, Go reads it from /proc instead. */
+static __always_inline void record_meta(struct who *w, __u64 netns)
+{
+	struct task_struct *task = (void *)bpf_get_current_task();
+	__u32 pid = w->id >> 32;
 	struct ps_proc_meta meta = {};
 	unsigned long start, end;
 	__u64 len;
@@ -309,14 +333,16 @@ static __always_inline void record_meta(__u32 pid, __u64 netns, struct task_stru
 	if (bpf_map_lookup_elem(&proc_meta, &pid))
 		return;
 	meta.netns = netns;
-	meta.cgroup_id = bpf_get_current_cgroup_id();
-	bpf_probe_read_kernel_str(meta.comm, sizeof(meta.comm), &leader->comm);
-	start = BPF_CORE_READ(task, mm, arg_start);
-	end = BPF_CORE_READ(task, mm, arg_end);
-	len = end - start;
-	if (len > sizeof(meta.args) - 1)
-		len = sizeof(meta.args) - 1;
-	bpf_probe_read_user(meta.args, len & (sizeof(meta.args) - 1), (void *)start);
+	meta.cgroup_id = w->cgroup_id;
+	__builtin_memcpy(meta.comm, w->comm, sizeof(meta.comm));
+	if (BPF_CORE_READ(task, tgid) == pid) {
+		start = BPF_CORE_READ(task, mm, arg_start);
+		end = BPF_CORE_READ(task, mm, arg_end);
+		len = end - start;
+		if (len > sizeof(meta.args) - 1)
+			len = sizeof(meta.args) - 1;
+		bpf_probe_read_user(meta.args, len & (sizeof(meta.args) - 1), (void *)start);
+	}
 	bpf_map_update_elem(&proc_meta, &pid, &meta, BPF_NOEXIST);
 }
 
@@ -353,11 +379,9 @@ static __always_inline void record_holder(struct ps_event *e, struct sock *h, __
 		e->holder_ino = socket_ino(BPF_CORE_READ(h, sk_socket));
 }
 
-static __always_inline void record_failure(struct call *c, __u64 id, int err)
+static __always_inline void record_failure(struct call *c, struct who *w, int err)
 {
-	__u32 pid = id >> 32, zero = 0;
-	struct task_struct *task = (void *)bpf_get_current_task();
-	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
+	__u32 pid = w->id >> 32, zero = 0;
 	struct ps_fail_key k = {
 		.pid = pid, .err = err, .op = c->op, .proto = c->proto,
 		.family = c->family, .flags = (__u8)c->flags,
@@ -366,7 +390,7 @@ static __always_inline void record_failure(struct call *c, __u64 id, int err)
 	__u64 *n;
 
 	count_failure(&k);
-	record_meta(pid, c->netns, task, leader);
+	record_meta(w, c->netns);
 	snapshot_netns((struct sock *)c->sk, c->netns);
 
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -378,10 +402,10 @@ static __always_inline void record_failure(struct call *c, __u64 id, int err)
 	}
 	e->ts_ns = bpf_ktime_get_ns();
 	e->netns = c->netns;
-	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->cgroup_id = w->cgroup_id;
 	e->sock_ino = c->sock_ino;
 	e->pid = pid;
-	e->tid = (__u32)id;
+	e->tid = (__u32)w->id;
 	e->err = err;
 	e->options = c->options;
 	e->flags = c->flags;
@@ -393,8 +417,8 @@ static __always_inline void record_failure(struct call *c, __u64 id, int err)
 	e->dport = c->dport;
 	__builtin_memcpy(e->laddr, c->laddr, 16);
 	__builtin_memcpy(e->daddr, c->daddr, 16);
-	bpf_probe_read_kernel_str(e->comm, sizeof(e->comm), &leader->comm);
-	bpf_get_current_comm(e->tcomm, sizeof(e->tcomm));
+	__builtin_memcpy(e->comm, w->comm, sizeof(e->comm));
+	__builtin_memcpy(e->tcomm, w->tcomm, sizeof(e->tcomm));
 	e->tw_blocked = c->tw_blocked;
 	e->est_blocked = c->chk_failed > c->tw_blocked ? c->chk_failed - c->tw_blocked : 0;
 	e->source = c->source;
@@ -426,58 +450,36 @@ static __always_inline int connect_traced(int err)
 	return err == EADDRNOTAVAIL || err == EADDRINUSE || err == EAGAIN || err == EPERM;
 }
 
-/* Finishes the call op of this task with the kernel's return value. */
-static __always_inline int call_finish(__u8 op, long ret)
+/* Counts a finished bind (ret: 0 or -errno) and streams it if it failed. */
+static __always_inline void finish_bind(struct ps_proc_stats *s, struct call *c, struct who *w, long ret)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	__u32 pid = id >> 32, *st;
-	struct ps_proc_stats *s;
-	struct call *c;
 	int err = (int)-ret;
 
-	c = bpf_map_lookup_elem(&calls, &id);
-	/* Another call of this task is in flight (get_port runs inside bind):
-	 * it is not ours to finish. */
-	if (!c || c->op != op)
-		return 0;
-	s = proc_stats_of(pid);
-	if (!s)
-		goto out;
+	if (ret == 0) {
+		struct sock *sk = (struct sock *)c->sk;
 
-	if (op == PS_OP_BIND) {
-		if (ret == 0) {
-			struct sock *sk = (struct sock *)c->sk;
+		__sync_fetch_and_add(&s->binds_ok, 1);
+		/* The kernel picked a port now (not deferred by IP_BIND_ADDRESS_NO_PORT). */
+		if ((c->flags & PS_F_PORT0) && BPF_CORE_READ(sk, __sk_common.skc_num)) {
+			__u32 v = SOCK_PORT0_BOUND;
 
-			__sync_fetch_and_add(&s->binds_ok, 1);
-			/* The kernel picked a port now (not deferred by IP_BIND_ADDRESS_NO_PORT). */
-			if ((c->flags & PS_F_PORT0) && BPF_CORE_READ(sk, __sk_common.skc_num)) {
-				__u32 v = SOCK_PORT0_BOUND;
-
-				__sync_fetch_and_add(&s->port0_binds_ok, 1);
-				bpf_map_update_elem(&sock_state, &c->sock_ino, &v, BPF_ANY);
-			}
-		} else if (bind_traced(err)) {
-			__sync_fetch_and_add(&s->binds_failed, 1);
-			record_failure(c, id, err);
-		} else {
-			__sync_fetch_and_add(&s->binds_other, 1);
+			__sync_fetch_and_add(&s->port0_binds_ok, 1);
+			bpf_map_update_elem(&sock_state, &c->sock_ino, &v, BPF_ANY);
 		}
-		goto out;
+	} else if (bind_traced(err)) {
+		__sync_fetch_and_add(&s->binds_failed, 1);
+		record_failure(c, w, err);
+	} else {
+		__sync_fetch_and_add(&s->binds_other, 1);
 	}
-	if (op == PS_OP_LISTEN) {
-		/* Only get_port fails listen() with EADDRINUSE; EINVAL and the
-		 * like are misuse, not ours. */
-		if (ret == 0) {
-			__sync_fetch_and_add(&s->listens_ok, 1);
-		} else if (err == EADDRINUSE) {
-			__sync_fetch_and_add(&s->listens_failed, 1);
-			record_failure(c, id, err);
-		}
-		goto out;
-	}
+}
 
-	st = bpf_map_lookup_elem(&sock_state, &c->sock_ino);
-	if (st) {
+/* Counts a finished connect: ok means a local port was found. */
+static __always_inline void finish_connect(struct ps_proc_stats *s, struct call *c, struct who *w, long ret)
+{
+	int err = (int)-ret;
+
+	if (bpf_map_lookup_elem(&sock_state, &c->sock_ino)) {
 		__sync_fetch_and_add(&s->port0_bind_connects, 1);
 		bpf_map_delete_elem(&sock_state, &c->sock_ino);
 	}
@@ -490,9 +492,43 @@ static __always_inline int call_finish(__u8 op, long ret)
 		__sync_fetch_and_add(&s->connects_ok, 1);
 	} else if (connect_traced(err)) {
 		__sync_fetch_and_add(&s->connects_failed, 1);
-		record_failure(c, id, err);
+		record_failure(c, w, err);
 	} else {
 		__sync_fetch_and_add(&s->connects_other, 1);
+	}
+}
+
+/* Finishes the call op of this task with the kernel's return value. */
+static __always_inline int call_finish(__u8 op, long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct ps_proc_stats *s;
+	struct who w;
+	struct call *c;
+
+	c = bpf_map_lookup_elem(&calls, &id);
+	/* Another call of this task is in flight (get_port runs inside bind):
+	 * it is not ours to finish. */
+	if (!c || c->op != op)
+		return 0;
+	s = proc_stats_of(id >> 32);
+	if (!s)
+		goto out;
+	who_of(&w, (void *)bpf_get_current_task());
+
+	if (op == PS_OP_BIND) {
+		finish_bind(s, c, &w, ret);
+	} else if (op == PS_OP_LISTEN) {
+		/* Only get_port fails listen() with EADDRINUSE; EINVAL and the
+		 * like are misuse, not ours. */
+		if (ret == 0) {
+			__sync_fetch_and_add(&s->listens_ok, 1);
+		} else if (ret == -EADDRINUSE) {
+			__sync_fetch_and_add(&s->listens_failed, 1);
+			record_failure(c, &w, EADDRINUSE);
+		}
+	} else {
+		finish_connect(s, c, &w, ret);
 	}
 out:
 	bpf_map_delete_elem(&calls, &id);

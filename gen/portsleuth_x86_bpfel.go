@@ -36,6 +36,23 @@ type PortsleuthCall struct {
 	Pad       [3]uint8
 }
 
+type PortsleuthPending struct {
+	_   structs.HostLayout
+	Ts  uint64
+	Who struct {
+		_        structs.HostLayout
+		Id       uint64
+		CgroupId uint64
+		Comm     [16]int8
+		Tcomm    [16]int8
+	}
+	C          PortsleuthCall
+	Bound      uint8
+	Privileged uint8
+	SynSent    uint8
+	Pad        [5]uint8
+}
+
 type PortsleuthPsEvent struct {
 	_             structs.HostLayout
 	TsNs          uint64
@@ -149,6 +166,8 @@ const (
 	PortsleuthPsSourcePS_SRC_INET_HASH_CONNECT PortsleuthPsSource = 4
 	PortsleuthPsSourcePS_SRC_INET6HASH_CONNECT PortsleuthPsSource = 5
 	PortsleuthPsSourcePS_SRC_INET_CSK_GET_PORT PortsleuthPsSource = 6
+	PortsleuthPsSourcePS_SRC_CGROUP_BIND       PortsleuthPsSource = 7
+	PortsleuthPsSourcePS_SRC_CGROUP_CONNECT    PortsleuthPsSource = 8
 )
 
 // Names of all BPF objects in the ELF.
@@ -160,9 +179,21 @@ const (
 	PortsleuthMapFailCounts                  = "fail_counts"
 	PortsleuthMapLost                        = "lost"
 	PortsleuthMapNetnsInfo                   = "netns_info"
+	PortsleuthMapPendingBinds                = "pending_binds"
+	PortsleuthMapPendingConnects             = "pending_connects"
 	PortsleuthMapProcMeta                    = "proc_meta"
 	PortsleuthMapProcStats                   = "proc_stats"
+	PortsleuthMapScratch                     = "scratch"
 	PortsleuthMapSockState                   = "sock_state"
+	PortsleuthMapUntracked                   = "untracked"
+	PortsleuthProgCgBind4                    = "cg_bind4"
+	PortsleuthProgCgBind6                    = "cg_bind6"
+	PortsleuthProgCgConnect4                 = "cg_connect4"
+	PortsleuthProgCgConnect6                 = "cg_connect6"
+	PortsleuthProgCgPostBind4                = "cg_post_bind4"
+	PortsleuthProgCgPostBind6                = "cg_post_bind6"
+	PortsleuthProgCgSockRelease              = "cg_sock_release"
+	PortsleuthProgCgSockState                = "cg_sock_state"
 	PortsleuthProgFentryInet6Bind            = "fentry_inet6_bind"
 	PortsleuthProgFentryInet6HashConnect     = "fentry_inet6_hash_connect"
 	PortsleuthProgFentryInetBind             = "fentry_inet_bind"
@@ -192,6 +223,7 @@ const (
 	PortsleuthProgKretprobeInetCskGetPort    = "kretprobe_inet_csk_get_port"
 	PortsleuthProgKretprobeInetHashConnect   = "kretprobe_inet_hash_connect"
 	PortsleuthProgKretprobeTcpTwskUnique     = "kretprobe_tcp_twsk_unique"
+	PortsleuthProgPsSweep                    = "ps_sweep"
 	PortsleuthProgTpEnterBind                = "tp_enter_bind"
 	PortsleuthProgTpEnterConnect             = "tp_enter_connect"
 	PortsleuthProgTpEnterListen              = "tp_enter_listen"
@@ -251,6 +283,14 @@ type PortsleuthSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type PortsleuthProgramSpecs struct {
+	CgBind4                    *ebpf.ProgramSpec `ebpf:"cg_bind4"`
+	CgBind6                    *ebpf.ProgramSpec `ebpf:"cg_bind6"`
+	CgConnect4                 *ebpf.ProgramSpec `ebpf:"cg_connect4"`
+	CgConnect6                 *ebpf.ProgramSpec `ebpf:"cg_connect6"`
+	CgPostBind4                *ebpf.ProgramSpec `ebpf:"cg_post_bind4"`
+	CgPostBind6                *ebpf.ProgramSpec `ebpf:"cg_post_bind6"`
+	CgSockRelease              *ebpf.ProgramSpec `ebpf:"cg_sock_release"`
+	CgSockState                *ebpf.ProgramSpec `ebpf:"cg_sock_state"`
 	FentryInet6Bind            *ebpf.ProgramSpec `ebpf:"fentry_inet6_bind"`
 	FentryInet6HashConnect     *ebpf.ProgramSpec `ebpf:"fentry_inet6_hash_connect"`
 	FentryInetBind             *ebpf.ProgramSpec `ebpf:"fentry_inet_bind"`
@@ -280,6 +320,7 @@ type PortsleuthProgramSpecs struct {
 	KretprobeInetCskGetPort    *ebpf.ProgramSpec `ebpf:"kretprobe_inet_csk_get_port"`
 	KretprobeInetHashConnect   *ebpf.ProgramSpec `ebpf:"kretprobe_inet_hash_connect"`
 	KretprobeTcpTwskUnique     *ebpf.ProgramSpec `ebpf:"kretprobe_tcp_twsk_unique"`
+	PsSweep                    *ebpf.ProgramSpec `ebpf:"ps_sweep"`
 	TpEnterBind                *ebpf.ProgramSpec `ebpf:"tp_enter_bind"`
 	TpEnterConnect             *ebpf.ProgramSpec `ebpf:"tp_enter_connect"`
 	TpEnterListen              *ebpf.ProgramSpec `ebpf:"tp_enter_listen"`
@@ -292,14 +333,18 @@ type PortsleuthProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type PortsleuthMapSpecs struct {
-	Calls      *ebpf.MapSpec `ebpf:"calls"`
-	Events     *ebpf.MapSpec `ebpf:"events"`
-	FailCounts *ebpf.MapSpec `ebpf:"fail_counts"`
-	Lost       *ebpf.MapSpec `ebpf:"lost"`
-	NetnsInfo  *ebpf.MapSpec `ebpf:"netns_info"`
-	ProcMeta   *ebpf.MapSpec `ebpf:"proc_meta"`
-	ProcStats  *ebpf.MapSpec `ebpf:"proc_stats"`
-	SockState  *ebpf.MapSpec `ebpf:"sock_state"`
+	Calls           *ebpf.MapSpec `ebpf:"calls"`
+	Events          *ebpf.MapSpec `ebpf:"events"`
+	FailCounts      *ebpf.MapSpec `ebpf:"fail_counts"`
+	Lost            *ebpf.MapSpec `ebpf:"lost"`
+	NetnsInfo       *ebpf.MapSpec `ebpf:"netns_info"`
+	PendingBinds    *ebpf.MapSpec `ebpf:"pending_binds"`
+	PendingConnects *ebpf.MapSpec `ebpf:"pending_connects"`
+	ProcMeta        *ebpf.MapSpec `ebpf:"proc_meta"`
+	ProcStats       *ebpf.MapSpec `ebpf:"proc_stats"`
+	Scratch         *ebpf.MapSpec `ebpf:"scratch"`
+	SockState       *ebpf.MapSpec `ebpf:"sock_state"`
+	Untracked       *ebpf.MapSpec `ebpf:"untracked"`
 }
 
 // PortsleuthVariableSpecs contains global variables before they are loaded into the kernel.
@@ -337,14 +382,18 @@ func (o *PortsleuthObjects) Close() error {
 //
 // It can be passed to LoadPortsleuthObjects or ebpf.CollectionSpec.LoadAndAssign.
 type PortsleuthMaps struct {
-	Calls      *ebpf.Map `ebpf:"calls"`
-	Events     *ebpf.Map `ebpf:"events"`
-	FailCounts *ebpf.Map `ebpf:"fail_counts"`
-	Lost       *ebpf.Map `ebpf:"lost"`
-	NetnsInfo  *ebpf.Map `ebpf:"netns_info"`
-	ProcMeta   *ebpf.Map `ebpf:"proc_meta"`
-	ProcStats  *ebpf.Map `ebpf:"proc_stats"`
-	SockState  *ebpf.Map `ebpf:"sock_state"`
+	Calls           *ebpf.Map `ebpf:"calls"`
+	Events          *ebpf.Map `ebpf:"events"`
+	FailCounts      *ebpf.Map `ebpf:"fail_counts"`
+	Lost            *ebpf.Map `ebpf:"lost"`
+	NetnsInfo       *ebpf.Map `ebpf:"netns_info"`
+	PendingBinds    *ebpf.Map `ebpf:"pending_binds"`
+	PendingConnects *ebpf.Map `ebpf:"pending_connects"`
+	ProcMeta        *ebpf.Map `ebpf:"proc_meta"`
+	ProcStats       *ebpf.Map `ebpf:"proc_stats"`
+	Scratch         *ebpf.Map `ebpf:"scratch"`
+	SockState       *ebpf.Map `ebpf:"sock_state"`
+	Untracked       *ebpf.Map `ebpf:"untracked"`
 }
 
 func (m *PortsleuthMaps) Close() error {
@@ -354,9 +403,13 @@ func (m *PortsleuthMaps) Close() error {
 		m.FailCounts,
 		m.Lost,
 		m.NetnsInfo,
+		m.PendingBinds,
+		m.PendingConnects,
 		m.ProcMeta,
 		m.ProcStats,
+		m.Scratch,
 		m.SockState,
+		m.Untracked,
 	)
 }
 
@@ -379,6 +432,14 @@ type PortsleuthVariables struct {
 //
 // It can be passed to LoadPortsleuthObjects or ebpf.CollectionSpec.LoadAndAssign.
 type PortsleuthPrograms struct {
+	CgBind4                    *ebpf.Program `ebpf:"cg_bind4"`
+	CgBind6                    *ebpf.Program `ebpf:"cg_bind6"`
+	CgConnect4                 *ebpf.Program `ebpf:"cg_connect4"`
+	CgConnect6                 *ebpf.Program `ebpf:"cg_connect6"`
+	CgPostBind4                *ebpf.Program `ebpf:"cg_post_bind4"`
+	CgPostBind6                *ebpf.Program `ebpf:"cg_post_bind6"`
+	CgSockRelease              *ebpf.Program `ebpf:"cg_sock_release"`
+	CgSockState                *ebpf.Program `ebpf:"cg_sock_state"`
 	FentryInet6Bind            *ebpf.Program `ebpf:"fentry_inet6_bind"`
 	FentryInet6HashConnect     *ebpf.Program `ebpf:"fentry_inet6_hash_connect"`
 	FentryInetBind             *ebpf.Program `ebpf:"fentry_inet_bind"`
@@ -408,6 +469,7 @@ type PortsleuthPrograms struct {
 	KretprobeInetCskGetPort    *ebpf.Program `ebpf:"kretprobe_inet_csk_get_port"`
 	KretprobeInetHashConnect   *ebpf.Program `ebpf:"kretprobe_inet_hash_connect"`
 	KretprobeTcpTwskUnique     *ebpf.Program `ebpf:"kretprobe_tcp_twsk_unique"`
+	PsSweep                    *ebpf.Program `ebpf:"ps_sweep"`
 	TpEnterBind                *ebpf.Program `ebpf:"tp_enter_bind"`
 	TpEnterConnect             *ebpf.Program `ebpf:"tp_enter_connect"`
 	TpEnterListen              *ebpf.Program `ebpf:"tp_enter_listen"`
@@ -418,6 +480,14 @@ type PortsleuthPrograms struct {
 
 func (p *PortsleuthPrograms) Close() error {
 	return _PortsleuthClose(
+		p.CgBind4,
+		p.CgBind6,
+		p.CgConnect4,
+		p.CgConnect6,
+		p.CgPostBind4,
+		p.CgPostBind6,
+		p.CgSockRelease,
+		p.CgSockState,
 		p.FentryInet6Bind,
 		p.FentryInet6HashConnect,
 		p.FentryInetBind,
@@ -447,6 +517,7 @@ func (p *PortsleuthPrograms) Close() error {
 		p.KretprobeInetCskGetPort,
 		p.KretprobeInetHashConnect,
 		p.KretprobeTcpTwskUnique,
+		p.PsSweep,
 		p.TpEnterBind,
 		p.TpEnterConnect,
 		p.TpEnterListen,

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
@@ -58,9 +59,11 @@ func runDoctor(args []string, stdout, stderr io.Writer) error {
 	}
 
 	var pick probe.Backend
+	var works []probe.Backend
 	for _, b := range probe.Backends {
 		err := probe.Try(b)
 		if err == nil {
+			works = append(works, b)
 			line("backend "+string(b), "works (loaded and attached)")
 			if pick == "" {
 				pick = b
@@ -80,8 +83,22 @@ func runDoctor(args []string, stdout, stderr io.Writer) error {
 		why = ": costs only the hooked calls, a little more than fentry"
 	case probe.FEntry:
 		why = ": costs only the hooked calls"
+	case probe.Cgroup:
+		why = ": costs only the hooked calls; errnos are inferred"
 	}
 	line("auto would use", string(pick)+why)
+	var serve probe.Backend
+	for _, b := range probe.LowOverhead {
+		if slices.Contains(works, b) {
+			serve = b
+			break
+		}
+	}
+	if serve == "" {
+		line("serve would use", "nothing by itself: no low-overhead backend works (pass --backend tracepoint)")
+	} else {
+		line("serve would use", string(serve))
+	}
 	return nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -44,6 +45,11 @@ func testBackend() string {
 
 // kernelLayer says whether the report came from kernel-function hooks.
 func kernelLayer(r report.Report) bool { return r.Backend == "fentry" || r.Backend == "kprobe" }
+
+// belowSyscalls says whether the backend hooks below the syscall layer (in
+// the kernel functions or the cgroup socket hooks): it sees io_uring calls,
+// and counts a connect as ok once a port was found.
+func belowSyscalls(r report.Report) bool { return kernelLayer(r) || r.Backend == "cgroup" }
 
 // runCLIEnv makes the test binary behave as the portsleuth command.
 const runCLIEnv = "PORTSLEUTH_RUN_CLI"
@@ -141,14 +147,20 @@ func checkCulprit(t *testing.T, r report.Report, res scenario.Result, pattern, e
 			t.Errorf("example %+v: want pid %d, %s, %s", e, res.PID, pattern, errno)
 		}
 		wantSource := "syscall"
-		if kernelLayer(r) {
+		switch {
+		case kernelLayer(r):
 			wantSource = map[string]string{"bind": "inet_bind", "connect": "inet_hash_connect"}[e.Op]
 			if e.Family == "ipv6" {
 				wantSource = strings.Replace(wantSource, "inet_", "inet6_", 1)
 			}
+		case r.Backend == "cgroup":
+			wantSource = "cgroup_" + e.Op
 		}
 		if e.Source != wantSource {
 			t.Errorf("example source %q, want %q on backend %s", e.Source, wantSource, r.Backend)
+		}
+		if e.ErrnoInferred != (r.Backend == "cgroup") {
+			t.Errorf("example errno_inferred %v on backend %s", e.ErrnoInferred, r.Backend)
 		}
 	}
 	// (lost_events counts the whole host; other processes may storm.)
@@ -286,9 +298,10 @@ func TestBusyProcessIsNotACulprit(t *testing.T) {
 		t.Errorf("busy child blamed: %+v", busy)
 	}
 	// A refused connect fails after the port was found: the kernel layer
-	// (inet_hash_connect) counts it as ok, the syscall layer as another error.
+	// (inet_hash_connect) and the cgroup hooks count it as ok, the syscall
+	// layer as another error.
 	refused, refusedOK := uint64(scenario.BusyRefused), uint64(0)
-	if kernelLayer(r) {
+	if belowSyscalls(r) {
 		refused, refusedOK = 0, scenario.BusyRefused
 	}
 	if busy.Connects.OK != scenario.BusyConnects+refusedOK || busy.Connects.OtherErrors != refused {
@@ -508,11 +521,11 @@ func kernelAtLeast(t *testing.T, major, minor int) bool {
 }
 
 // io_uring connect (and bind, 6.11+) never pass the syscall tracepoints: only
-// the kernel-function backends can attribute these failures.
+// the backends below them (kernel functions, cgroup hooks) attribute these.
 func TestIOUringFailuresNeedTheKernelLayer(t *testing.T) {
 	r, res := traceScenario(t, "io-uring")
 	p := findProcess(r, res.PID)
-	if !kernelLayer(r) {
+	if !belowSyscalls(r) {
 		if p != nil {
 			t.Errorf("backend %s saw io_uring failures it cannot see: %+v", r.Backend, p)
 		}
@@ -547,6 +560,16 @@ func TestListenFailures(t *testing.T) {
 		t.Fatalf("the kernel behaved unexpectedly: %+v", res.Extra)
 	}
 	p := findProcess(r, res.PID)
+	if r.Backend == "cgroup" {
+		// No cgroup hook runs in listen(): blind, and saying so.
+		if p != nil && (p.Listens.Failed != 0 || p.Failures != 0) {
+			t.Errorf("backend cgroup reports listen failures it cannot see: %+v", p)
+		}
+		if !slices.ContainsFunc(r.Inferred, func(s string) bool { return strings.Contains(s, "listen() failures") }) {
+			t.Errorf("the report does not say listen() failures are not seen: %q", r.Inferred)
+		}
+		return
+	}
 	if p == nil {
 		t.Fatalf("pid %d missing", res.PID)
 	}

@@ -111,6 +111,7 @@ func runReport(args []string, stdout, stderr io.Writer) error {
 	}
 	r := report.Build(snap, col, filter, string(s.t.Backend()), s.started, time.Since(s.started))
 	r.BackendNotes = s.t.Notes()
+	r.Inferred = s.t.Backend().Inferred()
 	if cmd != nil {
 		r.Command = &report.Command{Argv: argv, PID: cmd.c.Process.Pid, ExitCode: cmd.c.ProcessState.ExitCode()}
 	}

@@ -138,22 +138,11 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 // continuous agent must not put every syscall of the host on the slow path.
 func startServeTracer(c *common) (*probe.Tracer, error) {
 	b, _ := probe.ParseBackend(c.backend)
-	if b != probe.Auto {
-		return probe.Start(probe.Options{PID: uint32(c.pid), Backend: b})
+	t, err := probe.Start(probe.Options{PID: uint32(c.pid), Backend: b, Order: probe.LowOverhead})
+	if err != nil && b == probe.Auto && !errors.Is(err, probe.ErrPrivileges) {
+		return nil, fmt.Errorf("%w; serve does not fall back to the syscall tracepoints by itself, since they slow every syscall of every task: pass --backend tracepoint to accept that cost", err)
 	}
-	var why []string
-	for _, b := range []probe.Backend{probe.FEntry, probe.Kprobe} {
-		t, err := probe.Start(probe.Options{PID: uint32(c.pid), Backend: b})
-		if err == nil {
-			return t, nil
-		}
-		if errors.Is(err, probe.ErrPrivileges) {
-			return nil, err
-		}
-		why = append(why, fmt.Sprintf("%s: %v", b, err))
-	}
-	return nil, fmt.Errorf("no low-overhead backend on this kernel (%s); serve does not fall back to the syscall tracepoints by itself, since they slow every syscall of every task: pass --backend tracepoint to accept that cost",
-		strings.Join(why, "; "))
+	return t, err
 }
 
 // culpritLog writes one line per culprit per interval with its new failures.

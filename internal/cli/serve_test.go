@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/portsleuth/portsleuth/gen"
+	"github.com/portsleuth/portsleuth/internal/probe"
 	"github.com/portsleuth/portsleuth/internal/scenario"
 )
 
@@ -216,15 +217,26 @@ func TestServeBadInput(t *testing.T) {
 	}
 }
 
-// serve picks a kernel-function backend, or refuses to tax every syscall.
+// serve picks a backend that costs only the calls it hooks (fentry, kprobe,
+// then the cgroup hooks), or refuses to tax every syscall.
 func TestServeDefaultBackendIsLowOverhead(t *testing.T) {
 	requireRoot(t)
 	var out, errb bytes.Buffer
 	code := Run([]string{"serve", "--listen", freePort(t), "--duration", "500ms"}, &out, &errb)
 	switch code {
 	case 0:
-		if !strings.Contains(out.String(), "backend=fentry") && !strings.Contains(out.String(), "backend=kprobe") {
-			t.Errorf("serve ran on something else than fentry/kprobe: %s", out.String())
+		if !strings.Contains(out.String(), "backend=fentry") && !strings.Contains(out.String(), "backend=kprobe") &&
+			!strings.Contains(out.String(), "backend=cgroup") {
+			t.Errorf("serve ran on something else than fentry/kprobe/cgroup: %s", out.String())
+		}
+		// It takes the first of them that works: doctor's probe says which.
+		for _, b := range probe.LowOverhead {
+			if probe.Try(b) == nil {
+				if !strings.Contains(out.String(), "backend="+string(b)) {
+					t.Errorf("serve did not pick %s, the first low-overhead backend that works here: %s", b, out.String())
+				}
+				break
+			}
 		}
 	case 1:
 		if !strings.Contains(errb.String(), "pass --backend tracepoint") {

@@ -24,6 +24,7 @@ const tick = 200 * time.Millisecond
 type session struct {
 	t       *probe.Tracer
 	started time.Time
+	settled bool
 }
 
 // startSession attaches the tracer and says on stderr which backend runs and why.
@@ -38,6 +39,9 @@ func startSession(c *common, stderr io.Writer) (*session, error) {
 		msg += " (" + strings.Join(notes, "; ") + ")"
 	}
 	fmt.Fprintln(stderr, msg)
+	for _, inf := range t.Backend().Inferred() {
+		fmt.Fprintf(stderr, "portsleuth: backend %s: %s\n", t.Backend(), inf)
+	}
 	return &session{t: t, started: time.Now()}, nil
 }
 
@@ -50,6 +54,11 @@ func (s *session) loop(ctx context.Context, onEvent func(event.Event), onTick fu
 		// The deadline only matters when the ring buffer runs dry; renew it
 		// every few events, not on each one (a storm delivers 100k+/s).
 		if done {
+			if !s.settled {
+				// The cgroup backend decides some failures only later.
+				s.t.Settle()
+				s.settled = true
+			}
 			// Past deadline: Read returns what is queued, then ErrDeadlineExceeded.
 			s.t.SetDeadline(time.Now())
 		} else if n%64 == 0 {

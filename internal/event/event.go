@@ -56,6 +56,9 @@ type Event struct {
 	SockIno  uint64         `json:"sock_ino"`
 	// Source is the layer that saw the call: "syscall", "inet_bind", "inet_hash_connect"...
 	Source string `json:"source"`
+	// ErrnoInferred: the layer saw no return value (cgroup backend), the
+	// errno was worked out from what it saw.
+	ErrnoInferred bool `json:"errno_inferred,omitempty"`
 	// TWBlocked and EstBlocked (kernel layer, connect) count candidate ports
 	// taken by a TIME_WAIT socket that could not be reused / a live connection.
 	TWBlocked  uint32 `json:"tw_blocked,omitempty"`
@@ -134,6 +137,9 @@ type Snapshot struct {
 	// the kernel read them at the first one.
 	Netns map[uint64]netns.Sysctls
 	Lost  uint64 // failures that found the ring buffer full
+	// Untracked counts calls the cgroup backend could not follow to their
+	// outcome (its pending table was full): they are in no count.
+	Untracked uint64
 }
 
 var optionNames = []struct {
@@ -176,6 +182,8 @@ var sourceNames = map[gen.PortsleuthPsSource]string{
 	gen.PortsleuthPsSourcePS_SRC_INET_HASH_CONNECT: "inet_hash_connect",
 	gen.PortsleuthPsSourcePS_SRC_INET6HASH_CONNECT: "inet6_hash_connect",
 	gen.PortsleuthPsSourcePS_SRC_INET_CSK_GET_PORT: "inet_csk_get_port",
+	gen.PortsleuthPsSourcePS_SRC_CGROUP_BIND:       "cgroup_bind",
+	gen.PortsleuthPsSourcePS_SRC_CGROUP_CONNECT:    "cgroup_connect",
 }
 
 func opOf(op uint8) Op {
@@ -279,12 +287,14 @@ func Decode(r *gen.PortsleuthPsEvent, boot time.Time) Event {
 		Class: ClassOf(gen.PortsleuthPsFailKey{
 			Err: r.Err, Op: r.Op, Proto: r.Proto, Family: r.Family, Flags: uint8(r.Flags),
 		}),
-		Addr:       addrOf(r.Family, r.Laddr, r.Lport),
-		Options:    OptionNames(r.Options),
-		Netns:      r.Netns,
-		CgroupID:   r.CgroupId,
-		SockIno:    r.SockIno,
-		Source:     sourceNames[gen.PortsleuthPsSource(r.Source)],
+		Addr:     addrOf(r.Family, r.Laddr, r.Lport),
+		Options:  OptionNames(r.Options),
+		Netns:    r.Netns,
+		CgroupID: r.CgroupId,
+		SockIno:  r.SockIno,
+		Source:   sourceNames[gen.PortsleuthPsSource(r.Source)],
+		ErrnoInferred: r.Source == uint8(gen.PortsleuthPsSourcePS_SRC_CGROUP_BIND) ||
+			r.Source == uint8(gen.PortsleuthPsSourcePS_SRC_CGROUP_CONNECT),
 		TWBlocked:  r.TwBlocked,
 		EstBlocked: r.EstBlocked,
 	}

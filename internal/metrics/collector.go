@@ -34,17 +34,18 @@ type Collector struct {
 	src     Source
 	backend string
 
-	mu       sync.Mutex
-	deltas   *Deltas
-	failures map[failLabels]float64
-	calls    map[callLabels]float64
-	blocked  map[string]float64
-	lost     uint64
-	comms    map[string]bool
-	readErrs uint64
+	mu        sync.Mutex
+	deltas    *Deltas
+	failures  map[failLabels]float64
+	calls     map[callLabels]float64
+	blocked   map[string]float64
+	lost      uint64
+	untracked uint64
+	comms     map[string]bool
+	readErrs  uint64
 
-	failuresDesc, callsDesc, lostDesc, blockedDesc *prometheus.Desc
-	runtimeDesc, runsDesc, backendDesc, errDesc    *prometheus.Desc
+	failuresDesc, callsDesc, lostDesc, blockedDesc, untrackedDesc *prometheus.Desc
+	runtimeDesc, runsDesc, backendDesc, errDesc                   *prometheus.Desc
 }
 
 // NewCollector exposes src, which runs on backend.
@@ -73,8 +74,10 @@ func NewCollector(src Source, backend string) *Collector {
 			[]string{"program"}, nil),
 		runsDesc: prometheus.NewDesc("portsleuth_bpf_program_runs_total",
 			"Times each portsleuth BPF program ran.", []string{"program"}, nil),
+		untrackedDesc: prometheus.NewDesc("portsleuth_untracked_calls_total",
+			"cgroup backend: calls not followed to their outcome because its pending table was full; they are in no other count.", nil, nil),
 		backendDesc: prometheus.NewDesc("portsleuth_backend_info",
-			"The backend portsleuth traces with.", []string{"backend"}, nil),
+			"The backend portsleuth traces with; errno is \"inferred\" where the backend sees no return value (cgroup).", []string{"backend", "errno"}, nil),
 		errDesc: prometheus.NewDesc("portsleuth_read_errors_total",
 			"Failed reads of the kernel counters.", nil, nil),
 	}
@@ -112,6 +115,7 @@ func (c *Collector) Update() error {
 		c.blocked["established"] += float64(st.ConnectEstBlocked)
 	}
 	c.lost = snap.Lost
+	c.untracked = snap.Untracked
 	return nil
 }
 
@@ -132,7 +136,7 @@ func (c *Collector) commLabel(comm string) string {
 
 // Describe sends every descriptor.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.failuresDesc, c.callsDesc, c.lostDesc, c.blockedDesc,
+	for _, d := range []*prometheus.Desc{c.failuresDesc, c.callsDesc, c.lostDesc, c.blockedDesc, c.untrackedDesc,
 		c.runtimeDesc, c.runsDesc, c.backendDesc, c.errDesc} {
 		ch <- d
 	}
@@ -153,7 +157,12 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.blockedDesc, prometheus.CounterValue, v, by)
 	}
 	ch <- prometheus.MustNewConstMetric(c.lostDesc, prometheus.CounterValue, float64(c.lost))
-	ch <- prometheus.MustNewConstMetric(c.backendDesc, prometheus.GaugeValue, 1, c.backend)
+	ch <- prometheus.MustNewConstMetric(c.untrackedDesc, prometheus.CounterValue, float64(c.untracked))
+	errno := "observed"
+	if c.backend == "cgroup" {
+		errno = "inferred"
+	}
+	ch <- prometheus.MustNewConstMetric(c.backendDesc, prometheus.GaugeValue, 1, c.backend, errno)
 	ch <- prometheus.MustNewConstMetric(c.errDesc, prometheus.CounterValue, float64(c.readErrs))
 	if stats, err := c.src.ProgramStats(); err == nil {
 		for name, st := range stats {

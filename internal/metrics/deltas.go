@@ -29,11 +29,12 @@ func NewDeltas() *Deltas {
 // the previous call. Meta and Netns are passed through.
 func (d *Deltas) Next(s event.Snapshot) (inc event.Snapshot, cumulative event.Snapshot) {
 	inc = event.Snapshot{
-		Procs:    map[uint32]event.ProcStats{},
-		Meta:     s.Meta,
-		Failures: map[uint32]map[event.Class]uint64{},
-		Netns:    s.Netns,
-		Lost:     s.Lost,
+		Procs:     map[uint32]event.ProcStats{},
+		Meta:      s.Meta,
+		Failures:  map[uint32]map[event.Class]uint64{},
+		Netns:     s.Netns,
+		Lost:      s.Lost,
+		Untracked: s.Untracked,
 	}
 	fails := make(map[failKey]uint64, len(d.fails))
 	for pid, classes := range s.Failures {

@@ -24,18 +24,39 @@ const (
 	// Tracepoint hooks syscalls:sys_{enter,exit}_{bind,connect}; enabling any
 	// syscall tracepoint puts every syscall of every task on the slow path.
 	Tracepoint Backend = "tracepoint"
+	// Cgroup hooks the cgroup v2 root's sock_addr hooks and tp_btf
+	// inet_sock_set_state: it costs only the calls it hooks, but sees no
+	// return value, so the errno of a failure is inferred.
+	Cgroup Backend = "cgroup"
 )
 
-// Backends lists the concrete backends in the order auto tries them.
-var Backends = []Backend{FEntry, Kprobe, Tracepoint}
+// Backends lists the concrete backends in the order auto tries them: the
+// syscall tracepoints see exact errnos and listen(), so an interactive
+// session prefers them to the cgroup hooks.
+var Backends = []Backend{FEntry, Kprobe, Tracepoint, Cgroup}
+
+// LowOverhead lists the backends a continuous agent may pick by itself, in
+// order: none of them taxes syscalls it does not trace.
+var LowOverhead = []Backend{FEntry, Kprobe, Cgroup}
+
+// Inferred says what a backend works out instead of seeing, for reports.
+func (b Backend) Inferred() []string {
+	if b != Cgroup {
+		return nil
+	}
+	return []string{
+		"errno of failed bind() and connect() calls: inferred (a bind that never reached post_bind failed; a connect failed when its socket went SYN_SENT -> CLOSE inside the call)",
+		"not seen: listen() failures, UDP connect() autobind failures (EAGAIN), binds refused by another cgroup BPF program",
+	}
+}
 
 // ParseBackend checks a --backend value.
 func ParseBackend(s string) (Backend, error) {
 	switch b := Backend(s); b {
-	case Auto, FEntry, Kprobe, Tracepoint:
+	case Auto, FEntry, Kprobe, Tracepoint, Cgroup:
 		return b, nil
 	}
-	return "", fmt.Errorf("unknown backend %q: want auto, fentry, kprobe or tracepoint", s)
+	return "", fmt.Errorf("unknown backend %q: want auto, fentry, kprobe, tracepoint or cgroup", s)
 }
 
 // Hooks whose loss costs detail, not correctness: they explain why connect()
@@ -55,7 +76,8 @@ type hook struct {
 }
 
 // hooks lists the programs of backend b in the object, in a stable order.
-func (b Backend) hooks(spec *ebpf.CollectionSpec) []hook {
+// cgroupRoot is where the cgroup backend attaches.
+func (b Backend) hooks(spec *ebpf.CollectionSpec, cgroupRoot string) []hook {
 	var hs []hook
 	for name, p := range spec.Programs {
 		if backendOf(p) != b {
@@ -85,6 +107,8 @@ func (b Backend) hooks(spec *ebpf.CollectionSpec) []hook {
 				}
 				return link.Kprobe(fn, prog, nil)
 			}
+		case Cgroup:
+			h.attach = cgroupAttach(p, cgroupRoot)
 		}
 		hs = append(hs, h)
 	}
@@ -97,11 +121,33 @@ func backendOf(p *ebpf.ProgramSpec) Backend {
 	case ebpf.TracePoint:
 		return Tracepoint
 	case ebpf.Tracing:
+		if p.AttachType == ebpf.AttachTraceRawTp {
+			return Cgroup // tp_btf/inet_sock_set_state
+		}
 		return FEntry
 	case ebpf.Kprobe:
 		return Kprobe
+	case ebpf.CGroupSockAddr, ebpf.CGroupSock, ebpf.RawTracepoint:
+		return Cgroup
 	}
 	return ""
+}
+
+// cgroupAttach attaches one program of the cgroup backend. The sweeper
+// (raw_tp, run by Go) is never attached.
+func cgroupAttach(p *ebpf.ProgramSpec, root string) func(*ebpf.Program) (link.Link, error) {
+	switch p.Type {
+	case ebpf.RawTracepoint:
+		return func(*ebpf.Program) (link.Link, error) { return nil, nil }
+	case ebpf.Tracing:
+		return func(prog *ebpf.Program) (link.Link, error) {
+			return link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})
+		}
+	}
+	at := p.AttachType
+	return func(prog *ebpf.Program) (link.Link, error) {
+		return link.AttachCgroup(link.CgroupOptions{Path: root, Attach: at, Program: prog})
+	}
 }
 
 // supported asks the feature API first; only its "yes" or "inconclusive"
@@ -118,6 +164,8 @@ func (b Backend) supported() error {
 		pt = ebpf.Kprobe
 	case Tracepoint:
 		pt = ebpf.TracePoint
+	case Cgroup:
+		pt = ebpf.CGroupSockAddr
 	default:
 		return fmt.Errorf("unknown backend %q", b)
 	}

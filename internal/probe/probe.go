@@ -28,8 +28,10 @@ var ErrPrivileges = errors.New("portsleuth needs root, or CAP_BPF and CAP_PERFMO
 type Options struct {
 	// PID limits tracing to one process (thread-group id) inside the kernel; 0 traces all.
 	PID uint32
-	// Backend picks the hooks; Auto tries fentry, kprobe, then tracepoint.
+	// Backend picks the hooks; Auto tries the backends of Order.
 	Backend Backend
+	// Order is what Auto tries, first that works wins; nil means Backends.
+	Order []Backend
 }
 
 // Tracer owns the loaded programs, their links and the ring-buffer reader.
@@ -45,6 +47,7 @@ type Tracer struct {
 	rec     ringbuf.Record
 	backend Backend
 	notes   []string
+	sweeper *sweeper // cgroup backend only
 }
 
 // Start loads and attaches the programs of one backend. When it returns
@@ -66,8 +69,12 @@ func Start(opts Options) (*Tracer, error) {
 	if opts.Backend != Auto && opts.Backend != "" {
 		return startBackend(spec, opts.Backend)
 	}
+	order := opts.Order
+	if order == nil {
+		order = Backends
+	}
 	var skipped []string
-	for _, b := range Backends {
+	for _, b := range order {
 		t, err := startBackend(spec.Copy(), b)
 		if err == nil {
 			if len(skipped) > 0 {
@@ -87,12 +94,19 @@ func startBackend(spec *ebpf.CollectionSpec, b Backend) (*Tracer, error) {
 	if err := b.supported(); err != nil {
 		return nil, err
 	}
-	if b == Tracepoint {
+	var cgroupRoot string
+	switch b {
+	case Tracepoint:
 		if err := ensureTracefs(); err != nil {
 			return nil, err
 		}
+	case Cgroup:
+		var err error
+		if cgroupRoot, err = cgroup2Root(); err != nil {
+			return nil, err
+		}
 	}
-	hooks := b.hooks(spec)
+	hooks := b.hooks(spec, cgroupRoot)
 	t := &Tracer{epoch: event.MonotonicEpoch(), backend: b}
 	coll, err := load(spec, hooks, b)
 	// An optional hook this kernel can't load must not cost the backend: drop
@@ -128,7 +142,22 @@ func startBackend(spec *ebpf.CollectionSpec, b Backend) (*Tracer, error) {
 			t.Close()
 			return nil, fmt.Errorf("attaching %s: %w", h.what, err)
 		}
-		t.links = append(t.links, l)
+		if l != nil {
+			t.links = append(t.links, l)
+		}
+	}
+	if b == Cgroup {
+		prog := t.program("ps_sweep")
+		if prog == nil {
+			t.Close()
+			return nil, errors.New("the cgroup backend's sweeper program is missing")
+		}
+		// A sweeper the kernel can't run would leave failures pending forever.
+		if _, err := prog.Run(&ebpf.RunOptions{Context: []uint64{0, sweepBind, 0}}); err != nil {
+			t.Close()
+			return nil, fmt.Errorf("the kernel cannot test-run the cgroup backend's sweeper (raw_tp BPF_PROG_TEST_RUN): %w", err)
+		}
+		t.sweeper = startSweeper(prog, t.maps.PendingBinds, t.maps.PendingConnects)
 	}
 	t.rd, err = ringbuf.NewReader(t.maps.Events)
 	if err != nil {
@@ -266,9 +295,21 @@ func (t *Tracer) SetDeadline(d time.Time) { t.rd.SetDeadline(d) }
 // Pending is how many bytes wait in the ring buffer.
 func (t *Tracer) Pending() int { return t.rd.AvailableBytes() }
 
+// program returns the loaded program called name, or nil.
+func (t *Tracer) program(name string) *ebpf.Program {
+	if i := slices.Index(t.names, name); i >= 0 {
+		return t.progs[i]
+	}
+	return nil
+}
+
 // Close detaches every program and frees the maps.
 func (t *Tracer) Close() error {
 	var errs []error
+	if t.sweeper != nil {
+		t.sweeper.stop()
+		t.sweeper = nil
+	}
 	if t.rd != nil {
 		errs = append(errs, t.rd.Close())
 		t.rd = nil
@@ -337,7 +378,10 @@ func (t *Tracer) Snapshot() (event.Snapshot, error) {
 		return s, fmt.Errorf("reading netns_info: %w", err)
 	}
 	var err error
-	s.Lost, err = t.Lost()
+	if s.Lost, err = t.Lost(); err != nil {
+		return s, err
+	}
+	s.Untracked, err = sumPerCPU(t.maps.Untracked, "untracked")
 	return s, err
 }
 
@@ -351,10 +395,13 @@ func (t *Tracer) ProcStats(pid uint32) event.ProcStats {
 }
 
 // Lost is how many failures found the ring buffer full so far.
-func (t *Tracer) Lost() (uint64, error) {
+func (t *Tracer) Lost() (uint64, error) { return sumPerCPU(t.maps.Lost, "lost") }
+
+// sumPerCPU reads index 0 of a per-CPU counter array.
+func sumPerCPU(m *ebpf.Map, name string) (uint64, error) {
 	var perCPU []uint64
-	if err := t.maps.Lost.Lookup(uint32(0), &perCPU); err != nil {
-		return 0, fmt.Errorf("reading lost: %w", err)
+	if err := m.Lookup(uint32(0), &perCPU); err != nil {
+		return 0, fmt.Errorf("reading %s: %w", name, err)
 	}
 	var n uint64
 	for _, v := range perCPU {

@@ -33,6 +33,8 @@ type Record struct {
 	Netns   uint64   `json:"netns"`
 	SockIno uint64   `json:"socket_inode"`
 	Source  string   `json:"source"`
+	// ErrnoInferred: the backend saw no return value and inferred the errno.
+	ErrnoInferred bool `json:"errno_inferred,omitempty"`
 	// Kernel layer, connect: candidate ports taken by TIME_WAIT / by live connections.
 	TWBlocked  uint32 `json:"tw_blocked,omitempty"`
 	EstBlocked uint32 `json:"est_blocked,omitempty"`
@@ -47,24 +49,25 @@ type Record struct {
 // NewRecord renders an event with its pattern.
 func NewRecord(e event.Event, p attrib.Pattern) Record {
 	r := Record{
-		Time:       e.Time.UTC().Format(time.RFC3339Nano),
-		PID:        e.PID,
-		TID:        e.TID,
-		Comm:       e.Comm,
-		Thread:     e.Thread,
-		Op:         string(e.Class.Op),
-		Proto:      e.Class.Proto,
-		Family:     e.Class.Family,
-		Addr:       e.Addr.String(),
-		Errno:      unix.ErrnoName(e.Class.Errno),
-		Pattern:    string(p),
-		Options:    e.Options,
-		Netns:      e.Netns,
-		SockIno:    e.SockIno,
-		Source:     e.Source,
-		TWBlocked:  e.TWBlocked,
-		EstBlocked: e.EstBlocked,
-		Holder:     e.Holder,
+		Time:          e.Time.UTC().Format(time.RFC3339Nano),
+		PID:           e.PID,
+		TID:           e.TID,
+		Comm:          e.Comm,
+		Thread:        e.Thread,
+		Op:            string(e.Class.Op),
+		Proto:         e.Class.Proto,
+		Family:        e.Class.Family,
+		Addr:          e.Addr.String(),
+		Errno:         unix.ErrnoName(e.Class.Errno),
+		Pattern:       string(p),
+		Options:       e.Options,
+		Netns:         e.Netns,
+		SockIno:       e.SockIno,
+		Source:        e.Source,
+		ErrnoInferred: e.ErrnoInferred,
+		TWBlocked:     e.TWBlocked,
+		EstBlocked:    e.EstBlocked,
+		Holder:        e.Holder,
 	}
 	if r.Errno == "" {
 		r.Errno = fmt.Sprintf("errno %d", int(e.Class.Errno))
@@ -98,7 +101,11 @@ func (r Record) Text() string {
 	if r.Dest != "" {
 		fmt.Fprintf(&b, " -> %s", r.Dest)
 	}
-	fmt.Fprintf(&b, " %s %s", r.Errno, r.Pattern)
+	fmt.Fprintf(&b, " %s", r.Errno)
+	if r.ErrnoInferred {
+		b.WriteString("(inferred)")
+	}
+	fmt.Fprintf(&b, " %s", r.Pattern)
 	if len(r.Options) > 0 {
 		fmt.Fprintf(&b, " [%s]", strings.Join(r.Options, ","))
 	}

@@ -15,12 +15,13 @@ const MaxRecordedEvents = 10000
 // Recording is a traced session saved for later analysis and for offline
 // tests (testdata/): what the kernel counted and the events that arrived.
 type Recording struct {
-	Procs    map[uint32]event.ProcStats `json:"procs"`
-	Meta     map[uint32]event.ProcMeta  `json:"meta"`
-	Failures []FailureCount             `json:"failures"`
-	Netns    map[uint64]netns.Sysctls   `json:"netns"`
-	Lost     uint64                     `json:"lost"`
-	Events   []event.Event              `json:"events"`
+	Procs     map[uint32]event.ProcStats `json:"procs"`
+	Meta      map[uint32]event.ProcMeta  `json:"meta"`
+	Failures  []FailureCount             `json:"failures"`
+	Netns     map[uint64]netns.Sysctls   `json:"netns"`
+	Lost      uint64                     `json:"lost"`
+	Untracked uint64                     `json:"untracked,omitempty"`
+	Events    []event.Event              `json:"events"`
 }
 
 // FailureCount is one entry of the kernel's failure counters.
@@ -32,7 +33,7 @@ type FailureCount struct {
 
 // NewRecording captures a snapshot and the events that came with it.
 func NewRecording(s event.Snapshot, events []event.Event) Recording {
-	r := Recording{Procs: s.Procs, Meta: s.Meta, Netns: s.Netns, Lost: s.Lost, Events: events}
+	r := Recording{Procs: s.Procs, Meta: s.Meta, Netns: s.Netns, Lost: s.Lost, Untracked: s.Untracked, Events: events}
 	for pid, classes := range s.Failures {
 		for c, n := range classes {
 			r.Failures = append(r.Failures, FailureCount{pid, c, n})
@@ -43,7 +44,7 @@ func NewRecording(s event.Snapshot, events []event.Event) Recording {
 
 // Snapshot turns the recording back into the kernel's counters.
 func (r Recording) Snapshot() event.Snapshot {
-	s := event.Snapshot{Procs: r.Procs, Meta: r.Meta, Netns: r.Netns, Lost: r.Lost,
+	s := event.Snapshot{Procs: r.Procs, Meta: r.Meta, Netns: r.Netns, Lost: r.Lost, Untracked: r.Untracked,
 		Failures: map[uint32]map[event.Class]uint64{}}
 	for _, f := range r.Failures {
 		if s.Failures[f.PID] == nil {

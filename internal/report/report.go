@@ -24,12 +24,15 @@ const Schema = 1
 
 // Report is the culprit report. JSON names are a contract (see README).
 type Report struct {
-	Schema          int       `json:"schema"`
-	Backend         string    `json:"backend"`
-	BackendNotes    []string  `json:"backend_notes,omitempty"`
+	Schema       int      `json:"schema"`
+	Backend      string   `json:"backend"`
+	BackendNotes []string `json:"backend_notes,omitempty"`
+	// Inferred lists what the backend works out instead of seeing.
+	Inferred        []string  `json:"inferred,omitempty"`
 	Started         string    `json:"started"`
 	DurationSeconds float64   `json:"duration_seconds"`
 	LostEvents      uint64    `json:"lost_events"`
+	UntrackedCalls  uint64    `json:"untracked_calls,omitempty"`
 	Command         *Command  `json:"command,omitempty"`
 	Processes       []Process `json:"processes"`
 }
@@ -106,6 +109,7 @@ func Build(snap event.Snapshot, c *Collector, f Filter, backend string, started 
 		Started:         started.UTC().Format(time.RFC3339),
 		DurationSeconds: dur.Seconds(),
 		LostEvents:      snap.Lost,
+		UntrackedCalls:  snap.Untracked,
 		Processes:       []Process{},
 	}
 	for pid, st := range snap.Procs {
@@ -247,6 +251,12 @@ func (r Report) WriteText(w io.Writer) error {
 	fmt.Fprintf(&b, "portsleuth report: started %s, %.1fs, backend %s\n", r.Started, r.DurationSeconds, r.Backend)
 	if r.LostEvents > 0 {
 		fmt.Fprintf(&b, "ring buffer full: %d events dropped (counts below are exact; examples may be missing)\n", r.LostEvents)
+	}
+	if r.UntrackedCalls > 0 {
+		fmt.Fprintf(&b, "pending table full: %d calls not followed to their outcome (missing from the counts below)\n", r.UntrackedCalls)
+	}
+	for _, s := range r.Inferred {
+		fmt.Fprintf(&b, "backend %s: %s\n", r.Backend, s)
 	}
 	if r.Command != nil {
 		fmt.Fprintf(&b, "command: %s (pid %d, exit code %d)\n", oneLine(strings.Join(r.Command.Argv, " ")), r.Command.PID, r.Command.ExitCode)

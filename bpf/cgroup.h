@@ -1,0 +1,528 @@
+/* cgroup backend: sock_addr hooks on the cgroup v2 root (bind4/6, connect4/6),
+ * post_bind4/6 and sock_release, plus tp_btf inet_sock_set_state. They cost
+ * only the calls they hook: no syscall slow path for the rest of the host.
+ * Every program allows the call (returns 1): portsleuth only watches.
+ *
+ * None of these hooks sees a return value, so outcomes are inferred:
+ * - a bind that reached bind4/6 succeeded if post_bind4/6 ran for its socket.
+ *   It failed if the socket is bound again, connected or released first, or
+ *   when the sweeper (Go, through a test run of ps_sweep) finds it older than
+ *   a second. The errno is then worked out from what the hook saw: EINVAL for
+ *   a socket already bound, EACCES for a privileged port without
+ *   CAP_NET_BIND_SERVICE, EADDRNOTAVAIL for an address on no interface of the
+ *   namespace, else EADDRINUSE;
+ * - a TCP connect failed to find a source port (EADDRNOTAVAIL) when its socket
+ *   went SYN_SENT -> CLOSE inside the call, in the caller's context, with no
+ *   socket error set: that is tcp_v{4,6}_connect's own failure path. Any other
+ *   way out of SYN_SENT means a port was found.
+ * Blind spots, said in the backend's notes: listen(), UDP connect()'s autobind
+ * (EAGAIN), and binds another cgroup program refused (EPERM). */
+#ifndef PORTSLEUTH_CGROUP_H
+#define PORTSLEUTH_CGROUP_H
+
+#include "state.h"
+
+#define TCP_SYN_SENT 2
+#define TCP_CLOSE 7
+#define IFF_UP 1
+#define IFF_LOOPBACK 8
+#define IFA_F_OPTIMISTIC 0x04
+#define IFA_F_TENTATIVE 0x40
+#define CAP_NET_BIND_SERVICE 10
+
+/* A bind or connect whose outcome is not known yet. */
+struct pending {
+	__u64 ts;         /* bpf_ktime_get_ns() at the hook */
+	struct who who;
+	struct call c;
+	__u8 bound;       /* bind: the socket already had a port (EINVAL) */
+	__u8 privileged;  /* bind: port below ip_unprivileged_port_start, caller without CAP_NET_BIND_SERVICE */
+	__u8 syn_sent;    /* connect: the socket went CLOSE -> SYN_SENT in the call */
+	__u8 _pad[5];
+};
+
+/* Keyed by the struct sock's address: one call at a time holds a socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct pending);
+} pending_binds SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct pending);
+} pending_connects SEC(".maps");
+
+/* Index 0: calls not tracked because a pending table was full (their outcome
+ * is not counted: Go reports the number). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} untracked SEC(".maps");
+
+/* Scratch space: a pending call is too big for the stack next to an event. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pending);
+} scratch SEC(".maps");
+
+/* Arguments of a ps_sweep test run. */
+#define SWEEP_BIND 1
+#define SWEEP_CONNECT 2
+
+/* The kernel address of a socket the verifier types as a context or socket
+ * pointer: those allow no arithmetic, so CO-RE reads need a plain number. */
+static __always_inline struct sock *sock_addr_of(const void *p)
+{
+	__u64 raw = 0;
+
+	bpf_probe_read_kernel(&raw, sizeof(raw), &p);
+	return (struct sock *)raw;
+}
+
+static __always_inline struct pending *scratch_slot(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&scratch, &zero);
+}
+
+static __always_inline void count_untracked(void)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&untracked, &zero);
+
+	if (n)
+		(*n)++;
+}
+
+/* Whether the current task holds CAP_NET_BIND_SERVICE: bit 10 sits in the
+ * first 32 bits of kernel_cap_t, as u32[2] (before 6.3) or u64. */
+static __always_inline int may_bind_service(struct task_struct *task)
+{
+	const struct cred *cred = BPF_CORE_READ(task, cred);
+	__u32 lo = 0;
+
+	bpf_core_read(&lo, sizeof(lo), &cred->cap_effective);
+	return lo & (1U << CAP_NET_BIND_SERVICE);
+}
+
+/* IPv4 address a (network order) is local in net as __inet_bind's check
+ * (inet_addr_type) sees it: an address of an interface that is up, any
+ * address of a loopback interface's prefix, multicast and broadcast. A
+ * namespace with more interfaces than are walked counts as local. */
+static __always_inline int addr4_local(struct net *net, __u32 a)
+{
+	struct list_head *head = &net->dev_base_head;
+	struct list_head *pos = BPF_CORE_READ(net, dev_base_head.next);
+	__u8 first = a & 0xff;
+
+	if (a == 0xffffffff || (first & 0xf0) == 0xe0)
+		return 1;
+	for (int i = 0; i < 32; i++) {
+		struct net_device *dev;
+		struct in_ifaddr *ifa;
+		unsigned int flags;
+
+		if (pos == head)
+			return 0;
+		dev = (void *)pos - bpf_core_field_offset(struct net_device, dev_list);
+		flags = BPF_CORE_READ(dev, flags);
+		if (flags & IFF_UP) {
+			ifa = BPF_CORE_READ(dev, ip_ptr, ifa_list);
+			for (int j = 0; j < 8 && ifa; j++) {
+				__u32 local = BPF_CORE_READ(ifa, ifa_local), mask = BPF_CORE_READ(ifa, ifa_mask);
+
+				if (local == a || BPF_CORE_READ(ifa, ifa_broadcast) == a)
+					return 1;
+				/* On a loopback device the whole prefix is local (127.0.0.0/8). */
+				if ((flags & IFF_LOOPBACK) && (local & mask) == (a & mask))
+					return 1;
+				ifa = BPF_CORE_READ(ifa, ifa_next);
+			}
+		}
+		pos = BPF_CORE_READ(pos, next);
+	}
+	return 1;
+}
+
+/* IPv6 address a is assigned to an interface of net and not tentative
+ * (unless optimistic), as __inet6_bind's ipv6_chk_addr_and_flags wants. */
+static __always_inline int addr6_local(struct net *net, const __u8 *a)
+{
+	struct list_head *head = &net->dev_base_head;
+	struct list_head *pos = BPF_CORE_READ(net, dev_base_head.next);
+	const __u64 *want = (const __u64 *)a;
+
+	if (a[0] == 0xff)
+		return 1; /* multicast: no address check */
+	for (int i = 0; i < 32; i++) {
+		struct net_device *dev;
+		struct inet6_dev *idev;
+		struct list_head *ahead, *apos;
+
+		if (pos == head)
+			return 0;
+		dev = (void *)pos - bpf_core_field_offset(struct net_device, dev_list);
+		idev = BPF_CORE_READ(dev, ip6_ptr);
+		if (idev) {
+			ahead = &idev->addr_list;
+			apos = BPF_CORE_READ(idev, addr_list.next);
+			for (int j = 0; j < 8 && apos != ahead; j++) {
+				struct inet6_ifaddr *ifa = (void *)apos - bpf_core_field_offset(struct inet6_ifaddr, if_list);
+				__u64 got[2] = {};
+				__u32 flags = BPF_CORE_READ(ifa, flags);
+
+				bpf_core_read(got, sizeof(got), &ifa->addr);
+				if (got[0] == want[0] && got[1] == want[1] &&
+				    (!(flags & IFA_F_TENTATIVE) || (flags & IFA_F_OPTIMISTIC)))
+					return 1;
+				apos = BPF_CORE_READ(apos, next);
+			}
+		}
+		pos = BPF_CORE_READ(pos, next);
+	}
+	return 1;
+}
+
+/* The errno a bind that never reached post_bind most likely returned. */
+static __always_inline int bind_errno(struct pending *p)
+{
+	struct sock *sk = (struct sock *)p->c.sk;
+	struct net *net = BPF_CORE_READ(sk, __sk_common.skc_net.net);
+	const __u8 *a = p->c.laddr;
+	__u16 nonlocal;
+	__u64 nonlocal4;
+
+	if (p->bound)
+		return 22; /* EINVAL */
+	if (p->privileged)
+		return EACCES;
+	if (is_zero16(a))
+		return EADDRINUSE;
+	nonlocal = p->c.options & (PS_OPT_FREEBIND | PS_OPT_TRANSPARENT);
+	/* Sysctl widths differ between releases: read them by their real size. */
+	nonlocal4 = BPF_CORE_READ_BITFIELD_PROBED(net, ipv4.sysctl_ip_nonlocal_bind);
+	if (p->c.family == AF_INET) {
+		if (!nonlocal && !nonlocal4 && !addr4_local(net, *(const __u32 *)a))
+			return EADDRNOTAVAIL;
+		return EADDRINUSE;
+	}
+	/* IPv4-mapped: checked as IPv4 by __inet6_bind. */
+	if (((const __u64 *)a)[0] == 0 && ((const __u32 *)a)[2] == bpf_htonl(0xffff)) {
+		if (!nonlocal && !nonlocal4 && !addr4_local(net, ((const __u32 *)a)[3]))
+			return EADDRNOTAVAIL;
+		return EADDRINUSE;
+	}
+	if (!nonlocal && !BPF_CORE_READ_BITFIELD_PROBED(net, ipv6.sysctl.ip_nonlocal_bind) &&
+	    !addr6_local(net, a))
+		return EADDRNOTAVAIL;
+	return EADDRINUSE;
+}
+
+/* Counts a decided bind: ret 0, or minus the inferred errno. */
+static __always_inline void pending_bind_done(struct pending *p, long ret)
+{
+	struct ps_proc_stats *s = proc_stats_of(p->who.id >> 32);
+
+	if (s)
+		finish_bind(s, &p->c, &p->who, ret);
+}
+
+/* A bind pending on a socket that moved on without post_bind failed. */
+static __always_inline void pending_bind_failed(struct pending *p)
+{
+	pending_bind_done(p, -bind_errno(p));
+}
+
+/* Decides a pending connect: failed is known only to the state tracepoint;
+ * otherwise a port was found if the socket reached SYN_SENT, and the call
+ * failed before port selection (routing, ...) if it did not. */
+static __always_inline void pending_connect_done(struct pending *p, int failed)
+{
+	struct ps_proc_stats *s = proc_stats_of(p->who.id >> 32);
+	long ret = 0;
+
+	if (failed)
+		ret = -EADDRNOTAVAIL;
+	else if (!p->syn_sent)
+		ret = -22; /* not an address error: counted as other */
+	if (s)
+		finish_connect(s, &p->c, &p->who, ret);
+}
+
+/* Takes the pending call of socket key out of map m into the scratch slot.
+ * Whoever deletes the entry decides it: the hooks and the sweeper race. */
+static __always_inline struct pending *take(void *m, __u64 key)
+{
+	struct pending *p = bpf_map_lookup_elem(m, &key), *dst;
+
+	if (!p)
+		return NULL;
+	dst = scratch_slot();
+	if (!dst)
+		return NULL;
+	__builtin_memcpy(dst, p, sizeof(*dst));
+	if (bpf_map_delete_elem(m, &key))
+		return NULL;
+	return dst;
+}
+
+/* Something new happened to socket key: a bind still pending on it failed. */
+static __always_inline void settle_bind(__u64 key)
+{
+	struct pending *p = take(&pending_binds, key);
+
+	if (p)
+		pending_bind_failed(p);
+}
+
+static __always_inline void pending_begin(struct pending *p, struct task_struct *task)
+{
+	p->ts = bpf_ktime_get_ns();
+	who_of(&p->who, task);
+}
+
+static __always_inline int cg_bind(struct bpf_sock_addr *ctx, __u8 family)
+{
+	struct task_struct *task = (void *)bpf_get_current_task();
+	__u64 id = ((__u64)BPF_CORE_READ(task, tgid) << 32);
+	struct sock *sk = sock_addr_of(ctx->sk);
+	__u64 key = (__u64)sk;
+	struct pending *p;
+	struct net *net;
+
+	if (!traced_pid(id))
+		return 1;
+	settle_bind(key);
+	p = scratch_slot();
+	if (!p)
+		return 1;
+	__builtin_memset(p, 0, sizeof(*p));
+	if (call_init(&p->c, PS_OP_BIND, PS_SRC_CGROUP_BIND, sk))
+		return 1;
+	pending_begin(p, task);
+	p->c.sock_ino = socket_ino(BPF_CORE_READ(sk, sk_socket));
+	p->c.lport = bpf_ntohs((__u16)ctx->user_port);
+	if (family == AF_INET) {
+		__u32 a = ctx->user_ip4;
+
+		__builtin_memcpy(p->c.laddr, &a, 4);
+	} else {
+		__u32 a[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3] };
+
+		__builtin_memcpy(p->c.laddr, a, 16);
+	}
+	if (p->c.lport == 0)
+		p->c.flags |= PS_F_PORT0;
+	if (is_zero16(p->c.laddr))
+		p->c.flags |= PS_F_ANYADDR;
+	p->bound = BPF_CORE_READ(sk, __sk_common.skc_num) || p->c.state != TCP_CLOSE;
+	net = BPF_CORE_READ(sk, __sk_common.skc_net.net);
+	p->privileged = p->c.lport &&
+			p->c.lport < BPF_CORE_READ_BITFIELD_PROBED(net, ipv4.sysctl_ip_prot_sock) &&
+			!may_bind_service(task);
+	/* IP_BIND_ADDRESS_NO_PORT with port 0 skips get_port and post_bind:
+	 * only the address checks can fail it, and they are known now. */
+	if (p->c.lport == 0 && (p->c.options & PS_OPT_BIND_ADDRESS_NO_PORT)) {
+		int err = bind_errno(p);
+
+		/* EADDRINUSE here means "no address problem": get_port never runs. */
+		pending_bind_done(p, err == EADDRINUSE ? 0 : -err);
+		return 1;
+	}
+	if (bpf_map_update_elem(&pending_binds, &key, p, BPF_ANY))
+		count_untracked();
+	return 1;
+}
+
+/* post_bind runs once get_port gave the socket its port: the bind succeeded
+ * (the hooks allow everything, so nothing can undo it after). */
+static __always_inline int cg_post_bind(struct bpf_sock *ctx)
+{
+	struct pending *p = take(&pending_binds, (__u64)sock_addr_of(ctx));
+
+	if (p)
+		pending_bind_done(p, 0);
+	return 1;
+}
+
+static __always_inline int cg_connect(struct bpf_sock_addr *ctx, __u8 family)
+{
+	struct task_struct *task = (void *)bpf_get_current_task();
+	__u64 id = ((__u64)BPF_CORE_READ(task, tgid) << 32);
+	struct sock *sk = sock_addr_of(ctx->sk);
+	__u64 key = (__u64)sk;
+	struct pending *p;
+
+	if (!traced_pid(id))
+		return 1;
+	settle_bind(key);
+	p = take(&pending_connects, key);
+	if (p)
+		pending_connect_done(p, 0);
+	p = scratch_slot();
+	if (!p)
+		return 1;
+	__builtin_memset(p, 0, sizeof(*p));
+	if (call_init(&p->c, PS_OP_CONNECT, PS_SRC_CGROUP_CONNECT, sk))
+		return 1;
+	pending_begin(p, task);
+	p->c.sock_ino = socket_ino(BPF_CORE_READ(sk, sk_socket));
+	p->c.dport = bpf_ntohs((__u16)ctx->user_port);
+	if (family == AF_INET) {
+		__u32 a = ctx->user_ip4;
+
+		__builtin_memcpy(p->c.daddr, &a, 4);
+	} else {
+		__u32 a[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3] };
+
+		__builtin_memcpy(p->c.daddr, a, 16);
+	}
+	p->c.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	if (BPF_CORE_READ_BITFIELD_PROBED(sk, sk_userlocks) & SOCK_BINDADDR_LOCK) {
+		if (family == AF_INET)
+			bpf_core_read(p->c.laddr, 4, &sk->__sk_common.skc_rcv_saddr);
+		else
+			bpf_core_read(p->c.laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+	}
+	if (p->c.lport == 0)
+		p->c.flags |= PS_F_PORT0;
+	if (is_zero16(p->c.laddr))
+		p->c.flags |= PS_F_ANYADDR;
+	/* UDP: no state change tells the outcome; autobind failures (EAGAIN)
+	 * stay unseen, the rest succeeds. */
+	if (p->c.proto != IPPROTO_TCP) {
+		p->syn_sent = 1;
+		pending_connect_done(p, 0);
+		return 1;
+	}
+	if (bpf_map_update_elem(&pending_connects, &key, p, BPF_ANY))
+		count_untracked();
+	return 1;
+}
+
+SEC("cgroup/bind4")
+int cg_bind4(struct bpf_sock_addr *ctx)
+{
+	return cg_bind(ctx, AF_INET);
+}
+
+SEC("cgroup/bind6")
+int cg_bind6(struct bpf_sock_addr *ctx)
+{
+	return cg_bind(ctx, AF_INET6);
+}
+
+SEC("cgroup/post_bind4")
+int cg_post_bind4(struct bpf_sock *ctx)
+{
+	return cg_post_bind(ctx);
+}
+
+SEC("cgroup/post_bind6")
+int cg_post_bind6(struct bpf_sock *ctx)
+{
+	return cg_post_bind(ctx);
+}
+
+SEC("cgroup/connect4")
+int cg_connect4(struct bpf_sock_addr *ctx)
+{
+	return cg_connect(ctx, AF_INET);
+}
+
+SEC("cgroup/connect6")
+int cg_connect6(struct bpf_sock_addr *ctx)
+{
+	return cg_connect(ctx, AF_INET6);
+}
+
+/* The socket's last reference is going (close, exit): a bind still pending
+ * on it failed; a connect still pending found its port (or never tried). */
+SEC("cgroup/sock_release")
+int cg_sock_release(struct bpf_sock *ctx)
+{
+	__u64 key = (__u64)sock_addr_of(ctx);
+	struct pending *p;
+
+	settle_bind(key);
+	p = take(&pending_connects, key);
+	if (p)
+		pending_connect_done(p, 0);
+	return 1;
+}
+
+/* TCP state changes, host-wide; only a socket with a pending connect costs
+ * more than two compares. */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(cg_sock_state, struct sock *sk, int oldstate, int newstate)
+{
+	__u64 key = (__u64)sock_addr_of(sk);
+	struct task_struct *task;
+	struct pending *p;
+	__u64 id;
+	int failed;
+
+	if (oldstate != TCP_SYN_SENT && newstate != TCP_SYN_SENT)
+		return 0;
+	p = bpf_map_lookup_elem(&pending_connects, &key);
+	if (!p)
+		return 0;
+	task = (void *)bpf_get_current_task();
+	id = ((__u64)BPF_CORE_READ(task, tgid) << 32) | (__u32)BPF_CORE_READ(task, pid);
+	if (newstate == TCP_SYN_SENT) {
+		if (oldstate == TCP_CLOSE && id == p->who.id)
+			p->syn_sent = 1;
+		return 0;
+	}
+	/* tcp_v{4,6}_connect's failure path: no port (sport still 0), or the
+	 * bound port's 4-tuple is taken; no socket error, the caller's context. */
+	failed = newstate == TCP_CLOSE && p->syn_sent && id == p->who.id &&
+		 BPF_CORE_READ(sk, sk_err) == 0 &&
+		 (p->c.lport || BPF_CORE_READ(sk, __sk_common.skc_num) == 0);
+	p = take(&pending_connects, key);
+	if (p)
+		pending_connect_done(p, failed);
+	return 0;
+}
+
+/* Run by Go (BPF_PROG_TEST_RUN, never attached) for each pending call it
+ * found old enough: args[0] is the socket key, args[1] SWEEP_BIND or
+ * SWEEP_CONNECT, args[2] the minimum age in ns, checked again here against
+ * the kernel's clock (a second normally; 0 once the traced calls are known
+ * to have returned). */
+SEC("raw_tp")
+int ps_sweep(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u64 key = ctx->args[0];
+	struct pending *p;
+
+	if (ctx->args[1] == SWEEP_BIND) {
+		p = bpf_map_lookup_elem(&pending_binds, &key);
+		if (!p || bpf_ktime_get_ns() - p->ts < ctx->args[2])
+			return 0;
+		p = take(&pending_binds, key);
+		if (!p)
+			return 0;
+		pending_bind_failed(p);
+		return 1;
+	}
+	p = bpf_map_lookup_elem(&pending_connects, &key);
+	if (!p || bpf_ktime_get_ns() - p->ts < ctx->args[2])
+		return 0;
+	p = take(&pending_connects, key);
+	if (!p)
+		return 0;
+	pending_connect_done(p, 0);
+	return 1;
+}
+
+#endif
