@@ -20,8 +20,20 @@ build:
 run: build
 	./$(BIN) $(ARGS)
 
-test:
+# Every test on the backend auto picks, then the probe and integration tests
+# again on each of EXTRA_BACKENDS that works here (doctor says which): the
+# host can load the tracepoint and cgroup backends; make vmtest covers the
+# kernel-function ones.
+EXTRA_BACKENDS ?= cgroup
+test: build
 	$(GO) test -count=1 ./...
+	@for b in $(EXTRA_BACKENDS); do \
+		if [ "$$(id -u)" != 0 ]; then echo "skipping the $$b backend pass: needs root"; continue; fi; \
+		verdict=$$(./$(BIN) doctor 2>&1 | grep "^backend $$b:"); \
+		case "$$verdict" in *works*) ;; *) echo "skipping the $$b backend pass: $$verdict"; continue ;; esac; \
+		echo "PORTSLEUTH_TEST_BACKEND=$$b go test ./internal/probe ./internal/cli"; \
+		PORTSLEUTH_TEST_BACKEND=$$b $(GO) test -count=1 ./internal/probe ./internal/cli || exit 1; \
+	done
 
 # What portsleuth costs here, one table (root). Numbers only: nothing asserts on time.
 bench:

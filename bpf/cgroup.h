@@ -114,82 +114,103 @@ static __always_inline int may_bind_service(struct task_struct *task)
 	return lo & (1U << CAP_NET_BIND_SERVICE);
 }
 
-/* IPv4 address a (network order) is local in net as __inet_bind's check
- * (inet_addr_type) sees it: an address of an interface that is up, any
- * address of a loopback interface's prefix, multicast and broadcast. A
- * namespace with more interfaces than are walked counts as local. */
-static __always_inline int addr4_local(struct net *net, __u32 a)
+/* State of one walk over a namespace's interfaces (bpf_loop callback). */
+struct addr_walk {
+	__u64 head;      /* &net->dev_base_head */
+	__u64 pos;       /* the current list node */
+	__u64 a6[2];     /* IPv6 address sought */
+	__u32 a4;        /* IPv4 address sought, network order */
+	__u8 v6;
+	__u8 found;
+	__u8 done;       /* the whole list was walked */
+	__u8 _pad;
+};
+
+/* One interface per call. IPv4 follows inet_addr_type: an address of an
+ * interface that is up, any address of a loopback interface's prefix (lo's
+ * 127.0.0.0/8), its broadcast. IPv6 follows ipv6_chk_addr_and_flags: an
+ * assigned address that is not tentative (unless optimistic). Run through
+ * bpf_loop so the verifier checks the body once, not once per iteration. */
+static long addr_walk_dev(__u32 i, struct addr_walk *w)
 {
-	struct list_head *head = &net->dev_base_head;
-	struct list_head *pos = BPF_CORE_READ(net, dev_base_head.next);
-	__u8 first = a & 0xff;
+	struct list_head *pos = (struct list_head *)w->pos;
+	struct net_device *dev;
 
-	if (a == 0xffffffff || (first & 0xf0) == 0xe0)
+	if (w->pos == w->head) {
+		w->done = 1;
 		return 1;
-	for (int i = 0; i < 32; i++) {
-		struct net_device *dev;
-		struct in_ifaddr *ifa;
-		unsigned int flags;
-
-		if (pos == head)
-			return 0;
-		dev = (void *)pos - bpf_core_field_offset(struct net_device, dev_list);
-		flags = BPF_CORE_READ(dev, flags);
-		if (flags & IFF_UP) {
-			ifa = BPF_CORE_READ(dev, ip_ptr, ifa_list);
-			for (int j = 0; j < 8 && ifa; j++) {
-				__u32 local = BPF_CORE_READ(ifa, ifa_local), mask = BPF_CORE_READ(ifa, ifa_mask);
-
-				if (local == a || BPF_CORE_READ(ifa, ifa_broadcast) == a)
-					return 1;
-				/* On a loopback device the whole prefix is local (127.0.0.0/8). */
-				if ((flags & IFF_LOOPBACK) && (local & mask) == (a & mask))
-					return 1;
-				ifa = BPF_CORE_READ(ifa, ifa_next);
-			}
-		}
-		pos = BPF_CORE_READ(pos, next);
 	}
-	return 1;
+	dev = (void *)pos - bpf_core_field_offset(struct net_device, dev_list);
+	w->pos = (__u64)BPF_CORE_READ(pos, next);
+	if (!w->v6) {
+		unsigned int flags = BPF_CORE_READ(dev, flags);
+		struct in_ifaddr *ifa;
+
+		if (!(flags & IFF_UP))
+			return 0;
+		ifa = BPF_CORE_READ(dev, ip_ptr, ifa_list);
+		for (int j = 0; j < 8 && ifa; j++) {
+			__u32 local = BPF_CORE_READ(ifa, ifa_local), mask = BPF_CORE_READ(ifa, ifa_mask);
+
+			if (local == w->a4 || BPF_CORE_READ(ifa, ifa_broadcast) == w->a4 ||
+			    ((flags & IFF_LOOPBACK) && (local & mask) == (w->a4 & mask))) {
+				w->found = 1;
+				return 1;
+			}
+			ifa = BPF_CORE_READ(ifa, ifa_next);
+		}
+		return 0;
+	}
+	struct inet6_dev *idev = BPF_CORE_READ(dev, ip6_ptr);
+	struct list_head *ahead, *apos;
+
+	if (!idev)
+		return 0;
+	ahead = &idev->addr_list;
+	apos = BPF_CORE_READ(idev, addr_list.next);
+	for (int j = 0; j < 8 && apos != ahead; j++) {
+		struct inet6_ifaddr *ifa = (void *)apos - bpf_core_field_offset(struct inet6_ifaddr, if_list);
+		__u64 got[2] = {};
+		__u32 f = BPF_CORE_READ(ifa, flags);
+
+		bpf_core_read(got, sizeof(got), &ifa->addr);
+		if (got[0] == w->a6[0] && got[1] == w->a6[1] &&
+		    (!(f & IFA_F_TENTATIVE) || (f & IFA_F_OPTIMISTIC))) {
+			w->found = 1;
+			return 1;
+		}
+		apos = BPF_CORE_READ(apos, next);
+	}
+	return 0;
 }
 
-/* IPv6 address a is assigned to an interface of net and not tentative
- * (unless optimistic), as __inet6_bind's ipv6_chk_addr_and_flags wants. */
-static __always_inline int addr6_local(struct net *net, const __u8 *a)
+/* Whether an address is local in net: IPv4 (network order) in a4, or IPv6 in
+ * a6. A namespace with more interfaces than are walked counts as local: no
+ * false EADDRNOTAVAIL. Global, so verified once per program. */
+__attribute__((noinline)) int addr_local(__u64 netp, __u32 a4, __u64 a6_hi, __u64 a6_lo, int v6)
 {
-	struct list_head *head = &net->dev_base_head;
-	struct list_head *pos = BPF_CORE_READ(net, dev_base_head.next);
-	const __u64 *want = (const __u64 *)a;
+	struct net *net = (struct net *)netp; /* a number: global functions take no kernel pointers */
+	struct addr_walk w = {};
+	__u8 first;
 
-	if (a[0] == 0xff)
-		return 1; /* multicast: no address check */
-	for (int i = 0; i < 32; i++) {
-		struct net_device *dev;
-		struct inet6_dev *idev;
-		struct list_head *ahead, *apos;
-
-		if (pos == head)
-			return 0;
-		dev = (void *)pos - bpf_core_field_offset(struct net_device, dev_list);
-		idev = BPF_CORE_READ(dev, ip6_ptr);
-		if (idev) {
-			ahead = &idev->addr_list;
-			apos = BPF_CORE_READ(idev, addr_list.next);
-			for (int j = 0; j < 8 && apos != ahead; j++) {
-				struct inet6_ifaddr *ifa = (void *)apos - bpf_core_field_offset(struct inet6_ifaddr, if_list);
-				__u64 got[2] = {};
-				__u32 flags = BPF_CORE_READ(ifa, flags);
-
-				bpf_core_read(got, sizeof(got), &ifa->addr);
-				if (got[0] == want[0] && got[1] == want[1] &&
-				    (!(flags & IFA_F_TENTATIVE) || (flags & IFA_F_OPTIMISTIC)))
-					return 1;
-				apos = BPF_CORE_READ(apos, next);
-			}
-		}
-		pos = BPF_CORE_READ(pos, next);
+	if (!net)
+		return 1;
+	if (!v6) {
+		w.a4 = a4;
+		first = a4 & 0xff;
+		if (a4 == 0xffffffff || (first & 0xf0) == 0xe0)
+			return 1; /* broadcast, multicast */
+	} else {
+		if ((a6_hi & 0xff) == 0xff)
+			return 1; /* multicast (ff00::/8): no address check */
+		w.v6 = 1;
+		w.a6[0] = a6_hi;
+		w.a6[1] = a6_lo;
 	}
-	return 1;
+	w.head = (__u64)&net->dev_base_head;
+	w.pos = (__u64)BPF_CORE_READ(net, dev_base_head.next);
+	bpf_loop(64, addr_walk_dev, &w, 0);
+	return w.found || !w.done;
 }
 
 /* The errno a bind that never reached post_bind most likely returned. */
@@ -211,18 +232,18 @@ static __always_inline int bind_errno(struct pending *p)
 	/* Sysctl widths differ between releases: read them by their real size. */
 	nonlocal4 = BPF_CORE_READ_BITFIELD_PROBED(net, ipv4.sysctl_ip_nonlocal_bind);
 	if (p->c.family == AF_INET) {
-		if (!nonlocal && !nonlocal4 && !addr4_local(net, *(const __u32 *)a))
+		if (!nonlocal && !nonlocal4 && !addr_local((__u64)net, *(const __u32 *)a, 0, 0, 0))
 			return EADDRNOTAVAIL;
 		return EADDRINUSE;
 	}
 	/* IPv4-mapped: checked as IPv4 by __inet6_bind. */
 	if (((const __u64 *)a)[0] == 0 && ((const __u32 *)a)[2] == bpf_htonl(0xffff)) {
-		if (!nonlocal && !nonlocal4 && !addr4_local(net, ((const __u32 *)a)[3]))
+		if (!nonlocal && !nonlocal4 && !addr_local((__u64)net, ((const __u32 *)a)[3], 0, 0, 0))
 			return EADDRNOTAVAIL;
 		return EADDRINUSE;
 	}
 	if (!nonlocal && !BPF_CORE_READ_BITFIELD_PROBED(net, ipv6.sysctl.ip_nonlocal_bind) &&
-	    !addr6_local(net, a))
+	    !addr_local((__u64)net, 0, ((const __u64 *)a)[0], ((const __u64 *)a)[1], 1))
 		return EADDRNOTAVAIL;
 	return EADDRINUSE;
 }

@@ -379,16 +379,25 @@ static __always_inline void record_holder(struct ps_event *e, struct sock *h, __
 		e->holder_ino = socket_ino(BPF_CORE_READ(h, sk_socket));
 }
 
-static __always_inline void record_failure(struct call *c, struct who *w, int err)
+/* A global function: the verifier checks it once per program instead of at
+ * every call site, which keeps load time (and the launch -> attached time)
+ * down. Its pointers are never NULL; the verifier wants the check anyway. */
+__attribute__((noinline)) int record_failure(struct call *c, struct who *w, int err)
 {
-	__u32 pid = w->id >> 32, zero = 0;
-	struct ps_fail_key k = {
-		.pid = pid, .err = err, .op = c->op, .proto = c->proto,
-		.family = c->family, .flags = (__u8)c->flags,
-	};
+	__u32 pid, zero = 0;
+	struct ps_fail_key k = {};
 	struct ps_event *e;
 	__u64 *n;
 
+	if (!c || !w)
+		return 0;
+	pid = w->id >> 32;
+	k.pid = pid;
+	k.err = err;
+	k.op = c->op;
+	k.proto = c->proto;
+	k.family = c->family;
+	k.flags = (__u8)c->flags;
 	count_failure(&k);
 	record_meta(w, c->netns);
 	snapshot_netns((struct sock *)c->sk, c->netns);
@@ -398,7 +407,7 @@ static __always_inline void record_failure(struct call *c, struct who *w, int er
 		n = bpf_map_lookup_elem(&lost, &zero);
 		if (n)
 			(*n)++;
-		return;
+		return 0;
 	}
 	e->ts_ns = bpf_ktime_get_ns();
 	e->netns = c->netns;
@@ -437,6 +446,7 @@ static __always_inline void record_failure(struct call *c, struct who *w, int er
 	 * poll (its deadline tick, 200 ms). */
 	bpf_ringbuf_submit(e, bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES ?
 				      BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	return 0;
 }
 
 /* Failures worth a culprit: address and port errors, not EINVAL-style misuse. */

@@ -82,8 +82,15 @@ func Run(w io.Writer, o Options) error {
 	if len(available) == 0 {
 		return errors.New("no backend loads on this kernel")
 	}
-	// serve's default: the first kernel-function backend, else tracepoint (asked for).
+	// serve's default: the first low-overhead backend that loads; else what
+	// serve runs on only when asked (--backend tracepoint).
 	serveDefault := available[0]
+	for _, b := range probe.LowOverhead {
+		if slices.Contains(available, b) {
+			serveDefault = b
+			break
+		}
+	}
 
 	for _, b := range available {
 		if o.StormOnly {
@@ -281,6 +288,7 @@ func storm(b probe.Backend, n int, profile string) (stormResult, error) {
 		return res, fmt.Errorf("storm child: %w", err)
 	}
 	res.wall = time.Since(start)
+	t.Settle() // the cgroup backend may decide the last failures after the child exits
 	cancel()
 	wg.Wait()
 	res.cpuPct = 100 * (cpuTime() - cpu0).Seconds() / time.Since(start).Seconds()

@@ -25,7 +25,7 @@ func runDoctor(args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return usageError{fmt.Sprintf("doctor takes no arguments, got %q", fs.Args())}
 	}
-	line := func(what, verdict string) { fmt.Fprintf(stdout, "%-25s %s\n", what+":", verdict) }
+	line := func(what, verdict string) { fmt.Fprintf(stdout, "%-31s %s\n", what+":", verdict) }
 
 	var uts unix.Utsname
 	if err := unix.Uname(&uts); err == nil {
@@ -46,8 +46,16 @@ func runDoctor(args []string, stdout, stderr io.Writer) error {
 	for _, pt := range []struct {
 		name string
 		t    ebpf.ProgramType
-	}{{"program type tracing", ebpf.Tracing}, {"program type kprobe", ebpf.Kprobe}, {"program type tracepoint", ebpf.TracePoint}} {
+	}{{"program type tracing", ebpf.Tracing}, {"program type kprobe", ebpf.Kprobe}, {"program type tracepoint", ebpf.TracePoint},
+		{"program type cgroup_sock_addr", ebpf.CGroupSockAddr}} {
 		line(pt.name, featureVerdict(features.HaveProgramType(pt.t)))
+	}
+	if root, err := probe.FindCgroup2(); err != nil {
+		line("cgroup v2", "unknown: "+err.Error())
+	} else if root == "" {
+		line("cgroup v2", "not mounted (the cgroup backend mounts it itself)")
+	} else {
+		line("cgroup v2", "mounted at "+root+" (the cgroup backend attaches there)")
 	}
 	if _, err := os.Stat("/sys/bus/event_source/devices/kprobe"); err == nil {
 		line("kprobes", "built in (kprobe PMU present)")

@@ -107,7 +107,11 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 		defer cancel()
 		srv.Shutdown(ctx)
 	}()
-	log.Info("serving", "listen", ln.Addr().String(), "backend", string(t.Backend()), "notes", strings.Join(t.Notes(), "; "))
+	attrs := []any{"listen", ln.Addr().String(), "backend", string(t.Backend()), "notes", strings.Join(t.Notes(), "; ")}
+	if inf := t.Backend().Inferred(); len(inf) > 0 {
+		attrs = append(attrs, "inferred", strings.Join(inf, "; "))
+	}
+	log.Info("serving", attrs...)
 
 	ctx, stop := runContext(f.duration)
 	defer stop()

@@ -33,6 +33,9 @@ func cgroup2Root() (string, error) {
 	return cgroupMountDir, nil
 }
 
+// FindCgroup2 says where the cgroup v2 root is mounted, "" if nowhere.
+func FindCgroup2() (string, error) { return findCgroup2("/proc/self/mountinfo") }
+
 // findCgroup2 returns the mount point of the cgroup2 root in a mountinfo
 // file, or "" when none is mounted.
 func findCgroup2(mountinfo string) (string, error) {
