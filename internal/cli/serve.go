@@ -91,7 +91,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", f.listen, err)
 	}
-	col := metrics.NewCollector(t, string(t.Backend()))
+	col := metrics.NewCollector(t, string(t.Backend()), len(t.Backend().Inferred()) > 0)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(col, collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), collectors.NewGoCollector())
 	mux := http.NewServeMux()

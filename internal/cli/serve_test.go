@@ -157,6 +157,19 @@ func TestServeMetricsAndCleanShutdown(t *testing.T) {
 	if fams["process_resident_memory_bytes"] == nil || fams["portsleuth_bpf_program_runs_total"] == nil {
 		t.Errorf("agent cost metrics missing")
 	}
+	// Which backend runs, and whether its errnos are inferred (cgroup) or seen.
+	info := fams["portsleuth_backend_info"]
+	if info == nil || len(info.Metric) != 1 {
+		t.Fatalf("portsleuth_backend_info: %v", info)
+	}
+	labels := map[string]string{}
+	for _, l := range info.Metric[0].Label {
+		labels[l.GetName()] = l.GetValue()
+	}
+	wantErrno := map[bool]string{true: "inferred", false: "observed"}[labels["backend"] == "cgroup"]
+	if labels["backend"] != serveBackend() || labels["errno"] != wantErrno {
+		t.Errorf("portsleuth_backend_info labels %v, want backend %s, errno %s", labels, serveBackend(), wantErrno)
+	}
 
 	if code := <-done; code != 0 {
 		t.Fatalf("serve exit %d: %s", code, stderr.String())

@@ -31,8 +31,9 @@ type callLabels struct{ op, result string }
 
 // Collector keeps monotonic totals of the kernel's counters and exposes them.
 type Collector struct {
-	src     Source
-	backend string
+	src      Source
+	backend  string
+	inferred bool
 
 	mu        sync.Mutex
 	deltas    *Deltas
@@ -48,11 +49,13 @@ type Collector struct {
 	runtimeDesc, runsDesc, backendDesc, errDesc                   *prometheus.Desc
 }
 
-// NewCollector exposes src, which runs on backend.
-func NewCollector(src Source, backend string) *Collector {
+// NewCollector exposes src, which runs on backend; inferred says the backend
+// infers errnos instead of seeing them.
+func NewCollector(src Source, backend string, inferred bool) *Collector {
 	return &Collector{
 		src:      src,
 		backend:  backend,
+		inferred: inferred,
 		deltas:   NewDeltas(),
 		failures: map[failLabels]float64{},
 		calls:    map[callLabels]float64{},
@@ -159,7 +162,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.lostDesc, prometheus.CounterValue, float64(c.lost))
 	ch <- prometheus.MustNewConstMetric(c.untrackedDesc, prometheus.CounterValue, float64(c.untracked))
 	errno := "observed"
-	if c.backend == "cgroup" {
+	if c.inferred {
 		errno = "inferred"
 	}
 	ch <- prometheus.MustNewConstMetric(c.backendDesc, prometheus.GaugeValue, 1, c.backend, errno)
