@@ -39,8 +39,9 @@ test: build
 bench:
 	$(GO) run ./cmd/portsleuth-bench $(BENCH_ARGS)
 
-# The kernel-function backends (fentry, kprobe) on Debian's 6.1 and 6.12 kernels
-# under qemu: the host kernel may not load them. Prints a kernel x backend matrix.
+# The kernel-function backends (fentry, kprobe) and the cgroup backend on Debian's
+# 6.1 and 6.12 kernels under qemu: the host kernel may not load the first two.
+# Prints a kernel x backend matrix.
 vmtest:
 	bash .ci/vmtest/run
 
