@@ -65,14 +65,6 @@ struct {
 	__type(value, __u64);
 } untracked SEC(".maps");
 
-/* Scratch space: a pending call is too big for the stack next to an event. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct pending);
-} scratch SEC(".maps");
-
 /* Arguments of a ps_sweep test run. */
 #define SWEEP_BIND 1
 #define SWEEP_CONNECT 2
@@ -85,13 +77,6 @@ static __always_inline struct sock *sock_addr_of(const void *p)
 
 	bpf_probe_read_kernel(&raw, sizeof(raw), &p);
 	return (struct sock *)raw;
-}
-
-static __always_inline struct pending *scratch_slot(void)
-{
-	__u32 zero = 0;
-
-	return bpf_map_lookup_elem(&scratch, &zero);
 }
 
 static __always_inline void count_untracked(void)
@@ -279,30 +264,26 @@ static __always_inline void pending_connect_done(struct pending *p, int failed)
 		finish_connect(s, &p->c, &p->who, ret);
 }
 
-/* Takes the pending call of socket key out of map m into the scratch slot.
- * Whoever deletes the entry decides it: the hooks and the sweeper race. */
-static __always_inline struct pending *take(void *m, __u64 key)
+/* Takes the pending call of socket key out of map m into dst, on the
+ * caller's stack (a per-CPU buffer could be reused by a program that preempts
+ * or interrupts this one). Whoever deletes the entry decides it: the hooks
+ * and the sweeper race, and a copy that lost the race is dropped. */
+static __always_inline int take(void *m, __u64 key, struct pending *dst)
 {
-	struct pending *p = bpf_map_lookup_elem(m, &key), *dst;
+	struct pending *p = bpf_map_lookup_elem(m, &key);
 
 	if (!p)
-		return NULL;
-	dst = scratch_slot();
-	if (!dst)
-		return NULL;
+		return 0;
 	__builtin_memcpy(dst, p, sizeof(*dst));
-	if (bpf_map_delete_elem(m, &key))
-		return NULL;
-	return dst;
+	return bpf_map_delete_elem(m, &key) == 0;
 }
 
-/* Something new happened to socket key: a bind still pending on it failed. */
-static __always_inline void settle_bind(__u64 key)
+/* Something new happened to socket key: a bind still pending on it failed.
+ * buf is the caller's stack space. */
+static __always_inline void settle_bind(__u64 key, struct pending *buf)
 {
-	struct pending *p = take(&pending_binds, key);
-
-	if (p)
-		pending_bind_failed(p);
+	if (take(&pending_binds, key, buf))
+		pending_bind_failed(buf);
 }
 
 static __always_inline void pending_begin(struct pending *p, struct task_struct *task)
@@ -317,15 +298,12 @@ static __always_inline int cg_bind(struct bpf_sock_addr *ctx, __u8 family)
 	__u64 id = ((__u64)BPF_CORE_READ(task, tgid) << 32);
 	struct sock *sk = sock_addr_of(ctx->sk);
 	__u64 key = (__u64)sk;
-	struct pending *p;
+	struct pending buf, *p = &buf;
 	struct net *net;
 
 	if (!traced_pid(id))
 		return 1;
-	settle_bind(key);
-	p = scratch_slot();
-	if (!p)
-		return 1;
+	settle_bind(key, p);
 	__builtin_memset(p, 0, sizeof(*p));
 	if (call_init(&p->c, PS_OP_BIND, PS_SRC_CGROUP_BIND, sk))
 		return 1;
@@ -368,10 +346,10 @@ static __always_inline int cg_bind(struct bpf_sock_addr *ctx, __u8 family)
  * (the hooks allow everything, so nothing can undo it after). */
 static __always_inline int cg_post_bind(struct bpf_sock *ctx)
 {
-	struct pending *p = take(&pending_binds, (__u64)sock_addr_of(ctx));
+	struct pending p;
 
-	if (p)
-		pending_bind_done(p, 0);
+	if (take(&pending_binds, (__u64)sock_addr_of(ctx), &p))
+		pending_bind_done(&p, 0);
 	return 1;
 }
 
@@ -381,17 +359,13 @@ static __always_inline int cg_connect(struct bpf_sock_addr *ctx, __u8 family)
 	__u64 id = ((__u64)BPF_CORE_READ(task, tgid) << 32);
 	struct sock *sk = sock_addr_of(ctx->sk);
 	__u64 key = (__u64)sk;
-	struct pending *p;
+	struct pending buf, *p = &buf;
 
 	if (!traced_pid(id))
 		return 1;
-	settle_bind(key);
-	p = take(&pending_connects, key);
-	if (p)
+	settle_bind(key, p);
+	if (take(&pending_connects, key, p))
 		pending_connect_done(p, 0);
-	p = scratch_slot();
-	if (!p)
-		return 1;
 	__builtin_memset(p, 0, sizeof(*p));
 	if (call_init(&p->c, PS_OP_CONNECT, PS_SRC_CGROUP_CONNECT, sk))
 		return 1;
@@ -472,12 +446,11 @@ SEC("cgroup/sock_release")
 int cg_sock_release(struct bpf_sock *ctx)
 {
 	__u64 key = (__u64)sock_addr_of(ctx);
-	struct pending *p;
+	struct pending p;
 
-	settle_bind(key);
-	p = take(&pending_connects, key);
-	if (p)
-		pending_connect_done(p, 0);
+	settle_bind(key, &p);
+	if (take(&pending_connects, key, &p))
+		pending_connect_done(&p, 0);
 	return 1;
 }
 
@@ -488,7 +461,7 @@ int BPF_PROG(cg_sock_state, struct sock *sk, int oldstate, int newstate)
 {
 	__u64 key = (__u64)sock_addr_of(sk);
 	struct task_struct *task;
-	struct pending *p;
+	struct pending *p, buf;
 	__u64 id;
 	int failed;
 
@@ -509,9 +482,8 @@ int BPF_PROG(cg_sock_state, struct sock *sk, int oldstate, int newstate)
 	failed = newstate == TCP_CLOSE && p->syn_sent && id == p->who.id &&
 		 BPF_CORE_READ(sk, sk_err) == 0 &&
 		 (p->c.lport || BPF_CORE_READ(sk, __sk_common.skc_num) == 0);
-	p = take(&pending_connects, key);
-	if (p)
-		pending_connect_done(p, failed);
+	if (take(&pending_connects, key, &buf))
+		pending_connect_done(&buf, failed);
 	return 0;
 }
 
@@ -524,25 +496,19 @@ SEC("raw_tp")
 int ps_sweep(struct bpf_raw_tracepoint_args *ctx)
 {
 	__u64 key = ctx->args[0];
-	struct pending *p;
+	struct pending *p, buf;
 
 	if (ctx->args[1] == SWEEP_BIND) {
 		p = bpf_map_lookup_elem(&pending_binds, &key);
-		if (!p || bpf_ktime_get_ns() - p->ts < ctx->args[2])
+		if (!p || bpf_ktime_get_ns() - p->ts < ctx->args[2] || !take(&pending_binds, key, &buf))
 			return 0;
-		p = take(&pending_binds, key);
-		if (!p)
-			return 0;
-		pending_bind_failed(p);
+		pending_bind_failed(&buf);
 		return 1;
 	}
 	p = bpf_map_lookup_elem(&pending_connects, &key);
-	if (!p || bpf_ktime_get_ns() - p->ts < ctx->args[2])
+	if (!p || bpf_ktime_get_ns() - p->ts < ctx->args[2] || !take(&pending_connects, key, &buf))
 		return 0;
-	p = take(&pending_connects, key);
-	if (!p)
-		return 0;
-	pending_connect_done(p, 0);
+	pending_connect_done(&buf, 0);
 	return 1;
 }
 

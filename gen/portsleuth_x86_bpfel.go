@@ -183,7 +183,6 @@ const (
 	PortsleuthMapPendingConnects             = "pending_connects"
 	PortsleuthMapProcMeta                    = "proc_meta"
 	PortsleuthMapProcStats                   = "proc_stats"
-	PortsleuthMapScratch                     = "scratch"
 	PortsleuthMapSockState                   = "sock_state"
 	PortsleuthMapUntracked                   = "untracked"
 	PortsleuthProgCgBind4                    = "cg_bind4"
@@ -342,7 +341,6 @@ type PortsleuthMapSpecs struct {
 	PendingConnects *ebpf.MapSpec `ebpf:"pending_connects"`
 	ProcMeta        *ebpf.MapSpec `ebpf:"proc_meta"`
 	ProcStats       *ebpf.MapSpec `ebpf:"proc_stats"`
-	Scratch         *ebpf.MapSpec `ebpf:"scratch"`
 	SockState       *ebpf.MapSpec `ebpf:"sock_state"`
 	Untracked       *ebpf.MapSpec `ebpf:"untracked"`
 }
@@ -391,7 +389,6 @@ type PortsleuthMaps struct {
 	PendingConnects *ebpf.Map `ebpf:"pending_connects"`
 	ProcMeta        *ebpf.Map `ebpf:"proc_meta"`
 	ProcStats       *ebpf.Map `ebpf:"proc_stats"`
-	Scratch         *ebpf.Map `ebpf:"scratch"`
 	SockState       *ebpf.Map `ebpf:"sock_state"`
 	Untracked       *ebpf.Map `ebpf:"untracked"`
 }
@@ -407,7 +404,6 @@ func (m *PortsleuthMaps) Close() error {
 		m.PendingConnects,
 		m.ProcMeta,
 		m.ProcStats,
-		m.Scratch,
 		m.SockState,
 		m.Untracked,
 	)

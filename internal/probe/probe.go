@@ -346,6 +346,9 @@ func (t *Tracer) Snapshot() (event.Snapshot, error) {
 	var meta gen.PortsleuthPsProcMeta
 	it = t.maps.ProcMeta.Iterate()
 	for it.Next(&pid, &meta) {
+		if meta.Comm[0] == 0 {
+			continue // created, not filled in yet: the next read has it
+		}
 		s.Meta[pid] = event.ProcMeta{
 			Comm: event.CString(meta.Comm[:]), Cmdline: event.Cmdline(meta.Args[:]),
 			Netns: meta.Netns, CgroupID: meta.CgroupId,
