@@ -30,31 +30,35 @@
 #define IFA_F_TENTATIVE 0x40
 #define CAP_NET_BIND_SERVICE 10
 
-/* A bind or connect whose outcome is not known yet. */
+/* pending.kind */
+#define PENDING_BIND 1    /* a bind, until post_bind or a failure */
+#define PENDING_CONNECT 2 /* a TCP connect, until its socket leaves SYN_SENT */
+#define PORT0_BOUND 3     /* not a call: a TCP socket a port-0 bind gave a port */
+
+/* A bind or connect whose outcome is not known yet, or a port-0 mark. */
 struct pending {
 	__u64 ts;         /* bpf_ktime_get_ns() at the hook */
-	struct who who;
+	__u64 id;         /* the caller's pid_tgid */
+	__u64 task;       /* its task_struct: read (comm, cgroup) only if the call failed */
+	/* What the hook saw cheaply (ctx fields, the socket's port); the rest
+	 * (state, netns, options, inode) is read only if the call failed. */
 	struct call c;
+	__u8 kind;        /* PENDING_BIND, PENDING_CONNECT, PORT0_BOUND */
 	__u8 bound;       /* bind: the socket already had a port (EINVAL) */
 	__u8 privileged;  /* bind: port below ip_unprivileged_port_start, caller without CAP_NET_BIND_SERVICE */
 	__u8 syn_sent;    /* connect: the socket went CLOSE -> SYN_SENT in the call */
-	__u8 _pad[5];
+	__u8 port0;       /* connect: on a socket a port-0 bind had bound */
+	__u8 _pad[3];
 };
 
-/* Keyed by the struct sock's address: one call at a time holds a socket. */
+/* Keyed by the struct sock's address: one call at a time holds a socket, so
+ * one entry per socket. A socket's release removes its entry. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
 	__type(value, struct pending);
-} pending_binds SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
-	__type(value, struct pending);
-} pending_connects SEC(".maps");
+} pending_calls SEC(".maps");
 
 /* Index 0: calls not tracked because a pending table was full (their outcome
  * is not counted: Go reports the number). */
@@ -64,10 +68,6 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } untracked SEC(".maps");
-
-/* Arguments of a ps_sweep test run. */
-#define SWEEP_BIND 1
-#define SWEEP_CONNECT 2
 
 /* The kernel address of a socket the verifier types as a context or socket
  * pointer: those allow no arithmetic, so CO-RE reads need a plain number. */
@@ -233,173 +233,273 @@ static __always_inline int bind_errno(struct pending *p)
 	return EADDRINUSE;
 }
 
-/* Counts a decided bind: ret 0, or minus the inferred errno. */
-static __always_inline void pending_bind_done(struct pending *p, long ret)
+/* Reads what a failure's report needs and the hooks skipped: only failures
+ * pay for it. The socket is still alive: a pending call is decided before
+ * its socket's release completes. */
+static __always_inline void pending_fill(struct pending *p, struct who *w)
 {
-	struct ps_proc_stats *s = proc_stats_of(p->who.id >> 32);
+	struct sock *sk = (struct sock *)p->c.sk;
 
+	p->c.state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	p->c.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	p->c.options = sock_options(sk);
+	if (!p->c.sock_ino)
+		p->c.sock_ino = socket_ino(BPF_CORE_READ(sk, sk_socket));
+	if (p->c.op == PS_OP_CONNECT && p->c.lport &&
+	    (BPF_CORE_READ_BITFIELD_PROBED(sk, sk_userlocks) & SOCK_BINDADDR_LOCK)) {
+		if (p->c.family == AF_INET)
+			bpf_core_read(p->c.laddr, 4, &sk->__sk_common.skc_rcv_saddr);
+		else
+			bpf_core_read(p->c.laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+	}
+	if (p->c.op == PS_OP_CONNECT && !is_zero16(p->c.laddr))
+		p->c.flags &= ~PS_F_ANYADDR;
+	who_of(w, (struct task_struct *)p->task);
+	w->id = p->id;
+}
+
+/* Counts a bind that succeeded; a TCP socket it gave a port 0 is marked for
+ * the connect that may follow (bind-before-connect evidence). */
+static __always_inline void bind_ok(__u64 id, __u16 flags)
+{
+	struct ps_proc_stats *s = proc_stats_of(id >> 32);
+
+	if (!s)
+		return;
+	__sync_fetch_and_add(&s->binds_ok, 1);
+	if (flags & PS_F_PORT0)
+		__sync_fetch_and_add(&s->port0_binds_ok, 1);
+}
+
+/* A bind that moved on without post_bind failed. p is a copy the caller owns. */
+static __always_inline void bind_failed(struct pending *p)
+{
+	struct ps_proc_stats *s = proc_stats_of(p->id >> 32);
+	struct who w = {};
+
+	pending_fill(p, &w);
 	if (s)
-		finish_bind(s, &p->c, &p->who, ret);
+		finish_bind(s, &p->c, &w, -bind_errno(p));
 }
 
-/* A bind pending on a socket that moved on without post_bind failed. */
-static __always_inline void pending_bind_failed(struct pending *p)
+/* Counts a connect whose socket left SYN_SENT without the failure path (or
+ * never reached it: an "other" error such as no route). */
+static __always_inline void connect_ok(__u64 id, __u8 syn_sent, __u8 port0)
 {
-	pending_bind_done(p, -bind_errno(p));
+	struct ps_proc_stats *s = proc_stats_of(id >> 32);
+
+	if (!s)
+		return;
+	if (port0)
+		__sync_fetch_and_add(&s->port0_bind_connects, 1);
+	if (syn_sent)
+		__sync_fetch_and_add(&s->connects_ok, 1);
+	else
+		__sync_fetch_and_add(&s->connects_other, 1);
 }
 
-/* Decides a pending connect: failed is known only to the state tracepoint;
- * otherwise a port was found if the socket reached SYN_SENT, and the call
- * failed before port selection (routing, ...) if it did not. */
-static __always_inline void pending_connect_done(struct pending *p, int failed)
+/* A connect that found no port. p is a copy the caller owns. */
+static __always_inline void connect_failed(struct pending *p)
 {
-	struct ps_proc_stats *s = proc_stats_of(p->who.id >> 32);
-	long ret = 0;
+	struct ps_proc_stats *s = proc_stats_of(p->id >> 32);
+	struct who w = {};
 
-	if (failed)
-		ret = -EADDRNOTAVAIL;
-	else if (!p->syn_sent)
-		ret = -22; /* not an address error: counted as other */
-	if (s)
-		finish_connect(s, &p->c, &p->who, ret);
+	if (!s)
+		return;
+	if (p->port0)
+		__sync_fetch_and_add(&s->port0_bind_connects, 1);
+	pending_fill(p, &w);
+	__sync_fetch_and_add(&s->connects_failed, 1);
+	record_failure(&p->c, &w, EADDRNOTAVAIL);
 }
 
-/* Takes the pending call of socket key out of map m into dst, on the
- * caller's stack (a per-CPU buffer could be reused by a program that preempts
- * or interrupts this one). Whoever deletes the entry decides it: the hooks
- * and the sweeper race, and a copy that lost the race is dropped. */
-static __always_inline int take(void *m, __u64 key, struct pending *dst)
+/* Decides the entry of socket key, found at p, as if the socket moved on:
+ * a pending bind failed, a pending connect found its port (or never tried),
+ * a mark is dropped. Whoever deletes the entry decides it: the hooks and the
+ * sweeper race. buf is the caller's stack (a per-CPU buffer could be reused
+ * by a program that preempts or interrupts this one). */
+static __always_inline void settle(__u64 key, struct pending *p, struct pending *buf)
 {
-	struct pending *p = bpf_map_lookup_elem(m, &key);
+	__u8 kind = p->kind, syn_sent = p->syn_sent, port0 = p->port0;
+	__u64 id = p->id;
+
+	if (kind == PENDING_BIND)
+		__builtin_memcpy(buf, p, sizeof(*buf));
+	if (bpf_map_delete_elem(&pending_calls, &key))
+		return;
+	if (kind == PENDING_BIND)
+		bind_failed(buf);
+	else if (kind == PENDING_CONNECT)
+		connect_ok(id, syn_sent, port0);
+}
+
+/* Starts a pending call with only what costs nothing: the context's fields. */
+static __always_inline void pending_begin(struct pending *p, __u64 id, struct sock *sk, __u8 op, __u8 source,
+					  __u8 family, __u32 proto)
+{
+	__builtin_memset(p, 0, sizeof(*p));
+	p->ts = bpf_ktime_get_ns();
+	p->id = id;
+	p->task = bpf_get_current_task();
+	p->c.sk = (__u64)sk;
+	p->c.op = op;
+	p->c.source = source;
+	p->c.family = family;
+	p->c.proto = proto;
+}
+
+static __always_inline void ctx_addr(struct bpf_sock_addr *ctx, __u8 family, __u8 *addr)
+{
+	if (family == AF_INET) {
+		__u32 a = ctx->user_ip4;
+
+		__builtin_memcpy(addr, &a, 4);
+	} else {
+		__u32 a[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3] };
+
+		__builtin_memcpy(addr, a, 16);
+	}
+}
+
+/* IP_BIND_ADDRESS_NO_PORT alone, for a port-0 bind. */
+static __always_inline int sock_no_port(struct sock *sk)
+{
+	struct inet_sock *inet = (void *)sk;
+	struct inet_sock___old *old = (void *)sk;
+
+	if (bpf_core_field_exists(inet->inet_flags))
+		return (BPF_CORE_READ(inet, inet_flags) >> inet_flags_bind_no_port_bit) & 1;
+	return BPF_CORE_READ_BITFIELD_PROBED(old, bind_address_no_port);
+}
+
+/* Settles whatever socket key had pending (the socket moved on) and says
+ * whether it carried a port-0 mark, which the caller may take over. */
+static __always_inline int settle_key(__u64 key, struct pending *buf)
+{
+	struct pending *p = bpf_map_lookup_elem(&pending_calls, &key);
 
 	if (!p)
 		return 0;
-	__builtin_memcpy(dst, p, sizeof(*dst));
-	return bpf_map_delete_elem(m, &key) == 0;
-}
-
-/* Something new happened to socket key: a bind still pending on it failed.
- * buf is the caller's stack space. */
-static __always_inline void settle_bind(__u64 key, struct pending *buf)
-{
-	if (take(&pending_binds, key, buf))
-		pending_bind_failed(buf);
-}
-
-static __always_inline void pending_begin(struct pending *p, struct task_struct *task)
-{
-	p->ts = bpf_ktime_get_ns();
-	who_of(&p->who, task);
+	if (p->kind == PORT0_BOUND)
+		return 1;
+	settle(key, p, buf);
+	return 0;
 }
 
 static __always_inline int cg_bind(struct bpf_sock_addr *ctx, __u8 family)
 {
-	struct task_struct *task = (void *)bpf_get_current_task();
-	__u64 id = ((__u64)BPF_CORE_READ(task, tgid) << 32);
-	struct sock *sk = sock_addr_of(ctx->sk);
-	__u64 key = (__u64)sk;
+	__u64 id = bpf_get_current_pid_tgid();
 	struct pending buf, *p = &buf;
-	struct net *net;
+	__u32 proto = ctx->protocol;
+	struct sock *sk;
+	__u64 key;
 
-	if (!traced_pid(id))
+	if (!traced_pid(id) || (proto != IPPROTO_TCP && proto != IPPROTO_UDP))
 		return 1;
-	settle_bind(key, p);
-	__builtin_memset(p, 0, sizeof(*p));
-	if (call_init(&p->c, PS_OP_BIND, PS_SRC_CGROUP_BIND, sk))
-		return 1;
-	pending_begin(p, task);
-	p->c.sock_ino = socket_ino(BPF_CORE_READ(sk, sk_socket));
+	sk = sock_addr_of(ctx->sk);
+	key = (__u64)sk;
+	/* A mark means the socket is bound: this bind fails EINVAL below. */
+	settle_key(key, p);
+	pending_begin(p, id, sk, PS_OP_BIND, PS_SRC_CGROUP_BIND, family, proto);
+	p->kind = PENDING_BIND;
 	p->c.lport = bpf_ntohs((__u16)ctx->user_port);
-	if (family == AF_INET) {
-		__u32 a = ctx->user_ip4;
-
-		__builtin_memcpy(p->c.laddr, &a, 4);
-	} else {
-		__u32 a[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3] };
-
-		__builtin_memcpy(p->c.laddr, a, 16);
-	}
+	ctx_addr(ctx, family, p->c.laddr);
 	if (p->c.lport == 0)
 		p->c.flags |= PS_F_PORT0;
 	if (is_zero16(p->c.laddr))
 		p->c.flags |= PS_F_ANYADDR;
-	p->bound = BPF_CORE_READ(sk, __sk_common.skc_num) || p->c.state != TCP_CLOSE;
-	net = BPF_CORE_READ(sk, __sk_common.skc_net.net);
-	p->privileged = p->c.lport &&
-			p->c.lport < BPF_CORE_READ_BITFIELD_PROBED(net, ipv4.sysctl_ip_prot_sock) &&
-			!may_bind_service(task);
-	/* IP_BIND_ADDRESS_NO_PORT with port 0 skips get_port and post_bind:
-	 * only the address checks can fail it, and they are known now. */
-	if (p->c.lport == 0 && (p->c.options & PS_OPT_BIND_ADDRESS_NO_PORT)) {
-		int err = bind_errno(p);
+	p->bound = BPF_CORE_READ(sk, __sk_common.skc_num) != 0;
+	if (p->c.lport) {
+		struct net *net = BPF_CORE_READ(sk, __sk_common.skc_net.net);
 
+		p->privileged = p->c.lport < BPF_CORE_READ_BITFIELD_PROBED(net, ipv4.sysctl_ip_prot_sock) &&
+				!may_bind_service((void *)p->task);
+	} else if (!p->bound && sock_no_port(sk)) {
+		/* IP_BIND_ADDRESS_NO_PORT with port 0 skips get_port and
+		 * post_bind: only the address checks can fail it, now. */
+		if (is_zero16(p->c.laddr)) {
+			bind_ok(id, 0);
+			return 1;
+		}
+		struct who w = {};
+		struct ps_proc_stats *s;
+		int err;
+
+		pending_fill(p, &w);
+		err = bind_errno(p);
 		/* EADDRINUSE here means "no address problem": get_port never runs. */
-		pending_bind_done(p, err == EADDRINUSE ? 0 : -err);
+		if (err == EADDRINUSE) {
+			bind_ok(id, 0);
+		} else if ((s = proc_stats_of(id >> 32))) {
+			finish_bind(s, &p->c, &w, -err);
+		}
 		return 1;
 	}
-	if (bpf_map_update_elem(&pending_binds, &key, p, BPF_ANY))
+	if (bpf_map_update_elem(&pending_calls, &key, p, BPF_ANY))
 		count_untracked();
 	return 1;
 }
 
 /* post_bind runs once get_port gave the socket its port: the bind succeeded
- * (the hooks allow everything, so nothing can undo it after). */
+ * (the hooks allow everything, so nothing can undo it after). A TCP socket
+ * bound to port 0 keeps its entry, turned into a mark, for the connect that
+ * may follow; the rest is dropped. */
 static __always_inline int cg_post_bind(struct bpf_sock *ctx)
 {
-	struct pending p;
+	__u64 key = (__u64)ctx; /* only a key here: no read needs it as a number */
+	struct pending *p = bpf_map_lookup_elem(&pending_calls, &key);
+	__u64 id;
+	__u16 flags;
 
-	if (take(&pending_binds, (__u64)sock_addr_of(ctx), &p))
-		pending_bind_done(&p, 0);
+	if (!p || p->kind != PENDING_BIND)
+		return 1;
+	id = p->id;
+	flags = p->c.flags;
+	if ((flags & PS_F_PORT0) && p->c.proto == IPPROTO_TCP) {
+		/* The socket's lock is held: no hook of it runs now. */
+		p->kind = PORT0_BOUND;
+	} else if (bpf_map_delete_elem(&pending_calls, &key)) {
+		return 1; /* the sweeper decided it */
+	}
+	bind_ok(id, flags);
 	return 1;
 }
 
 static __always_inline int cg_connect(struct bpf_sock_addr *ctx, __u8 family)
 {
-	struct task_struct *task = (void *)bpf_get_current_task();
-	__u64 id = ((__u64)BPF_CORE_READ(task, tgid) << 32);
-	struct sock *sk = sock_addr_of(ctx->sk);
-	__u64 key = (__u64)sk;
+	__u64 id = bpf_get_current_pid_tgid();
 	struct pending buf, *p = &buf;
+	__u32 proto = ctx->protocol;
+	struct sock *sk;
+	__u64 key;
+	int port0;
 
-	if (!traced_pid(id))
+	if (!traced_pid(id) || (proto != IPPROTO_TCP && proto != IPPROTO_UDP))
 		return 1;
-	settle_bind(key, p);
-	if (take(&pending_connects, key, p))
-		pending_connect_done(p, 0);
-	__builtin_memset(p, 0, sizeof(*p));
-	if (call_init(&p->c, PS_OP_CONNECT, PS_SRC_CGROUP_CONNECT, sk))
-		return 1;
-	pending_begin(p, task);
-	p->c.sock_ino = socket_ino(BPF_CORE_READ(sk, sk_socket));
+	sk = sock_addr_of(ctx->sk);
+	key = (__u64)sk;
+	port0 = settle_key(key, p);
+	pending_begin(p, id, sk, PS_OP_CONNECT, PS_SRC_CGROUP_CONNECT, family, proto);
+	p->kind = PENDING_CONNECT;
+	p->port0 = port0;
 	p->c.dport = bpf_ntohs((__u16)ctx->user_port);
-	if (family == AF_INET) {
-		__u32 a = ctx->user_ip4;
-
-		__builtin_memcpy(p->c.daddr, &a, 4);
+	ctx_addr(ctx, family, p->c.daddr);
+	p->c.flags = PS_F_ANYADDR; /* until a failure reads the bound address */
+	if (!port0) {
+		p->c.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+		if (p->c.lport == 0)
+			p->c.flags |= PS_F_PORT0;
 	} else {
-		__u32 a[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3] };
-
-		__builtin_memcpy(p->c.daddr, a, 16);
+		p->c.lport = 1; /* bound; the real port is read if the call fails */
 	}
-	p->c.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	if (BPF_CORE_READ_BITFIELD_PROBED(sk, sk_userlocks) & SOCK_BINDADDR_LOCK) {
-		if (family == AF_INET)
-			bpf_core_read(p->c.laddr, 4, &sk->__sk_common.skc_rcv_saddr);
-		else
-			bpf_core_read(p->c.laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
-	}
-	if (p->c.lport == 0)
-		p->c.flags |= PS_F_PORT0;
-	if (is_zero16(p->c.laddr))
-		p->c.flags |= PS_F_ANYADDR;
 	/* UDP: no state change tells the outcome; autobind failures (EAGAIN)
 	 * stay unseen, the rest succeeds. */
-	if (p->c.proto != IPPROTO_TCP) {
-		p->syn_sent = 1;
-		pending_connect_done(p, 0);
+	if (proto != IPPROTO_TCP) {
+		connect_ok(id, 1, 0);
 		return 1;
 	}
-	if (bpf_map_update_elem(&pending_connects, &key, p, BPF_ANY))
+	/* Replaces a port-0 mark in place. */
+	if (bpf_map_update_elem(&pending_calls, &key, p, BPF_ANY))
 		count_untracked();
 	return 1;
 }
@@ -445,12 +545,11 @@ int cg_connect6(struct bpf_sock_addr *ctx)
 SEC("cgroup/sock_release")
 int cg_sock_release(struct bpf_sock *ctx)
 {
-	__u64 key = (__u64)sock_addr_of(ctx);
-	struct pending p;
+	__u64 key = (__u64)ctx;
+	struct pending *p = bpf_map_lookup_elem(&pending_calls, &key), buf;
 
-	settle_bind(key, &p);
-	if (take(&pending_connects, key, &p))
-		pending_connect_done(&p, 0);
+	if (p)
+		settle(key, p, &buf);
 	return 1;
 }
 
@@ -459,56 +558,57 @@ int cg_sock_release(struct bpf_sock *ctx)
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(cg_sock_state, struct sock *sk, int oldstate, int newstate)
 {
-	__u64 key = (__u64)sock_addr_of(sk);
-	struct task_struct *task;
 	struct pending *p, buf;
-	__u64 id;
-	int failed;
+	__u64 key, id;
+	__u8 syn_sent, port0;
 
 	if (oldstate != TCP_SYN_SENT && newstate != TCP_SYN_SENT)
 		return 0;
-	p = bpf_map_lookup_elem(&pending_connects, &key);
-	if (!p)
+	key = (__u64)sk;
+	p = bpf_map_lookup_elem(&pending_calls, &key);
+	if (!p || p->kind != PENDING_CONNECT)
 		return 0;
-	task = (void *)bpf_get_current_task();
-	id = ((__u64)BPF_CORE_READ(task, tgid) << 32) | (__u32)BPF_CORE_READ(task, pid);
+	id = bpf_get_current_pid_tgid();
 	if (newstate == TCP_SYN_SENT) {
-		if (oldstate == TCP_CLOSE && id == p->who.id)
+		if (oldstate == TCP_CLOSE && id == p->id)
 			p->syn_sent = 1;
 		return 0;
 	}
 	/* tcp_v{4,6}_connect's failure path: no port (sport still 0), or the
 	 * bound port's 4-tuple is taken; no socket error, the caller's context. */
-	failed = newstate == TCP_CLOSE && p->syn_sent && id == p->who.id &&
-		 BPF_CORE_READ(sk, sk_err) == 0 &&
-		 (p->c.lport || BPF_CORE_READ(sk, __sk_common.skc_num) == 0);
-	if (take(&pending_connects, key, &buf))
-		pending_connect_done(&buf, failed);
+	if (newstate == TCP_CLOSE && p->syn_sent && id == p->id && BPF_CORE_READ(sk, sk_err) == 0 &&
+	    (p->c.lport || BPF_CORE_READ(sk, __sk_common.skc_num) == 0)) {
+		__builtin_memcpy(&buf, p, sizeof(buf));
+		if (bpf_map_delete_elem(&pending_calls, &key) == 0) {
+			if (buf.port0)
+				buf.c.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+			connect_failed(&buf);
+		}
+		return 0;
+	}
+	/* A port was found: the connection is under way, refused, or done. */
+	id = p->id;
+	syn_sent = p->syn_sent;
+	port0 = p->port0;
+	if (bpf_map_delete_elem(&pending_calls, &key) == 0)
+		connect_ok(id, syn_sent, port0);
 	return 0;
 }
 
 /* Run by Go (BPF_PROG_TEST_RUN, never attached) for each pending call it
- * found old enough: args[0] is the socket key, args[1] SWEEP_BIND or
- * SWEEP_CONNECT, args[2] the minimum age in ns, checked again here against
- * the kernel's clock (a second normally; 0 once the traced calls are known
- * to have returned). */
+ * found old enough: args[0] is the socket key, args[1] the minimum age in ns,
+ * checked again here against the kernel's clock (a second normally; 0 once
+ * the traced calls are known to have returned). Marks are not calls: they
+ * stay until their socket's release. */
 SEC("raw_tp")
 int ps_sweep(struct bpf_raw_tracepoint_args *ctx)
 {
 	__u64 key = ctx->args[0];
-	struct pending *p, buf;
+	struct pending *p = bpf_map_lookup_elem(&pending_calls, &key), buf;
 
-	if (ctx->args[1] == SWEEP_BIND) {
-		p = bpf_map_lookup_elem(&pending_binds, &key);
-		if (!p || bpf_ktime_get_ns() - p->ts < ctx->args[2] || !take(&pending_binds, key, &buf))
-			return 0;
-		pending_bind_failed(&buf);
-		return 1;
-	}
-	p = bpf_map_lookup_elem(&pending_connects, &key);
-	if (!p || bpf_ktime_get_ns() - p->ts < ctx->args[2] || !take(&pending_connects, key, &buf))
+	if (!p || p->kind == PORT0_BOUND || bpf_ktime_get_ns() - p->ts < ctx->args[1])
 		return 0;
-	pending_connect_done(&buf, 0);
+	settle(key, p, &buf);
 	return 1;
 }
 

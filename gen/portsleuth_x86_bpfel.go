@@ -37,20 +37,17 @@ type PortsleuthCall struct {
 }
 
 type PortsleuthPending struct {
-	_   structs.HostLayout
-	Ts  uint64
-	Who struct {
-		_        structs.HostLayout
-		Id       uint64
-		CgroupId uint64
-		Comm     [16]int8
-		Tcomm    [16]int8
-	}
+	_          structs.HostLayout
+	Ts         uint64
+	Id         uint64
+	Task       uint64
 	C          PortsleuthCall
+	Kind       uint8
 	Bound      uint8
 	Privileged uint8
 	SynSent    uint8
-	Pad        [5]uint8
+	Port0      uint8
+	Pad        [3]uint8
 }
 
 type PortsleuthPsEvent struct {
@@ -179,8 +176,7 @@ const (
 	PortsleuthMapFailCounts                  = "fail_counts"
 	PortsleuthMapLost                        = "lost"
 	PortsleuthMapNetnsInfo                   = "netns_info"
-	PortsleuthMapPendingBinds                = "pending_binds"
-	PortsleuthMapPendingConnects             = "pending_connects"
+	PortsleuthMapPendingCalls                = "pending_calls"
 	PortsleuthMapProcMeta                    = "proc_meta"
 	PortsleuthMapProcStats                   = "proc_stats"
 	PortsleuthMapSockState                   = "sock_state"
@@ -332,17 +328,16 @@ type PortsleuthProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type PortsleuthMapSpecs struct {
-	Calls           *ebpf.MapSpec `ebpf:"calls"`
-	Events          *ebpf.MapSpec `ebpf:"events"`
-	FailCounts      *ebpf.MapSpec `ebpf:"fail_counts"`
-	Lost            *ebpf.MapSpec `ebpf:"lost"`
-	NetnsInfo       *ebpf.MapSpec `ebpf:"netns_info"`
-	PendingBinds    *ebpf.MapSpec `ebpf:"pending_binds"`
-	PendingConnects *ebpf.MapSpec `ebpf:"pending_connects"`
-	ProcMeta        *ebpf.MapSpec `ebpf:"proc_meta"`
-	ProcStats       *ebpf.MapSpec `ebpf:"proc_stats"`
-	SockState       *ebpf.MapSpec `ebpf:"sock_state"`
-	Untracked       *ebpf.MapSpec `ebpf:"untracked"`
+	Calls        *ebpf.MapSpec `ebpf:"calls"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
+	FailCounts   *ebpf.MapSpec `ebpf:"fail_counts"`
+	Lost         *ebpf.MapSpec `ebpf:"lost"`
+	NetnsInfo    *ebpf.MapSpec `ebpf:"netns_info"`
+	PendingCalls *ebpf.MapSpec `ebpf:"pending_calls"`
+	ProcMeta     *ebpf.MapSpec `ebpf:"proc_meta"`
+	ProcStats    *ebpf.MapSpec `ebpf:"proc_stats"`
+	SockState    *ebpf.MapSpec `ebpf:"sock_state"`
+	Untracked    *ebpf.MapSpec `ebpf:"untracked"`
 }
 
 // PortsleuthVariableSpecs contains global variables before they are loaded into the kernel.
@@ -380,17 +375,16 @@ func (o *PortsleuthObjects) Close() error {
 //
 // It can be passed to LoadPortsleuthObjects or ebpf.CollectionSpec.LoadAndAssign.
 type PortsleuthMaps struct {
-	Calls           *ebpf.Map `ebpf:"calls"`
-	Events          *ebpf.Map `ebpf:"events"`
-	FailCounts      *ebpf.Map `ebpf:"fail_counts"`
-	Lost            *ebpf.Map `ebpf:"lost"`
-	NetnsInfo       *ebpf.Map `ebpf:"netns_info"`
-	PendingBinds    *ebpf.Map `ebpf:"pending_binds"`
-	PendingConnects *ebpf.Map `ebpf:"pending_connects"`
-	ProcMeta        *ebpf.Map `ebpf:"proc_meta"`
-	ProcStats       *ebpf.Map `ebpf:"proc_stats"`
-	SockState       *ebpf.Map `ebpf:"sock_state"`
-	Untracked       *ebpf.Map `ebpf:"untracked"`
+	Calls        *ebpf.Map `ebpf:"calls"`
+	Events       *ebpf.Map `ebpf:"events"`
+	FailCounts   *ebpf.Map `ebpf:"fail_counts"`
+	Lost         *ebpf.Map `ebpf:"lost"`
+	NetnsInfo    *ebpf.Map `ebpf:"netns_info"`
+	PendingCalls *ebpf.Map `ebpf:"pending_calls"`
+	ProcMeta     *ebpf.Map `ebpf:"proc_meta"`
+	ProcStats    *ebpf.Map `ebpf:"proc_stats"`
+	SockState    *ebpf.Map `ebpf:"sock_state"`
+	Untracked    *ebpf.Map `ebpf:"untracked"`
 }
 
 func (m *PortsleuthMaps) Close() error {
@@ -400,8 +394,7 @@ func (m *PortsleuthMaps) Close() error {
 		m.FailCounts,
 		m.Lost,
 		m.NetnsInfo,
-		m.PendingBinds,
-		m.PendingConnects,
+		m.PendingCalls,
 		m.ProcMeta,
 		m.ProcStats,
 		m.SockState,

@@ -99,7 +99,7 @@ func Run(w io.Writer, o Options) error {
 		lowOverhead := b == serveDefault
 		for _, l := range []struct {
 			name string
-			fn   func(int) error
+			fn   func(int) (time.Duration, error)
 			n    int
 			goal float64
 		}{
@@ -107,11 +107,10 @@ func Run(w io.Writer, o Options) error {
 			{"bind+connect loop", lp.bindConnect, o.Loops, 3},
 			{"getppid loop (unrelated syscalls)", lp.getppid, o.Syscalls, 1},
 		} {
-			base, with, err := sideBySide(b, o.Rounds, func() (time.Duration, error) { return timeIt(l.n, l.fn) })
+			base, with, slow, err := sideBySide(b, o.Rounds, func() (time.Duration, error) { return l.fn(l.n) })
 			if err != nil {
 				return fmt.Errorf("%s on %s: %w", l.name, b, err)
 			}
-			slow := 100 * (float64(with) - float64(base)) / float64(base)
 			value := fmt.Sprintf("%+.1f%% (%.0f -> %.0f ns/op)", slow, perOp(base, l.n), perOp(with, l.n))
 			goal := ""
 			if lowOverhead {
@@ -155,7 +154,7 @@ func Run(w io.Writer, o Options) error {
 		add(fmt.Sprintf("ports: scan a namespace of %d sockets", ps.sockets), fmt.Sprintf("%s, RSS +%.1f MiB", ps.wall.Round(time.Millisecond), float64(ps.rssGrowth)/(1<<20)), "", true)
 	}
 
-	fmt.Fprintf(w, "portsleuth bench (%s, %d CPUs; loops %d iterations, %d syscalls, median of %d alternating rounds)\n\n",
+	fmt.Fprintf(w, "portsleuth bench (%s, %d CPUs; loops %d iterations, %d syscalls; loop thread CPU time, median slowdown of %d ABBA pairs)\n\n",
 		kernelRelease(), runtime.NumCPU(), o.Loops, o.Syscalls, o.Rounds)
 	fmt.Fprintf(w, "%-58s %-42s %-28s %s\n", "measurement", "value", "goal", "")
 	for _, r := range rows {
@@ -166,29 +165,43 @@ func Run(w io.Writer, o Options) error {
 
 func perOp(d time.Duration, n int) float64 { return float64(d.Nanoseconds()) / float64(n) }
 
-// sideBySide alternates rounds without and with the agent and returns the medians.
-func sideBySide(b probe.Backend, rounds int, measure func() (time.Duration, error)) (time.Duration, time.Duration, error) {
+// sideBySide measures pairs of runs without and with the agent, in ABBA
+// order so neither side always goes first, and returns the median of each
+// side and the median of the pairs' slowdowns in percent.
+func sideBySide(b probe.Backend, rounds int, measure func() (time.Duration, error)) (time.Duration, time.Duration, float64, error) {
 	var base, with []time.Duration
-	for i := 0; i < rounds; i++ {
-		d, err := measure()
-		if err != nil {
-			return 0, 0, err
-		}
-		base = append(base, d)
+	var slow []float64
+	attached := func() (time.Duration, error) {
 		t, err := probe.Start(probe.Options{Backend: b})
 		if err != nil {
-			return 0, 0, err
+			return 0, err
 		}
 		stop := drain(t)
-		d, err = measure()
+		d, err := measure()
 		stop()
 		t.Close()
-		if err != nil {
-			return 0, 0, err
-		}
-		with = append(with, d)
+		return d, err
 	}
-	return median(base), median(with), nil
+	for i := 0; i < rounds; i++ {
+		var a, w time.Duration
+		var err error
+		if i%2 == 0 {
+			if a, err = measure(); err == nil {
+				w, err = attached()
+			}
+		} else {
+			if w, err = attached(); err == nil {
+				a, err = measure()
+			}
+		}
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		base, with = append(base, a), append(with, w)
+		slow = append(slow, 100*(float64(w)-float64(a))/float64(a))
+	}
+	slices.Sort(slow)
+	return median(base), median(with), slow[len(slow)/2], nil
 }
 
 // drain consumes the ring buffer like watch/serve do, until stopped.
@@ -210,12 +223,6 @@ func median(ds []time.Duration) time.Duration {
 	s := slices.Clone(ds)
 	slices.Sort(s)
 	return s[len(s)/2]
-}
-
-func timeIt(n int, fn func(int) error) (time.Duration, error) {
-	start := time.Now()
-	err := fn(n)
-	return time.Since(start), err
 }
 
 type stormResult struct {

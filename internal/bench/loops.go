@@ -2,6 +2,7 @@ package bench
 
 import (
 	"runtime"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -62,6 +63,26 @@ func (l *looper) run(fn func() error) error {
 	return <-j.done
 }
 
+// timed runs fn on the loop thread and returns the CPU time that thread spent
+// in it, user and kernel: the BPF programs run there, inside the syscalls,
+// while time the thread spends preempted by other tasks is left out.
+func (l *looper) timed(fn func() error) (time.Duration, error) {
+	var d time.Duration
+	err := l.run(func() error {
+		start := threadCPU()
+		err := fn()
+		d = threadCPU() - start
+		return err
+	})
+	return d, err
+}
+
+func threadCPU() time.Duration {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &ts)
+	return time.Duration(ts.Nano())
+}
+
 func (l *looper) close() { close(l.jobs) }
 
 // connectOnce connects a new socket (bound first if bind is set), accepts
@@ -90,8 +111,8 @@ func (l *looper) connectOnce(bind bool) error {
 	return unix.Close(srv)
 }
 
-func (l *looper) connectClose(n int) error {
-	return l.run(func() error {
+func (l *looper) connectClose(n int) (time.Duration, error) {
+	return l.timed(func() error {
 		for i := 0; i < n; i++ {
 			if err := l.connectOnce(false); err != nil {
 				return err
@@ -101,8 +122,8 @@ func (l *looper) connectClose(n int) error {
 	})
 }
 
-func (l *looper) bindConnect(n int) error {
-	return l.run(func() error {
+func (l *looper) bindConnect(n int) (time.Duration, error) {
+	return l.timed(func() error {
 		for i := 0; i < n; i++ {
 			if err := l.connectOnce(true); err != nil {
 				return err
@@ -112,8 +133,8 @@ func (l *looper) bindConnect(n int) error {
 	})
 }
 
-func (l *looper) getppid(n int) error {
-	return l.run(func() error {
+func (l *looper) getppid(n int) (time.Duration, error) {
+	return l.timed(func() error {
 		for i := 0; i < n; i++ {
 			unix.Getppid()
 		}

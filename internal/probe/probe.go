@@ -153,11 +153,11 @@ func startBackend(spec *ebpf.CollectionSpec, b Backend) (*Tracer, error) {
 			return nil, errors.New("the cgroup backend's sweeper program is missing")
 		}
 		// A sweeper the kernel can't run would leave failures pending forever.
-		if _, err := prog.Run(&ebpf.RunOptions{Context: []uint64{0, sweepBind, 0}}); err != nil {
+		if _, err := prog.Run(&ebpf.RunOptions{Context: []uint64{0, 0}}); err != nil {
 			t.Close()
 			return nil, fmt.Errorf("the kernel cannot test-run the cgroup backend's sweeper (raw_tp BPF_PROG_TEST_RUN): %w", err)
 		}
-		t.sweeper = startSweeper(prog, t.maps.PendingBinds, t.maps.PendingConnects)
+		t.sweeper = startSweeper(prog, t.maps.PendingCalls)
 	}
 	t.rd, err = ringbuf.NewReader(t.maps.Events)
 	if err != nil {

@@ -18,20 +18,18 @@ import (
 const (
 	sweepEvery = 250 * time.Millisecond
 	sweepAge   = time.Second
-	sweepBind  = 1 // SWEEP_BIND
-	sweepConn  = 2 // SWEEP_CONNECT
+	port0Bound = 3 // PORT0_BOUND in bpf/cgroup.h: a mark, not a call
 )
 
 type sweeper struct {
-	prog  *ebpf.Program
-	binds *ebpf.Map
-	conns *ebpf.Map
-	done  chan struct{}
-	wg    sync.WaitGroup
+	prog    *ebpf.Program
+	pending *ebpf.Map
+	done    chan struct{}
+	wg      sync.WaitGroup
 }
 
-func startSweeper(prog *ebpf.Program, binds, conns *ebpf.Map) *sweeper {
-	s := &sweeper{prog: prog, binds: binds, conns: conns, done: make(chan struct{})}
+func startSweeper(prog *ebpf.Program, pending *ebpf.Map) *sweeper {
+	s := &sweeper{prog: prog, pending: pending, done: make(chan struct{})}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -59,26 +57,23 @@ func (s *sweeper) stop() {
 // settles any race with a hook.
 func (s *sweeper) sweep(age time.Duration) (left int) {
 	now := monotonicNow()
-	for _, m := range []struct {
-		m    *ebpf.Map
-		kind uint64
-	}{{s.binds, sweepBind}, {s.conns, sweepConn}} {
-		var stale []uint64
-		var key uint64
-		var p gen.PortsleuthPending
-		it := m.m.Iterate()
-		for it.Next(&key, &p) {
-			if now-p.Ts >= uint64(age) {
-				stale = append(stale, key)
-			} else {
-				left++
-			}
+	var stale []uint64
+	var key uint64
+	var p gen.PortsleuthPending
+	it := s.pending.Iterate()
+	for it.Next(&key, &p) {
+		switch {
+		case p.Kind == port0Bound:
+		case now-p.Ts >= uint64(age):
+			stale = append(stale, key)
+		default:
+			left++
 		}
-		// An iteration cut short by concurrent deletes is retried next tick.
-		for _, k := range stale {
-			if ret, err := s.prog.Run(&ebpf.RunOptions{Context: []uint64{k, m.kind, uint64(age)}}); err != nil || ret == 0 {
-				left++ // not decided now (a hook took it first, or the run failed): next time
-			}
+	}
+	// An iteration cut short by concurrent deletes is retried next tick.
+	for _, k := range stale {
+		if ret, err := s.prog.Run(&ebpf.RunOptions{Context: []uint64{k, uint64(age)}}); err != nil || ret == 0 {
+			left++ // not decided now (a hook took it first, or the run failed): next time
 		}
 	}
 	return left
