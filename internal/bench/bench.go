@@ -6,6 +6,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -21,6 +22,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/portsleuth/portsleuth/internal/pressure"
@@ -117,6 +119,20 @@ func Run(w io.Writer, o Options) error {
 				goal = fmt.Sprintf("<= %.0f%%", l.goal)
 			}
 			add(fmt.Sprintf("%s, %s", l.name, b), value, goal, slow <= l.goal)
+		}
+		if lowOverhead {
+			// The profile behind the loop figures: where the BPF time goes.
+			prof, err := programProfile(b, lp, o.Loops)
+			if err != nil {
+				return fmt.Errorf("program profile on %s: %w", b, err)
+			}
+			for _, p := range prof {
+				v := fmt.Sprintf("%.0f ns (%.1f runs)", p.nsPerLoop, p.runsPerLoop)
+				if p.runsPerLoop == 0 {
+					v = fmt.Sprintf("%.0f ns", p.nsPerLoop)
+				}
+				add(fmt.Sprintf("  BPF time per bind+connect, %s", p.name), v, "", true)
+			}
 		}
 	}
 
@@ -422,4 +438,48 @@ func kernelRelease() string {
 func firstLine(s string) string {
 	first, _, _ := strings.Cut(s, "\n")
 	return first
+}
+
+type progCost struct {
+	name                   string
+	nsPerLoop, runsPerLoop float64
+}
+
+// programProfile runs the bind+connect loop once with the agent attached
+// and the kernel's BPF run-time statistics on, and splits the BPF time per
+// loop by program: the profile that explains the loop slowdown. The
+// statistics add a clock read per run, so these are upper bounds.
+func programProfile(b probe.Backend, lp *looper, n int) ([]progCost, error) {
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		return nil, fmt.Errorf("enabling BPF run-time stats: %w", err)
+	}
+	defer stats.Close()
+	t, err := probe.Start(probe.Options{Backend: b})
+	if err != nil {
+		return nil, err
+	}
+	defer t.Close()
+	stop := drain(t)
+	_, err = lp.bindConnect(n)
+	stop()
+	if err != nil {
+		return nil, err
+	}
+	ps, err := t.ProgramStats()
+	if err != nil {
+		return nil, err
+	}
+	var out []progCost
+	var total float64
+	for name, st := range ps {
+		if st.RunCount == 0 {
+			continue
+		}
+		c := progCost{name, float64(st.Runtime.Nanoseconds()) / float64(n), float64(st.RunCount) / float64(n)}
+		total += c.nsPerLoop
+		out = append(out, c)
+	}
+	slices.SortFunc(out, func(a, b progCost) int { return cmp.Compare(b.nsPerLoop, a.nsPerLoop) })
+	return append(out, progCost{"all programs", total, 0}), nil
 }
