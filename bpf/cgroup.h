@@ -24,6 +24,7 @@
 
 #define TCP_SYN_SENT 2
 #define TCP_CLOSE 7
+#define TCP_LISTEN 10
 #define IFF_UP 1
 #define IFF_LOOPBACK 8
 #define IFA_F_OPTIMISTIC 0x04
@@ -553,8 +554,8 @@ int cg_sock_release(struct bpf_sock *ctx)
 	return 1;
 }
 
-/* TCP state changes, host-wide; only a socket with a pending connect costs
- * more than two compares. */
+/* TCP state changes, host-wide; only a socket with a pending connect (or a
+ * port-0 mark, when it starts listening) costs more than three compares. */
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(cg_sock_state, struct sock *sk, int oldstate, int newstate)
 {
@@ -562,6 +563,14 @@ int BPF_PROG(cg_sock_state, struct sock *sk, int oldstate, int newstate)
 	__u64 key, id;
 	__u8 syn_sent, port0;
 
+	if (newstate == TCP_LISTEN) {
+		/* A port-0 bind that listens: no connect will follow. */
+		key = (__u64)sk;
+		p = bpf_map_lookup_elem(&pending_calls, &key);
+		if (p && p->kind == PORT0_BOUND)
+			bpf_map_delete_elem(&pending_calls, &key);
+		return 0;
+	}
 	if (oldstate != TCP_SYN_SENT && newstate != TCP_SYN_SENT)
 		return 0;
 	key = (__u64)sk;

@@ -3,6 +3,7 @@ package probe
 import (
 	"cmp"
 	"errors"
+	"fmt"
 	"maps"
 	"os"
 	"runtime"
@@ -14,6 +15,7 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
+	"github.com/portsleuth/portsleuth/gen"
 	"github.com/portsleuth/portsleuth/internal/event"
 )
 
@@ -355,4 +357,78 @@ func dropCapability(c uintptr) error {
 	}
 	data[c/32].Effective &^= 1 << (c % 32)
 	return unix.Capset(&hdr, &data[0])
+}
+
+// The cgroup backend keeps one entry per socket with a call in flight (or a
+// port-0 mark): once the sockets are closed, or listen, nothing is left.
+func TestCgroupLeavesNoPendingEntries(t *testing.T) {
+	tr := start(t)
+	if tr.Backend() != Cgroup {
+		t.Skipf("backend %s keeps no pending calls (PORTSLEUTH_TEST_BACKEND=cgroup runs this)", tr.Backend())
+	}
+	var keep []int
+	inNetns(t, func() error {
+		l, err := holdPort(lo8080)
+		if err != nil {
+			return err
+		}
+		keep = append(keep, l)
+		any0 := &unix.SockaddrInet4{}
+		for i := 0; i < 20; i++ {
+			// bind(0)+connect, closed.
+			s, _ := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+			if err := unix.Bind(s, any0); err != nil {
+				return err
+			}
+			if err := unix.Connect(s, lo8080); err != nil {
+				return err
+			}
+			a, _, err := unix.Accept(l)
+			if err != nil {
+				return err
+			}
+			unix.Close(a)
+			unix.Close(s)
+			// A failed bind, closed.
+			s, _ = unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+			if err := unix.Bind(s, lo8080); !errors.Is(err, unix.EADDRINUSE) {
+				return fmt.Errorf("bind of a held port: %v", err)
+			}
+			unix.Close(s)
+			// bind(0)+listen, kept open: the mark goes when it listens.
+			s, _ = unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+			if err := unix.Bind(s, any0); err != nil {
+				return err
+			}
+			if err := unix.Listen(s, 1); err != nil {
+				return err
+			}
+			keep = append(keep, s)
+		}
+		return nil
+	})
+	defer func() {
+		for _, fd := range keep {
+			unix.Close(fd)
+		}
+	}()
+	var key uint64
+	var p gen.PortsleuthPending
+	left := 0
+	for it := tr.maps.PendingCalls.Iterate(); it.Next(&key, &p); {
+		if p.Id>>32 == uint64(os.Getpid()) {
+			left++
+		}
+	}
+	if left != 0 {
+		t.Errorf("%d pending entries of this process left", left)
+	}
+	snap, err := tr.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := snap.Procs[uint32(os.Getpid())]
+	if st.BindsFailed != 20 || st.Port0BindsOK != 40 || st.Port0BindConnects != 20 || st.ConnectsOK != 20 {
+		t.Errorf("counts %+v: want 20 failed binds, 40 port-0 binds, 20 of them connected, 20 connects ok", st)
+	}
 }
