@@ -112,6 +112,7 @@ struct ps_proc_stats {
 struct ps_proc_meta {
 	__u64 netns;
 	__u64 cgroup_id;
+	__u64 start_ns;    /* the process's start time: a reused pid gets a new record */
 	char comm[16];
 	char args[128];    /* start of the command line, NUL-separated */
 };

@@ -304,6 +304,7 @@ static __always_inline void snapshot_netns(struct sock *sk, __u64 inum)
 struct who {
 	__u64 id;        /* pid_tgid */
 	__u64 cgroup_id; /* cgroup v2 id */
+	__u64 start_ns;  /* the thread-group leader's start time */
 	char comm[16];   /* thread-group leader's name */
 	char tcomm[16];  /* the thread's name */
 };
@@ -315,13 +316,15 @@ static __always_inline void who_of(struct who *w, struct task_struct *task)
 
 	w->id = ((__u64)BPF_CORE_READ(task, tgid) << 32) | (__u32)BPF_CORE_READ(task, pid);
 	w->cgroup_id = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
+	w->start_ns = BPF_CORE_READ(leader, start_time);
 	bpf_probe_read_kernel_str(w->comm, sizeof(w->comm), &leader->comm);
 	bpf_probe_read_kernel_str(w->tcomm, sizeof(w->tcomm), &task->comm);
 }
 
-/* Records who the process is the first time it fails. The command line is
- * read only from the caller's own memory: when the outcome is learnt in
- * another task, Go reads it from /proc instead. */
+/* Records who the process is the first time it fails, and again when its
+ * pid was reused by a newer process (a long-running agent sees pids come
+ * back). The command line is read only from the caller's own memory: when
+ * the outcome is learnt in another task, Go reads it from /proc instead. */
 /* A zero record to create proc_meta entries from: the record is filled in
  * place, which keeps 176 bytes off a stack the cgroup backend needs. */
 static const struct ps_proc_meta zero_meta;
@@ -334,12 +337,19 @@ static __always_inline void record_meta(struct who *w, __u64 netns)
 	unsigned long start, end;
 	__u64 len;
 
-	/* Only the task that creates the entry fills it. */
-	if (bpf_map_update_elem(&proc_meta, &pid, &zero_meta, BPF_NOEXIST))
-		return;
 	meta = bpf_map_lookup_elem(&proc_meta, &pid);
-	if (!meta)
+	if (meta && meta->start_ns == w->start_ns)
 		return;
+	if (!meta) {
+		/* Only the task that creates the entry fills it. */
+		if (bpf_map_update_elem(&proc_meta, &pid, &zero_meta, BPF_NOEXIST))
+			return;
+		meta = bpf_map_lookup_elem(&proc_meta, &pid);
+		if (!meta)
+			return;
+	}
+	__builtin_memset(meta->args, 0, sizeof(meta->args));
+	meta->start_ns = w->start_ns;
 	meta->netns = netns;
 	meta->cgroup_id = w->cgroup_id;
 	__builtin_memcpy(meta->comm, w->comm, sizeof(meta->comm));

@@ -134,6 +134,7 @@ type PortsleuthPsProcMeta struct {
 	_        structs.HostLayout
 	Netns    uint64
 	CgroupId uint64
+	StartNs  uint64
 	Comm     [16]int8
 	Args     [128]int8
 }

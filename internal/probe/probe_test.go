@@ -432,3 +432,37 @@ func TestCgroupLeavesNoPendingEntries(t *testing.T) {
 		t.Errorf("counts %+v: want 20 failed binds, 40 port-0 binds, 20 of them connected, 20 connects ok", st)
 	}
 }
+
+// A long-running agent sees pids come back: the record of a process that
+// had the pid before must not name the new one.
+func TestMetaRefreshedWhenPidIsReused(t *testing.T) {
+	tr := start(t)
+	pid := uint32(os.Getpid())
+	stale := gen.PortsleuthPsProcMeta{StartNs: 1}
+	for i, c := range []byte("previous") {
+		stale.Comm[i] = int8(c)
+	}
+	for i, c := range []byte("previous --long --command --line") {
+		stale.Args[i] = int8(c)
+	}
+	if err := tr.maps.ProcMeta.Put(pid, &stale); err != nil {
+		t.Fatal(err)
+	}
+	inNetns(t, func() error {
+		if _, err := holdPort(lo8080); err != nil {
+			return err
+		}
+		s, _ := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+		defer unix.Close(s)
+		return ignore(unix.Bind(s, lo8080), unix.EADDRINUSE)
+	})
+	tr.Flush()
+	snap, err := tr.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := snap.Meta[pid]
+	if m.Comm == "previous" || strings.Contains(m.Cmdline, "previous") || m.Comm == "" {
+		t.Errorf("meta of pid %d after a failure: %+v; want this process, not the pid's previous owner", pid, m)
+	}
+}
