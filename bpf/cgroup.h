@@ -259,8 +259,8 @@ static __always_inline void pending_fill(struct pending *p, struct who *w)
 	w->id = p->id;
 }
 
-/* Counts a bind that succeeded; a TCP socket it gave a port 0 is marked for
- * the connect that may follow (bind-before-connect evidence). */
+/* Counts a bind that succeeded (post_bind marks a TCP socket that a port-0
+ * bind gave a port, for the connect that may follow). */
 static __always_inline void bind_ok(__u64 id, __u16 flags)
 {
 	struct ps_proc_stats *s = proc_stats_of(id >> 32);
