@@ -80,15 +80,6 @@ static __always_inline struct sock *sock_addr_of(const void *p)
 	return (struct sock *)raw;
 }
 
-static __always_inline void count_untracked(void)
-{
-	__u32 zero = 0;
-	__u64 *n = bpf_map_lookup_elem(&untracked, &zero);
-
-	if (n)
-		(*n)++;
-}
-
 /* Whether the current task holds CAP_NET_BIND_SERVICE: bit 10 sits in the
  * first 32 bits of kernel_cap_t, as u32[2] (before 6.3) or u64. */
 static __always_inline int may_bind_service(struct task_struct *task)
@@ -246,15 +237,11 @@ static __always_inline void pending_fill(struct pending *p, struct who *w)
 	p->c.options = sock_options(sk);
 	if (!p->c.sock_ino)
 		p->c.sock_ino = socket_ino(BPF_CORE_READ(sk, sk_socket));
-	if (p->c.op == PS_OP_CONNECT && p->c.lport &&
-	    (BPF_CORE_READ_BITFIELD_PROBED(sk, sk_userlocks) & SOCK_BINDADDR_LOCK)) {
-		if (p->c.family == AF_INET)
-			bpf_core_read(p->c.laddr, 4, &sk->__sk_common.skc_rcv_saddr);
-		else
-			bpf_core_read(p->c.laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+	if (p->c.op == PS_OP_CONNECT && p->c.lport) {
+		sock_bound_laddr(sk, p->c.family, p->c.laddr);
+		if (!is_zero16(p->c.laddr))
+			p->c.flags &= ~PS_F_ANYADDR;
 	}
-	if (p->c.op == PS_OP_CONNECT && !is_zero16(p->c.laddr))
-		p->c.flags &= ~PS_F_ANYADDR;
 	who_of(w, (struct task_struct *)p->task);
 	w->id = p->id;
 }
@@ -418,7 +405,7 @@ static __always_inline int cg_bind(struct bpf_sock_addr *ctx, __u8 family)
 	} else if (!p->bound && sock_no_port(sk)) {
 		/* IP_BIND_ADDRESS_NO_PORT with port 0 skips get_port and
 		 * post_bind: only the address checks can fail it, now. */
-		if (is_zero16(p->c.laddr)) {
+		if (p->c.flags & PS_F_ANYADDR) {
 			bind_ok(id, 0);
 			return 1;
 		}
@@ -437,7 +424,7 @@ static __always_inline int cg_bind(struct bpf_sock_addr *ctx, __u8 family)
 		return 1;
 	}
 	if (bpf_map_update_elem(&pending_calls, &key, p, BPF_ANY))
-		count_untracked();
+		percpu_inc(&untracked);
 	return 1;
 }
 
@@ -501,7 +488,7 @@ static __always_inline int cg_connect(struct bpf_sock_addr *ctx, __u8 family)
 	}
 	/* Replaces a port-0 mark in place. */
 	if (bpf_map_update_elem(&pending_calls, &key, p, BPF_ANY))
-		count_untracked();
+		percpu_inc(&untracked);
 	return 1;
 }
 
@@ -559,23 +546,22 @@ int cg_sock_release(struct bpf_sock *ctx)
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(cg_sock_state, struct sock *sk, int oldstate, int newstate)
 {
+	__u64 key = (__u64)sk, id;
 	struct pending *p, buf;
-	__u64 key, id;
 	__u8 syn_sent, port0;
 
+	if (newstate != TCP_LISTEN && oldstate != TCP_SYN_SENT && newstate != TCP_SYN_SENT)
+		return 0;
+	p = bpf_map_lookup_elem(&pending_calls, &key);
+	if (!p)
+		return 0;
 	if (newstate == TCP_LISTEN) {
 		/* A port-0 bind that listens: no connect will follow. */
-		key = (__u64)sk;
-		p = bpf_map_lookup_elem(&pending_calls, &key);
-		if (p && p->kind == PORT0_BOUND)
+		if (p->kind == PORT0_BOUND)
 			bpf_map_delete_elem(&pending_calls, &key);
 		return 0;
 	}
-	if (oldstate != TCP_SYN_SENT && newstate != TCP_SYN_SENT)
-		return 0;
-	key = (__u64)sk;
-	p = bpf_map_lookup_elem(&pending_calls, &key);
-	if (!p || p->kind != PENDING_CONNECT)
+	if (p->kind != PENDING_CONNECT)
 		return 0;
 	id = bpf_get_current_pid_tgid();
 	if (newstate == TCP_SYN_SENT) {

@@ -51,12 +51,7 @@ static __always_inline int connect_begin(struct sock *sk, __u8 source)
 	else
 		bpf_core_read(c.daddr, 16, &sk->__sk_common.skc_v6_daddr);
 	c.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	if (BPF_CORE_READ_BITFIELD_PROBED(sk, sk_userlocks) & SOCK_BINDADDR_LOCK) {
-		if (c.family == AF_INET)
-			bpf_core_read(c.laddr, 4, &sk->__sk_common.skc_rcv_saddr);
-		else
-			bpf_core_read(c.laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
-	}
+	sock_bound_laddr(sk, c.family, c.laddr);
 	call_store(id, &c);
 	return 0;
 }

@@ -179,14 +179,38 @@ static __always_inline int is_zero16(const __u8 *a)
 	return (w[0] | w[1]) == 0;
 }
 
-/* The socket's own local address and port (host order). */
-static __always_inline void sock_local(struct sock *sk, __u8 family, __u8 *addr, __u16 *port)
+/* The socket's own local address. */
+static __always_inline void sock_laddr(struct sock *sk, __u8 family, __u8 *addr)
 {
-	*port = BPF_CORE_READ(sk, __sk_common.skc_num);
 	if (family == AF_INET)
 		bpf_core_read(addr, 4, &sk->__sk_common.skc_rcv_saddr);
 	else
 		bpf_core_read(addr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+}
+
+/* The socket's own local address and port (host order). */
+static __always_inline void sock_local(struct sock *sk, __u8 family, __u8 *addr, __u16 *port)
+{
+	*port = BPF_CORE_READ(sk, __sk_common.skc_num);
+	sock_laddr(sk, family, addr);
+}
+
+/* The local address of a connecting socket, if bind() set it: otherwise the
+ * kernel fills in a route's source address that no call asked for. */
+static __always_inline void sock_bound_laddr(struct sock *sk, __u8 family, __u8 *addr)
+{
+	if (BPF_CORE_READ_BITFIELD_PROBED(sk, sk_userlocks) & SOCK_BINDADDR_LOCK)
+		sock_laddr(sk, family, addr);
+}
+
+/* Adds one to index 0 of a per-CPU counter array. */
+static __always_inline void percpu_inc(void *map)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(map, &zero);
+
+	if (n)
+		(*n)++;
 }
 
 /* Parses a sockaddr copy for a socket of this family. Returns -1 for a
@@ -403,10 +427,9 @@ static __always_inline void record_holder(struct ps_event *e, struct sock *h, __
  * down. Its pointers are never NULL; the verifier wants the check anyway. */
 __attribute__((noinline)) int record_failure(struct call *c, struct who *w, int err)
 {
-	__u32 pid, zero = 0;
+	__u32 pid;
 	struct ps_fail_key k = {};
 	struct ps_event *e;
-	__u64 *n;
 
 	if (!c || !w)
 		return 0;
@@ -423,9 +446,7 @@ __attribute__((noinline)) int record_failure(struct call *c, struct who *w, int 
 
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
-		n = bpf_map_lookup_elem(&lost, &zero);
-		if (n)
-			(*n)++;
+		percpu_inc(&lost);
 		return 0;
 	}
 	e->ts_ns = bpf_ktime_get_ns();

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/portsleuth/portsleuth/internal/probe"
+	"github.com/portsleuth/portsleuth/internal/procinfo"
 )
 
 // runDoctor says what this kernel lets portsleuth do, and which backend auto
@@ -50,7 +51,7 @@ func runDoctor(args []string, stdout, stderr io.Writer) error {
 		{"program type cgroup_sock_addr", ebpf.CGroupSockAddr}} {
 		line(pt.name, featureVerdict(features.HaveProgramType(pt.t)))
 	}
-	if root, err := probe.FindCgroup2(); err != nil {
+	if root, err := procinfo.Cgroup2Mount(); err != nil {
 		line("cgroup v2", "unknown: "+err.Error())
 	} else if root == "" {
 		line("cgroup v2", "not mounted (the cgroup backend mounts it itself)")

@@ -113,7 +113,7 @@ func SocketOwner(ino uint64) (uint32, string) {
 // number, what bpf_get_current_cgroup_id returns) is id: for a process that is
 // gone before /proc could name its cgroup. "" when not found.
 func CgroupPathByID(id uint64) string {
-	root := cgroup2Mount()
+	root, _ := Cgroup2Mount()
 	if root == "" || id == 0 {
 		return ""
 	}
@@ -135,22 +135,50 @@ func CgroupPathByID(id uint64) string {
 	return found
 }
 
-// cgroup2Mount is where the unified hierarchy is mounted (/sys/fs/cgroup, or
-// /sys/fs/cgroup/unified on hybrid hosts).
-func cgroup2Mount() string {
-	f, err := os.Open("/proc/self/mountinfo")
+// Cgroup2Mount says where the root of the unified hierarchy is mounted
+// (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts), "" if nowhere.
+func Cgroup2Mount() (string, error) { return findCgroup2("/proc/self/mountinfo") }
+
+// findCgroup2 returns the mount point of the cgroup2 root in a mountinfo
+// file, or "" when none is mounted.
+func findCgroup2(mountinfo string) (string, error) {
+	f, err := os.Open(mountinfo)
 	if err != nil {
-		return ""
+		return "", fmt.Errorf("reading mounts: %w", err)
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		for i, fld := range fields {
-			if fld == "-" && i+1 < len(fields) && fields[i+1] == "cgroup2" && len(fields) > 4 {
-				return fields[4]
+		// id parent major:minor root mountpoint options... - fstype source superoptions
+		pre, post, ok := strings.Cut(sc.Text(), " - ")
+		if !ok {
+			continue
+		}
+		fields, fs := strings.Fields(pre), strings.Fields(post)
+		if len(fields) < 5 || len(fs) < 1 || fs[0] != "cgroup2" || fields[3] != "/" {
+			continue
+		}
+		return unescapeMount(fields[4]), nil
+	}
+	if err := sc.Err(); err != nil {
+		return "", fmt.Errorf("reading mounts: %w", err)
+	}
+	return "", nil
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			var v byte
+			if _, err := fmt.Sscanf(s[i+1:i+4], "%03o", &v); err == nil {
+				b.WriteByte(v)
+				i += 3
+				continue
 			}
 		}
+		b.WriteByte(s[i])
 	}
-	return ""
+	return b.String()
 }

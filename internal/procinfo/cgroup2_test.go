@@ -1,4 +1,4 @@
-package probe
+package procinfo
 
 import (
 	"os"
@@ -6,7 +6,7 @@ import (
 	"testing"
 )
 
-func TestFindCgroup2(t *testing.T) {
+func TestCgroup2Mount(t *testing.T) {
 	for _, c := range []struct{ name, mountinfo, want string }{
 		{"unified", "30 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n", "/sys/fs/cgroup"},
 		{"hybrid", "25 23 0:22 / /sys/fs/cgroup ro - tmpfs tmpfs ro\n" +
