@@ -3,6 +3,7 @@ package report
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/portsleuth/portsleuth/internal/event"
@@ -53,6 +54,13 @@ func (r Recording) Snapshot() event.Snapshot {
 		s.Failures[f.PID][f.Class] += f.Count
 	}
 	return s
+}
+
+// Encode writes the recording as JSON to w.
+func (r Recording) Encode(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", " ")
+	return enc.Encode(r)
 }
 
 // Save writes the recording as JSON.
