@@ -14,6 +14,7 @@ import (
 
 	"github.com/portsleuth/portsleuth/internal/event"
 	"github.com/portsleuth/portsleuth/internal/netns"
+	"github.com/portsleuth/portsleuth/internal/term"
 )
 
 // Pattern is a stable id, used in JSON and in the docs.
@@ -103,11 +104,13 @@ type Finding struct {
 }
 
 // DescribeHolder says who holds a port, e.g. "pid 42 (nginx): LISTEN 0.0.0.0:80 [SO_REUSEADDR]".
+// The holder's name is escaped (term.Escape): this prose reaches terminals, in
+// Evidence too; the holder's own JSON field keeps the name exact.
 func DescribeHolder(h event.Holder) string {
 	var b strings.Builder
 	switch {
 	case h.PID != 0:
-		fmt.Fprintf(&b, "pid %d (%s): ", h.PID, h.Comm)
+		fmt.Fprintf(&b, "pid %d (%s): ", h.PID, term.Escape(h.Comm))
 	case h.State == "TIME_WAIT":
 		b.WriteString("no process (TIME_WAIT): ")
 	default:

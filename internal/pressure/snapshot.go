@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/portsleuth/portsleuth/internal/event"
+	"github.com/portsleuth/portsleuth/internal/term"
 )
 
 // Snapshot is the pressure around one failure, taken when it happened: the
@@ -41,8 +42,13 @@ func SnapshotFor(ns Namespace, e *event.Event) *Snapshot {
 	return s
 }
 
-// Text is the one-line form.
+// Text is the one-line form, escaped (term.Escape) though its strings are
+// addresses today: a Snapshot can be decoded from JSON, and text trusts no decoded string.
 func (s *Snapshot) Text() string {
+	return term.Escape(s.text())
+}
+
+func (s *Snapshot) text() string {
 	switch {
 	case s.ConnectPool != nil:
 		p := s.ConnectPool

@@ -12,6 +12,7 @@ import (
 	"github.com/portsleuth/portsleuth/internal/attrib"
 	"github.com/portsleuth/portsleuth/internal/event"
 	"github.com/portsleuth/portsleuth/internal/pressure"
+	"github.com/portsleuth/portsleuth/internal/term"
 )
 
 // Record is one failed call as `watch -o json` prints it. The field names are
@@ -84,7 +85,8 @@ func NewRecord(e event.Event, p attrib.Pattern) Record {
 	return r
 }
 
-// Text is the one-line form of a record.
+// Text is the one-line form of a record. The line is escaped whole (term.Escape):
+// the names are the process's choice, and a replayed recording chooses every field.
 func (r Record) Text() string {
 	var b strings.Builder
 	t, err := time.Parse(time.RFC3339Nano, r.Time)
@@ -115,8 +117,9 @@ func (r Record) Text() string {
 	if r.Folded > 0 {
 		fmt.Fprintf(&b, " ... %d more like this in the last second", r.Folded)
 	}
+	line := term.Escape(b.String())
 	if r.Pressure != nil {
-		fmt.Fprintf(&b, "\n    pressure: %s", r.Pressure.Text())
+		line += "\n    pressure: " + r.Pressure.Text()
 	}
-	return b.String()
+	return line
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/portsleuth/portsleuth/internal/netns"
 	"github.com/portsleuth/portsleuth/internal/pressure"
 	"github.com/portsleuth/portsleuth/internal/procinfo"
+	"github.com/portsleuth/portsleuth/internal/term"
 )
 
 // Schema is the version of the JSON report; fields are only ever added.
@@ -245,10 +246,13 @@ func (r Report) WriteJSON(w io.Writer) error {
 	return enc.Encode(r)
 }
 
-// WriteText writes the report for a person.
+// WriteText writes the report for a person. Every string that comes from the
+// traced processes (or from a recording) goes through term.Escape, so that no
+// name, command line or path can drive the reader's terminal.
 func (r Report) WriteText(w io.Writer) error {
+	esc := term.Escape
 	var b strings.Builder
-	fmt.Fprintf(&b, "portsleuth report: started %s, %.1fs, backend %s\n", r.Started, r.DurationSeconds, r.Backend)
+	fmt.Fprintf(&b, "portsleuth report: started %s, %.1fs, backend %s\n", esc(r.Started), r.DurationSeconds, esc(r.Backend))
 	if r.LostEvents > 0 {
 		fmt.Fprintf(&b, "ring buffer full: %d events dropped (counts below are exact; examples may be missing)\n", r.LostEvents)
 	}
@@ -256,29 +260,30 @@ func (r Report) WriteText(w io.Writer) error {
 		fmt.Fprintf(&b, "pending table full: %d calls not followed to their outcome (missing from the counts below)\n", r.UntrackedCalls)
 	}
 	for _, s := range r.Inferred {
-		fmt.Fprintf(&b, "backend %s: %s\n", r.Backend, s)
+		fmt.Fprintf(&b, "backend %s: %s\n", esc(r.Backend), esc(s))
 	}
 	if r.Command != nil {
-		fmt.Fprintf(&b, "command: %s (pid %d, exit code %d)\n", oneLine(strings.Join(r.Command.Argv, " ")), r.Command.PID, r.Command.ExitCode)
+		fmt.Fprintf(&b, "command: %s (pid %d, exit code %d)\n", esc(strings.Join(r.Command.Argv, " ")), r.Command.PID, r.Command.ExitCode)
 	}
 	if len(r.Processes) == 0 {
 		b.WriteString("\nno failed bind() or connect() calls\n")
 	}
 	for i, p := range r.Processes {
-		fmt.Fprintf(&b, "\n%d. pid %d %s: %d failures", i+1, p.PID, p.Comm, p.Failures)
+		fmt.Fprintf(&b, "\n%d. pid %d %s: %d failures", i+1, p.PID, esc(p.Comm), p.Failures)
 		for _, name := range slices.Sorted(maps.Keys(p.Errors)) {
-			fmt.Fprintf(&b, ", %s %d", name, p.Errors[name])
+			fmt.Fprintf(&b, ", %s %d", esc(name), p.Errors[name])
 		}
 		b.WriteString("\n")
 		if p.Cmdline != "" {
-			fmt.Fprintf(&b, "   cmdline:  %s\n", oneLine(p.Cmdline))
+			fmt.Fprintf(&b, "   cmdline:  %s\n", esc(p.Cmdline))
 		}
 		fmt.Fprintf(&b, "   netns:    %d", p.Netns)
 		if p.Cgroup != "" {
-			fmt.Fprintf(&b, "   cgroup: %s", p.Cgroup)
+			fmt.Fprintf(&b, "   cgroup: %s", esc(p.Cgroup))
 		}
 		if p.ContainerID != "" {
-			fmt.Fprintf(&b, "   container: %.12s", p.ContainerID)
+			// Cut first (%.12s counts runes), then escape: an escape is never cut in half.
+			fmt.Fprintf(&b, "   container: %s", esc(fmt.Sprintf("%.12s", p.ContainerID)))
 		}
 		b.WriteString("\n")
 		fmt.Fprintf(&b, "   binds:    %d ok, %d failed, %d other errors; %d bound port 0, %d of them connected\n",
@@ -293,12 +298,12 @@ func (r Report) WriteText(w io.Writer) error {
 				reserved = fmt.Sprintf("%q", *s.ReservedPorts)
 			}
 			fmt.Fprintf(&b, "   sysctls:  ip_local_port_range %d-%d (%d ports), reserved %s, tcp_tw_reuse %d, ip_autobind_reuse %d (from %s)\n",
-				s.PortRange[0], s.PortRange[1], s.Ports(), reserved, s.TCPTwReuse, s.AutobindReuse, s.Source)
+				s.PortRange[0], s.PortRange[1], s.Ports(), reserved, s.TCPTwReuse, s.AutobindReuse, esc(s.Source))
 		}
 		for _, pat := range p.Patterns {
-			fmt.Fprintf(&b, "   pattern %s (%d)\n", pat.Pattern, pat.Count)
-			fmt.Fprintf(&b, "     evidence: %s\n", pat.Evidence)
-			fmt.Fprintf(&b, "     fix:      %s\n", pat.Advice)
+			fmt.Fprintf(&b, "   pattern %s (%d)\n", esc(pat.Pattern), pat.Count)
+			fmt.Fprintf(&b, "     evidence: %s\n", esc(pat.Evidence))
+			fmt.Fprintf(&b, "     fix:      %s\n", esc(pat.Advice))
 			if ps := pat.Pressure; ps != nil {
 				fmt.Fprintf(&b, "     pressure: %s\n", ps.Text())
 			}
@@ -312,11 +317,6 @@ func (r Report) WriteText(w io.Writer) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
-}
-
-// oneLine keeps a command line on one line of text output.
-func oneLine(s string) string {
-	return strings.NewReplacer("\n", `\n`, "\r", `\r`, "\t", `\t`).Replace(s)
 }
 
 // sortedClasses orders failure classes so every output is deterministic.
