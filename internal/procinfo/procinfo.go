@@ -1,19 +1,15 @@
-// Package procinfo names a process from /proc: its command line, its cgroup,
-// and the container id that cgroup path carries.
+// Package procinfo names a process from /proc: its command line, its cgroup
+// and what that path says (container, pod, systemd unit), the program it runs,
+// the master of a prefork worker, and when it started.
 package procinfo
 
 import (
 	"bufio"
 	"bytes"
 	"fmt"
-	"io/fs"
 	"os"
-	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
-
-	"golang.org/x/sys/unix"
 )
 
 // Info is what /proc says about a process.
@@ -74,18 +70,8 @@ func CgroupPath(r interface{ Read([]byte) (int, error) }) string {
 	return first
 }
 
-// Docker, containerd, CRI-O and podman all name a container's cgroup after its
-// 64-hex-digit id (docker-<id>.scope, cri-containerd-<id>.scope, /docker/<id>, libpod-<id>).
-var containerIDRe = regexp.MustCompile(`(?:^|[/\-:])([0-9a-f]{64})(?:\.scope)?(?:/|$)`)
-
 // ContainerID extracts a container id from a cgroup path, or "".
-func ContainerID(cgroup string) string {
-	m := containerIDRe.FindAllStringSubmatch(cgroup, -1)
-	if len(m) == 0 {
-		return ""
-	}
-	return m[len(m)-1][1]
-}
+func ContainerID(cgroup string) string { return Identity(cgroup).ContainerID }
 
 // SocketOwner finds a process that has socket inode ino open, by reading
 // /proc/*/fd. It returns pid 0 when none has (a TIME_WAIT socket, or gone).
@@ -107,32 +93,6 @@ func SocketOwner(ino uint64) (uint32, string) {
 		}
 	}
 	return 0, ""
-}
-
-// CgroupPathByID finds the cgroup v2 directory whose id (its kernfs inode
-// number, what bpf_get_current_cgroup_id returns) is id: for a process that is
-// gone before /proc could name its cgroup. "" when not found.
-func CgroupPathByID(id uint64) string {
-	root, _ := Cgroup2Mount()
-	if root == "" || id == 0 {
-		return ""
-	}
-	found := ""
-	_ = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
-		if err != nil || !d.IsDir() || found != "" {
-			return filepath.SkipDir
-		}
-		var st unix.Stat_t
-		if unix.Stat(path, &st) == nil && st.Ino == id {
-			found = strings.TrimPrefix(path, root)
-			if found == "" {
-				found = "/"
-			}
-			return filepath.SkipAll
-		}
-		return nil
-	})
-	return found
 }
 
 // Cgroup2Mount says where the root of the unified hierarchy is mounted
