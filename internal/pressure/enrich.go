@@ -1,25 +1,27 @@
 package pressure
 
 import (
-	"fmt"
-	"os"
+	"errors"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/portsleuth/portsleuth/internal/event"
+	"github.com/portsleuth/portsleuth/internal/netns"
 	"github.com/portsleuth/portsleuth/internal/procinfo"
 )
 
 // Enricher adds to failures what only a look at the namespace tells, once
 // per (process, failure class): a pressure snapshot taken at that first
 // failure, and, for a port in use that the kernel layer did not name (the
-// tracepoint backend), the sockets holding it.
+// tracepoint backend), the sockets holding it. It finds the namespace from
+// the event's netns inode, not from the failing task, which is often gone.
 type Enricher struct {
 	mu       sync.Mutex
 	sc       *Scanner
 	scErr    error
+	handles  *nsHandles
 	seen     map[seenKey]bool
 	holders  map[holderKey][]event.Holder
 	owners   Inodes
@@ -46,15 +48,19 @@ const maxSeen = 4096
 
 // NewEnricher loads the iterators on first use.
 func NewEnricher() *Enricher {
-	return &Enricher{seen: map[seenKey]bool{}, holders: map[holderKey][]event.Holder{}}
+	return &Enricher{seen: map[seenKey]bool{}, holders: map[holderKey][]event.Holder{}, handles: newNSHandles(maxHandles)}
 }
 
-// Close releases the iterators.
+// Close releases the iterators and the namespace handles.
 func (en *Enricher) Close() error {
+	en.mu.Lock()
+	defer en.mu.Unlock()
+	err := en.handles.Close()
 	if en.sc != nil {
-		return en.sc.Close()
+		err = errors.Join(err, en.sc.Close())
+		en.sc = nil
 	}
-	return nil
+	return err
 }
 
 // Enrich returns a snapshot for the first failure of e's class by e's
@@ -63,57 +69,84 @@ func (en *Enricher) Close() error {
 func (en *Enricher) Enrich(e *event.Event) *Snapshot {
 	en.mu.Lock()
 	defer en.mu.Unlock()
-	k := seenKey{e.PID, e.Class}
 	portInUse := e.Class.Errno == unix.EADDRINUSE && !e.Class.Port0 && e.Class.Op != event.Connect
 	hk := holderKey{e.Netns, e.Class.Proto, e.Addr.Addr().String(), e.Addr.Port()}
-	if portInUse && e.Holder == nil {
-		if hs, ok := en.holders[hk]; ok && len(hs) > 0 {
-			h := hs[0]
-			e.Holder = &h
-		}
-	}
+	k := seenKey{e.PID, e.Class}
 	if en.seen[k] {
+		if portInUse && e.Holder == nil {
+			e.Holder = firstHolder(en.holders[hk])
+		}
 		return nil
 	}
 	if len(en.seen) >= maxSeen {
 		en.seen, en.holders = map[seenKey]bool{}, map[holderKey][]event.Holder{}
 	}
 	en.seen[k] = true
+	var q *HolderQuery
+	if portInUse && e.Holder == nil {
+		q = &HolderQuery{Proto: e.Class.Proto, Addr: e.Addr.Addr(), Port: e.Addr.Port()}
+	}
+	ns, ok := en.scan(e, q)
+	if q != nil {
+		if ok {
+			en.holders[hk] = q.Found
+		}
+		// A holder from an earlier failure beats none when this scan failed.
+		e.Holder = firstHolder(en.holders[hk])
+	}
+	if !ok {
+		return nil
+	}
+	return SnapshotFor(ns, e)
+}
+
+// scan measures e's namespace, entered through a handle found from e.Netns,
+// and answers q; false when the namespace is gone or cannot be read.
+func (en *Enricher) scan(e *event.Event, q *HolderQuery) (Namespace, bool) {
 	if en.sc == nil && en.scErr == nil {
 		en.sc, en.scErr = NewScanner()
 	}
 	if en.scErr != nil {
-		return nil
+		return Namespace{}, false
 	}
-	f, err := os.Open(fmt.Sprintf("/proc/%d/task/%d/ns/net", e.PID, e.TID))
+	f, err := en.handles.open(e.Netns, e.PID, e.TID)
 	if err != nil {
-		return nil // gone already: the report says so by having no snapshot
+		return Namespace{}, false // gone already: the report says so by having no snapshot
 	}
 	defer f.Close()
 	// The failing process may be seconds old: a stale map would miss it.
 	if time.Since(en.ownersAt) > ownersTTL {
 		en.owners, en.ownersAt = ScanInodes(), time.Now()
 	}
-	var q *HolderQuery
-	if portInUse {
-		q = &HolderQuery{Proto: e.Class.Proto, Addr: e.Addr.Addr(), Port: e.Addr.Port()}
-	}
 	ns, err := en.sc.ScanFor(int(f.Fd()), en.owners, 3, q)
-	if err != nil || ns.Netns != e.Netns {
-		return nil
+	if err != nil || (e.Netns != 0 && ns.Netns != e.Netns) {
+		return Namespace{}, false
 	}
 	if q != nil {
 		for i := range q.Found {
 			if h := &q.Found[i]; h.PID == 0 && h.SockIno != 0 {
-				pid, comm := procinfo.SocketOwner(h.SockIno)
-				h.PID, h.Comm = pid, comm
+				h.PID, h.Comm = procinfo.SocketOwner(h.SockIno)
 			}
 		}
-		en.holders[hk] = q.Found
-		if e.Holder == nil && len(q.Found) > 0 {
-			h := q.Found[0]
-			e.Holder = &h
-		}
 	}
-	return SnapshotFor(ns, e)
+	return ns, true
+}
+
+// Sysctls reads the port sysctls of namespace ino through the same handles
+// as Enrich, so they can be read after the failing task (pid, tid) exited.
+func (en *Enricher) Sysctls(ino uint64, pid, tid uint32) (netns.Sysctls, error) {
+	f, err := en.handles.open(ino, pid, tid)
+	if err != nil {
+		return netns.Sysctls{}, err
+	}
+	defer f.Close()
+	return netns.ReadFD(int(f.Fd()))
+}
+
+func firstHolder(hs []event.Holder) *event.Holder {
+	if len(hs) == 0 {
+		return nil
+	}
+	h := hs[0]
+	return &h
 }

@@ -1,0 +1,129 @@
+package pressure
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/portsleuth/portsleuth/internal/event"
+)
+
+func newEnricher(t *testing.T) *Enricher {
+	t.Helper()
+	en := NewEnricher()
+	t.Cleanup(func() { en.Close() })
+	return en
+}
+
+// A crash-looping server: each new instance fails bind() on the port a
+// long-lived process listens on and exits at once. The holder and the
+// snapshot come from the namespace the event names, not from the gone task.
+func TestEnrichHolderAfterFailingProcessExited(t *testing.T) {
+	needRoot(t)
+	const addr = "0.0.0.0:8080"
+	srv := startHolder(t, listenEnv+"="+addr)
+	en := newEnricher(t)
+	for instance := range 2 {
+		f := failIn(t, srv.pid, "bind", addr)
+		if f.errno != unix.EADDRINUSE {
+			t.Fatalf("instance %d: bind failed with %v, want EADDRINUSE", instance, f.errno)
+		}
+		e := event.Event{
+			Time: time.Now(), PID: f.pid, TID: f.tid, Netns: srv.netns,
+			Class: event.Class{Op: event.Bind, Proto: "tcp", Family: "ipv4", Errno: unix.EADDRINUSE, AnyAddr: true},
+			Addr:  netip.MustParseAddrPort(addr),
+		}
+		snap := en.Enrich(&e)
+		if snap == nil {
+			t.Fatalf("instance %d: no snapshot", instance)
+		}
+		if snap.Netns != srv.netns || snap.BindPool == nil || snap.BindPool.Local != "0.0.0.0" {
+			t.Errorf("instance %d: snapshot %+v, want the bind pool of 0.0.0.0 in netns %d", instance, snap, srv.netns)
+		}
+		h := e.Holder
+		if h == nil {
+			t.Fatalf("instance %d: no holder", instance)
+		}
+		if h.PID != uint32(srv.pid) || h.State != "LISTEN" || h.Local.String() != addr {
+			t.Errorf("instance %d: holder %+v, want pid %d LISTEN on %s", instance, *h, srv.pid, addr)
+		}
+	}
+}
+
+// A short-lived client fails connect() in a namespace whose 64-port pool a
+// live process filled; the snapshot taken after the client exited shows the
+// pool full and who holds it.
+func TestEnrichSnapshotAfterFailingProcessExited(t *testing.T) {
+	needRoot(t)
+	const dest = "127.0.0.1:8080"
+	filler := startHolder(t, rangeEnv+"=40000 40063", listenEnv+"="+dest, fillEnv+"="+dest)
+	if filler.filled != 64 {
+		t.Fatalf("filled %d connections, want 64", filler.filled)
+	}
+	f := failIn(t, filler.pid, "connect", dest)
+	if f.errno != unix.EADDRNOTAVAIL {
+		t.Fatalf("connect failed with %v, want EADDRNOTAVAIL", f.errno)
+	}
+	e := event.Event{
+		Time: time.Now(), PID: f.pid, TID: f.tid, Netns: filler.netns,
+		Class: event.Class{Op: event.Connect, Proto: "tcp", Family: "ipv4", Errno: unix.EADDRNOTAVAIL, Port0: true, AnyAddr: true},
+		Dest:  netip.MustParseAddrPort(dest),
+	}
+	snap := snapshotOnce(t, &e)
+	p := snap.ConnectPool
+	if p == nil {
+		t.Fatalf("snapshot %+v has no connect pool", snap)
+	}
+	if p.Dest != dest || p.Local != "127.0.0.1" || p.Established != 64 || p.TimeWait != 0 || p.Free != 0 || p.PercentUsed != 100 {
+		t.Errorf("pool %+v, want 64 established to %s from 127.0.0.1, 0 free, 100%%", *p, dest)
+	}
+	if len(p.Owners) != 1 || p.Owners[0].PID != filler.pid || p.Owners[0].Sockets != 64 {
+		t.Errorf("owners %+v, want pid %d with 64 sockets", p.Owners, filler.pid)
+	}
+	if snap.Netns != filler.netns {
+		t.Errorf("snapshot of netns %d, want %d", snap.Netns, filler.netns)
+	}
+	if e.Holder != nil {
+		t.Errorf("holder %+v on a connect failure", *e.Holder)
+	}
+	sys, err := newEnricher(t).Sysctls(e.Netns, e.PID, e.TID)
+	if err != nil || sys.Netns != filler.netns || sys.PortRange != [2]int{40000, 40063} {
+		t.Errorf("sysctls %+v (%v), want netns %d range 40000-40063", sys, err, filler.netns)
+	}
+}
+
+// snapshotOnce enriches e once with a fresh enricher and requires a snapshot.
+func snapshotOnce(t *testing.T, e *event.Event) *Snapshot {
+	t.Helper()
+	snap := newEnricher(t).Enrich(e)
+	if snap == nil {
+		t.Fatal("no snapshot")
+	}
+	return snap
+}
+
+// Once per (pid, class): a second failure of the same process gets the
+// holder found the first time, and no second snapshot.
+func TestEnrichOncePerProcessAndClass(t *testing.T) {
+	needRoot(t)
+	const addr = "0.0.0.0:8080"
+	srv := startHolder(t, listenEnv+"="+addr)
+	f := failIn(t, srv.pid, "bind", addr)
+	en := newEnricher(t)
+	mk := func() event.Event {
+		return event.Event{PID: f.pid, TID: f.tid, Netns: srv.netns, Addr: netip.MustParseAddrPort(addr),
+			Class: event.Class{Op: event.Bind, Proto: "tcp", Family: "ipv4", Errno: unix.EADDRINUSE, AnyAddr: true}}
+	}
+	first, second := mk(), mk()
+	if en.Enrich(&first) == nil || first.Holder == nil {
+		t.Fatalf("first failure: no snapshot or holder (%+v)", first.Holder)
+	}
+	if snap := en.Enrich(&second); snap != nil {
+		t.Errorf("second failure got a snapshot: %+v", snap)
+	}
+	if second.Holder == nil || second.Holder.PID != uint32(srv.pid) {
+		t.Errorf("second failure: holder %+v, want the cached one", second.Holder)
+	}
+}
