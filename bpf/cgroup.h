@@ -41,6 +41,7 @@ struct pending {
 	__u64 ts;         /* bpf_ktime_get_ns() at the hook */
 	__u64 id;         /* the caller's pid_tgid */
 	__u64 task;       /* its task_struct: read (comm, cgroup) only if the call failed */
+	__u64 start_ns;   /* its process's start time: the outcome may be learnt elsewhere */
 	/* What the hook saw cheaply (ctx fields, the socket's port); the rest
 	 * (state, netns, options, inode) is read only if the call failed. */
 	struct call c;
@@ -244,13 +245,14 @@ static __always_inline void pending_fill(struct pending *p, struct who *w)
 	}
 	who_of(w, (struct task_struct *)p->task);
 	w->id = p->id;
+	w->start_ns = p->start_ns;
 }
 
 /* Counts a bind that succeeded (post_bind marks a TCP socket that a port-0
  * bind gave a port, for the connect that may follow). */
-static __always_inline void bind_ok(__u64 id, __u16 flags)
+static __always_inline void bind_ok(__u64 id, __u64 start_ns, __u16 flags)
 {
-	struct ps_proc_stats *s = proc_stats_of(id >> 32);
+	struct ps_proc_stats *s = proc_stats_of(id >> 32, start_ns);
 
 	if (!s)
 		return;
@@ -262,7 +264,7 @@ static __always_inline void bind_ok(__u64 id, __u16 flags)
 /* A bind that moved on without post_bind failed. p is a copy the caller owns. */
 static __always_inline void bind_failed(struct pending *p)
 {
-	struct ps_proc_stats *s = proc_stats_of(p->id >> 32);
+	struct ps_proc_stats *s = proc_stats_of(p->id >> 32, p->start_ns);
 	struct who w = {};
 
 	pending_fill(p, &w);
@@ -272,9 +274,9 @@ static __always_inline void bind_failed(struct pending *p)
 
 /* Counts a connect whose socket left SYN_SENT without the failure path (or
  * never reached it: an "other" error such as no route). */
-static __always_inline void connect_ok(__u64 id, __u8 syn_sent, __u8 port0)
+static __always_inline void connect_ok(__u64 id, __u64 start_ns, __u8 syn_sent, __u8 port0)
 {
-	struct ps_proc_stats *s = proc_stats_of(id >> 32);
+	struct ps_proc_stats *s = proc_stats_of(id >> 32, start_ns);
 
 	if (!s)
 		return;
@@ -289,7 +291,7 @@ static __always_inline void connect_ok(__u64 id, __u8 syn_sent, __u8 port0)
 /* A connect that found no port. p is a copy the caller owns. */
 static __always_inline void connect_failed(struct pending *p)
 {
-	struct ps_proc_stats *s = proc_stats_of(p->id >> 32);
+	struct ps_proc_stats *s = proc_stats_of(p->id >> 32, p->start_ns);
 	struct who w = {};
 
 	if (!s)
@@ -309,7 +311,7 @@ static __always_inline void connect_failed(struct pending *p)
 static __always_inline void settle(__u64 key, struct pending *p, struct pending *buf)
 {
 	__u8 kind = p->kind, syn_sent = p->syn_sent, port0 = p->port0;
-	__u64 id = p->id;
+	__u64 id = p->id, start_ns = p->start_ns;
 
 	if (kind == PENDING_BIND)
 		__builtin_memcpy(buf, p, sizeof(*buf));
@@ -318,7 +320,7 @@ static __always_inline void settle(__u64 key, struct pending *p, struct pending 
 	if (kind == PENDING_BIND)
 		bind_failed(buf);
 	else if (kind == PENDING_CONNECT)
-		connect_ok(id, syn_sent, port0);
+		connect_ok(id, start_ns, syn_sent, port0);
 }
 
 /* Starts a pending call with only what costs nothing: the context's fields. */
@@ -328,7 +330,10 @@ static __always_inline void pending_begin(struct pending *p, __u64 id, struct so
 	__builtin_memset(p, 0, sizeof(*p));
 	p->ts = bpf_ktime_get_ns();
 	p->id = id;
-	p->task = bpf_get_current_task();
+	struct task_struct *task = (void *)bpf_get_current_task();
+
+	p->task = (__u64)task;
+	p->start_ns = BPF_CORE_READ(task, group_leader, start_time);
 	p->c.sk = (__u64)sk;
 	p->c.op = op;
 	p->c.source = source;
@@ -406,7 +411,7 @@ static __always_inline int cg_bind(struct bpf_sock_addr *ctx, __u8 family)
 		/* IP_BIND_ADDRESS_NO_PORT with port 0 skips get_port and
 		 * post_bind: only the address checks can fail it, now. */
 		if (p->c.flags & PS_F_ANYADDR) {
-			bind_ok(id, 0);
+			bind_ok(id, p->start_ns, 0);
 			return 1;
 		}
 		struct who w = {};
@@ -417,8 +422,8 @@ static __always_inline int cg_bind(struct bpf_sock_addr *ctx, __u8 family)
 		err = bind_errno(p);
 		/* EADDRINUSE here means "no address problem": get_port never runs. */
 		if (err == EADDRINUSE) {
-			bind_ok(id, 0);
-		} else if ((s = proc_stats_of(id >> 32))) {
+			bind_ok(id, p->start_ns, 0);
+		} else if ((s = proc_stats_of(id >> 32, p->start_ns))) {
 			finish_bind(s, &p->c, &w, -err);
 		}
 		return 1;
@@ -436,12 +441,13 @@ static __always_inline int cg_post_bind(struct bpf_sock *ctx)
 {
 	__u64 key = (__u64)ctx; /* only a key here: no read needs it as a number */
 	struct pending *p = bpf_map_lookup_elem(&pending_calls, &key);
-	__u64 id;
+	__u64 id, start_ns;
 	__u16 flags;
 
 	if (!p || p->kind != PENDING_BIND)
 		return 1;
 	id = p->id;
+	start_ns = p->start_ns;
 	flags = p->c.flags;
 	if ((flags & PS_F_PORT0) && p->c.proto == IPPROTO_TCP) {
 		/* The socket's lock is held: no hook of it runs now. */
@@ -449,7 +455,7 @@ static __always_inline int cg_post_bind(struct bpf_sock *ctx)
 	} else if (bpf_map_delete_elem(&pending_calls, &key)) {
 		return 1; /* the sweeper decided it */
 	}
-	bind_ok(id, flags);
+	bind_ok(id, start_ns, flags);
 	return 1;
 }
 
@@ -483,7 +489,7 @@ static __always_inline int cg_connect(struct bpf_sock_addr *ctx, __u8 family)
 	/* UDP: no state change tells the outcome; autobind failures (EAGAIN)
 	 * stay unseen, the rest succeeds. */
 	if (proto != IPPROTO_TCP) {
-		connect_ok(id, 1, 0);
+		connect_ok(id, p->start_ns, 1, 0);
 		return 1;
 	}
 	/* Replaces a port-0 mark in place. */
@@ -546,7 +552,7 @@ int cg_sock_release(struct bpf_sock *ctx)
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(cg_sock_state, struct sock *sk, int oldstate, int newstate)
 {
-	__u64 key = (__u64)sk, id;
+	__u64 key = (__u64)sk, id, start_ns;
 	struct pending *p, buf;
 	__u8 syn_sent, port0;
 
@@ -583,10 +589,11 @@ int BPF_PROG(cg_sock_state, struct sock *sk, int oldstate, int newstate)
 	}
 	/* A port was found: the connection is under way, refused, or done. */
 	id = p->id;
+	start_ns = p->start_ns;
 	syn_sent = p->syn_sent;
 	port0 = p->port0;
 	if (bpf_map_delete_elem(&pending_calls, &key) == 0)
-		connect_ok(id, syn_sent, port0);
+		connect_ok(id, start_ns, syn_sent, port0);
 	return 0;
 }
 

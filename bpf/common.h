@@ -48,6 +48,7 @@ struct ps_event {
 	__u64 ts_ns;       /* CLOCK_MONOTONIC */
 	__u64 netns;       /* inode of the socket's network namespace */
 	__u64 cgroup_id;   /* cgroup v2 id of the calling task */
+	__u64 start_ns;    /* the process's start time: (pid, start_ns) is its identity */
 	__u64 sock_ino;    /* socket inode, as in /proc/PID/fd -> socket:[ino] */
 	__u32 pid;         /* thread-group id */
 	__u32 tid;
@@ -80,17 +81,30 @@ struct ps_event {
 	__u8 _pad;
 };
 
-/* Key of the in-kernel failure counters: exact counts whatever the ring buffer drops. */
+/* A process: a reused pid with a new start time is another process. */
+struct ps_proc_key {
+	__u64 start_ns;    /* the thread-group leader's start_time (ns since boot) */
+	__u32 pid;
+	__u32 _pad;
+};
+
+/* Key of the in-kernel failure counters: exact counts whatever the ring
+ * buffer drops. Entered only by failures, never evicted. Once the table is
+ * full, failures are counted per class alone (pid and start_ns zero). */
 struct ps_fail_key {
+	__u64 start_ns;
 	__u32 pid;
 	__s32 err;
 	__u8 op;
 	__u8 proto;
 	__u8 family;
 	__u8 flags;
+	__u32 _pad;
 };
 
-/* Per-process counters (per-CPU values, summed in Go). */
+/* Per-process call counters, shared by all CPUs (atomic adds). Context for a
+ * report (calls that succeeded, port-0 history): kept in an LRU, since every
+ * process that calls bind/connect has one; failure counts live apart. */
 struct ps_proc_stats {
 	__u64 binds_ok;
 	__u64 binds_failed;       /* failures that produced an event */
@@ -108,11 +122,10 @@ struct ps_proc_stats {
 };
 
 /* Process identity recorded at its first failure, for processes gone before
- * Go could ask /proc. */
+ * Go could ask /proc. Keyed by struct ps_proc_key. */
 struct ps_proc_meta {
 	__u64 netns;
 	__u64 cgroup_id;
-	__u64 start_ns;    /* the process's start time: a reused pid gets a new record */
 	char comm[16];
 	char args[128];    /* start of the command line, NUL-separated */
 };

@@ -23,6 +23,7 @@
 #define EADDRINUSE 98
 #define EADDRNOTAVAIL 99
 #define EINPROGRESS 115
+#define EEXIST 17
 
 /* Set from Go before load. target_pid 0 traces every process. The inet_flags
  * bit numbers come from an anonymous enum in the kernel's BTF (6.6+). */
@@ -78,17 +79,24 @@ struct {
 	__type(value, __u32);
 } sock_state SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 32768);
-	__type(key, __u32);
-	__type(value, struct ps_proc_stats);
-} proc_stats SEC(".maps");
+/* Bounds stated in the README: FAIL_ENTRIES (process, failure class) pairs and
+ * as many failing processes' identities are kept whatever else runs on the
+ * host; successful calls never enter either table. */
+#define FAIL_ENTRIES 65536
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 32768);
-	__type(key, __u32);
+	__uint(max_entries, 65536);
+	__type(key, struct ps_proc_key);
+	__type(value, struct ps_proc_stats);
+} proc_stats SEC(".maps");
+
+/* Not an LRU: a failing process's identity is never evicted by other
+ * processes (Go deletes records of processes long gone). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FAIL_ENTRIES);
+	__type(key, struct ps_proc_key);
 	__type(value, struct ps_proc_meta);
 } proc_meta SEC(".maps");
 
@@ -99,12 +107,23 @@ struct {
 	__type(value, struct ps_netns);
 } netns_info SEC(".maps");
 
+/* Not an LRU: a count is never evicted. When it is full, a failure is
+ * counted in fail_overflow by its class alone: totals stay exact and the
+ * report says how many failures it could not give a process. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 32768);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FAIL_ENTRIES);
 	__type(key, struct ps_fail_key);
 	__type(value, __u64);
 } fail_counts SEC(".maps");
+
+/* Keyed by class (pid and start_ns zero): a few hundred classes exist. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct ps_fail_key);
+	__type(value, __u64);
+} fail_overflow SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -267,31 +286,45 @@ static __always_inline void call_store(__u64 id, struct call *c)
 	bpf_map_update_elem(&calls, &id, c, BPF_ANY);
 }
 
-static __always_inline struct ps_proc_stats *proc_stats_of(__u32 pid)
+static __always_inline struct ps_proc_stats *proc_stats_of(__u32 pid, __u64 start_ns)
 {
-	struct ps_proc_stats *s = bpf_map_lookup_elem(&proc_stats, &pid);
+	struct ps_proc_key k = { .start_ns = start_ns, .pid = pid };
+	struct ps_proc_stats *s = bpf_map_lookup_elem(&proc_stats, &k);
 	struct ps_proc_stats zero = {};
 
 	if (s)
 		return s;
-	bpf_map_update_elem(&proc_stats, &pid, &zero, BPF_NOEXIST);
-	return bpf_map_lookup_elem(&proc_stats, &pid);
+	bpf_map_update_elem(&proc_stats, &k, &zero, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&proc_stats, &k);
+}
+
+/* Adds one to key k of a counter hash. Returns non-zero when the map is full. */
+static __always_inline long count_in(void *map, struct ps_fail_key *k)
+{
+	__u64 one = 1, *n = bpf_map_lookup_elem(map, k);
+	long err;
+
+	if (n) {
+		__sync_fetch_and_add(n, 1);
+		return 0;
+	}
+	err = bpf_map_update_elem(map, k, &one, BPF_NOEXIST);
+	if (err != -EEXIST)
+		return err;
+	/* Another CPU created it first. */
+	n = bpf_map_lookup_elem(map, k);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+	return 0;
 }
 
 static __always_inline void count_failure(struct ps_fail_key *k)
 {
-	__u64 one = 1, *n = bpf_map_lookup_elem(&fail_counts, k);
-
-	if (n) {
-		__sync_fetch_and_add(n, 1);
+	if (!count_in(&fail_counts, k))
 		return;
-	}
-	if (bpf_map_update_elem(&fail_counts, k, &one, BPF_NOEXIST)) {
-		/* Another CPU created it first. */
-		n = bpf_map_lookup_elem(&fail_counts, k);
-		if (n)
-			__sync_fetch_and_add(n, 1);
-	}
+	k->pid = 0;
+	k->start_ns = 0;
+	count_in(&fail_overflow, k);
 }
 
 /* Reads the namespace's port sysctls from struct net at its first failure: a
@@ -347,9 +380,7 @@ static __always_inline void who_of(struct who *w, struct task_struct *task)
 	bpf_probe_read_kernel_str(w->tcomm, sizeof(w->tcomm), &task->comm);
 }
 
-/* Records who the process is the first time it fails, and again when its
- * pid was reused by a newer process (a long-running agent sees pids come
- * back). The command line is read only from the caller's own memory: when
+/* Records who the process is the first time it fails. The command line is read only from the caller's own memory: when
  * the outcome is learnt in another task, Go reads it from /proc instead. */
 /* A zero record to create proc_meta entries from: the record is filled in
  * place, which keeps 176 bytes off a stack the cgroup backend needs. */
@@ -359,23 +390,20 @@ static __always_inline void record_meta(struct who *w, __u64 netns)
 {
 	struct task_struct *task = (void *)bpf_get_current_task();
 	__u32 pid = w->id >> 32;
+	struct ps_proc_key k = { .start_ns = w->start_ns, .pid = pid };
 	struct ps_proc_meta *meta;
 	unsigned long start, end;
 	__u64 len;
 
-	meta = bpf_map_lookup_elem(&proc_meta, &pid);
-	if (meta && meta->start_ns == w->start_ns)
+	if (bpf_map_lookup_elem(&proc_meta, &k))
 		return;
-	if (!meta) {
-		/* Only the task that creates the entry fills it. */
-		if (bpf_map_update_elem(&proc_meta, &pid, &zero_meta, BPF_NOEXIST))
-			return;
-		meta = bpf_map_lookup_elem(&proc_meta, &pid);
-		if (!meta)
-			return;
-	}
-	__builtin_memset(meta->args, 0, sizeof(meta->args));
-	meta->start_ns = w->start_ns;
+	/* Only the task that creates the entry fills it; a full table leaves
+	 * the process to be named from /proc. */
+	if (bpf_map_update_elem(&proc_meta, &k, &zero_meta, BPF_NOEXIST))
+		return;
+	meta = bpf_map_lookup_elem(&proc_meta, &k);
+	if (!meta)
+		return;
 	meta->netns = netns;
 	meta->cgroup_id = w->cgroup_id;
 	__builtin_memcpy(meta->comm, w->comm, sizeof(meta->comm));
@@ -434,6 +462,7 @@ __attribute__((noinline)) int record_failure(struct call *c, struct who *w, int 
 	if (!c || !w)
 		return 0;
 	pid = w->id >> 32;
+	k.start_ns = w->start_ns;
 	k.pid = pid;
 	k.err = err;
 	k.op = c->op;
@@ -452,6 +481,7 @@ __attribute__((noinline)) int record_failure(struct call *c, struct who *w, int 
 	e->ts_ns = bpf_ktime_get_ns();
 	e->netns = c->netns;
 	e->cgroup_id = w->cgroup_id;
+	e->start_ns = w->start_ns;
 	e->sock_ino = c->sock_ino;
 	e->pid = pid;
 	e->tid = (__u32)w->id;
@@ -561,10 +591,10 @@ static __always_inline int call_finish(__u8 op, long ret)
 	 * it is not ours to finish. */
 	if (!c || c->op != op)
 		return 0;
-	s = proc_stats_of(id >> 32);
+	who_of(&w, (void *)bpf_get_current_task());
+	s = proc_stats_of(id >> 32, w.start_ns);
 	if (!s)
 		goto out;
-	who_of(&w, (void *)bpf_get_current_task());
 
 	if (op == PS_OP_BIND) {
 		finish_bind(s, c, &w, ret);

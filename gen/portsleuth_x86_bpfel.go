@@ -41,6 +41,7 @@ type PortsleuthPending struct {
 	Ts         uint64
 	Id         uint64
 	Task       uint64
+	StartNs    uint64
 	C          PortsleuthCall
 	Kind       uint8
 	Bound      uint8
@@ -55,6 +56,7 @@ type PortsleuthPsEvent struct {
 	TsNs          uint64
 	Netns         uint64
 	CgroupId      uint64
+	StartNs       uint64
 	SockIno       uint64
 	Pid           uint32
 	Tid           uint32
@@ -85,13 +87,15 @@ type PortsleuthPsEvent struct {
 }
 
 type PortsleuthPsFailKey struct {
-	_      structs.HostLayout
-	Pid    uint32
-	Err    int32
-	Op     uint8
-	Proto  uint8
-	Family uint8
-	Flags  uint8
+	_       structs.HostLayout
+	StartNs uint64
+	Pid     uint32
+	Err     int32
+	Op      uint8
+	Proto   uint8
+	Family  uint8
+	Flags   uint8
+	Pad     uint32
 }
 
 type PortsleuthPsFlag uint32
@@ -130,11 +134,17 @@ const (
 	PortsleuthPsOptPS_OPT_V6ONLY               PortsleuthPsOpt = 32
 )
 
+type PortsleuthPsProcKey struct {
+	_       structs.HostLayout
+	StartNs uint64
+	Pid     uint32
+	Pad     uint32
+}
+
 type PortsleuthPsProcMeta struct {
 	_        structs.HostLayout
 	Netns    uint64
 	CgroupId uint64
-	StartNs  uint64
 	Comm     [16]int8
 	Args     [128]int8
 }
@@ -175,6 +185,7 @@ const (
 	PortsleuthMapCalls                       = "calls"
 	PortsleuthMapEvents                      = "events"
 	PortsleuthMapFailCounts                  = "fail_counts"
+	PortsleuthMapFailOverflow                = "fail_overflow"
 	PortsleuthMapLost                        = "lost"
 	PortsleuthMapNetnsInfo                   = "netns_info"
 	PortsleuthMapPendingCalls                = "pending_calls"
@@ -332,6 +343,7 @@ type PortsleuthMapSpecs struct {
 	Calls        *ebpf.MapSpec `ebpf:"calls"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	FailCounts   *ebpf.MapSpec `ebpf:"fail_counts"`
+	FailOverflow *ebpf.MapSpec `ebpf:"fail_overflow"`
 	Lost         *ebpf.MapSpec `ebpf:"lost"`
 	NetnsInfo    *ebpf.MapSpec `ebpf:"netns_info"`
 	PendingCalls *ebpf.MapSpec `ebpf:"pending_calls"`
@@ -379,6 +391,7 @@ type PortsleuthMaps struct {
 	Calls        *ebpf.Map `ebpf:"calls"`
 	Events       *ebpf.Map `ebpf:"events"`
 	FailCounts   *ebpf.Map `ebpf:"fail_counts"`
+	FailOverflow *ebpf.Map `ebpf:"fail_overflow"`
 	Lost         *ebpf.Map `ebpf:"lost"`
 	NetnsInfo    *ebpf.Map `ebpf:"netns_info"`
 	PendingCalls *ebpf.Map `ebpf:"pending_calls"`
@@ -393,6 +406,7 @@ func (m *PortsleuthMaps) Close() error {
 		m.Calls,
 		m.Events,
 		m.FailCounts,
+		m.FailOverflow,
 		m.Lost,
 		m.NetnsInfo,
 		m.PendingCalls,

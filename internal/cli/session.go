@@ -92,7 +92,7 @@ func (s *session) loop(ctx context.Context, onEvent func(event.Event), onTick fu
 func (s *session) classify(e event.Event) attrib.Pattern {
 	var st event.ProcStats
 	if e.Class.Op == event.Bind && e.Class.Port0 {
-		st = s.t.ProcStats(e.PID)
+		st = s.t.ProcStats(e.Proc())
 	}
 	return attrib.Classify(e.Class, st)
 }

@@ -40,10 +40,18 @@ type Class struct {
 	AnyAddr bool `json:"any_addr"`
 }
 
+// ProcKey identifies a process. A pid is reused; its start time (the
+// kernel's task start_time, ns since boot) tells the processes apart.
+type ProcKey struct {
+	PID   uint32 `json:"pid"`
+	Start uint64 `json:"start_ns"`
+}
+
 // Event is one failed call.
 type Event struct {
 	Time     time.Time      `json:"time"`
 	PID      uint32         `json:"pid"`
+	Start    uint64         `json:"start_ns"` // the process's start time: see ProcKey
 	TID      uint32         `json:"tid"`
 	Comm     string         `json:"comm"`   // the process (thread-group leader)
 	Thread   string         `json:"thread"` // the calling thread
@@ -66,6 +74,9 @@ type Event struct {
 	// Holder (kernel layer, bind EADDRINUSE) is the socket that holds the port.
 	Holder *Holder `json:"holder,omitempty"`
 }
+
+// Proc is the process that made the call.
+func (e *Event) Proc() ProcKey { return ProcKey{e.PID, e.Start} }
 
 // Holder is a socket that owns the port a bind() wanted.
 type Holder struct {
@@ -130,9 +141,12 @@ type ProcMeta struct {
 
 // Snapshot is the content of the kernel's counters at one moment.
 type Snapshot struct {
-	Procs    map[uint32]ProcStats
-	Meta     map[uint32]ProcMeta
-	Failures map[uint32]map[Class]uint64
+	Procs    map[ProcKey]ProcStats
+	Meta     map[ProcKey]ProcMeta
+	Failures map[ProcKey]map[Class]uint64
+	// Unattributed counts failures by class alone: they came once the
+	// per-process table was full (its bound is in the README).
+	Unattributed map[Class]uint64
 	// Netns holds the sysctls of each namespace a failure happened in, as
 	// the kernel read them at the first one.
 	Netns map[uint64]netns.Sysctls
@@ -281,6 +295,7 @@ func Decode(r *gen.PortsleuthPsEvent, boot time.Time) Event {
 	e := Event{
 		Time:   boot.Add(time.Duration(r.TsNs)),
 		PID:    r.Pid,
+		Start:  r.StartNs,
 		TID:    r.Tid,
 		Comm:   comms.get(r.Comm),
 		Thread: comms.get(r.Tcomm),

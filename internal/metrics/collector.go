@@ -25,6 +25,10 @@ const MaxComms = 64
 // OtherComm is the comm label of the overflow.
 const OtherComm = "other"
 
+// UnattributedComm labels failures the kernel counted without a process: its
+// per-process table was full.
+const UnattributedComm = "(unattributed)"
+
 type failLabels struct{ op, errno, pattern, comm string }
 
 type callLabels struct{ op, result string }
@@ -104,6 +108,11 @@ func (c *Collector) Update() error {
 			l := failLabels{string(class.Op), unix.ErrnoName(class.Errno), string(attrib.Classify(class, st)), comm}
 			c.failures[l] += float64(n)
 		}
+	}
+	// Failures that came once the kernel's per-process table was full.
+	for class, n := range inc.Unattributed {
+		l := failLabels{string(class.Op), unix.ErrnoName(class.Errno), string(attrib.Classify(class, event.ProcStats{})), UnattributedComm}
+		c.failures[l] += float64(n)
 	}
 	for _, st := range inc.Procs {
 		c.calls[callLabels{"bind", "ok"}] += float64(st.BindsOK)

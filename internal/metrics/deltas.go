@@ -1,7 +1,8 @@
 // Package metrics exposes what the tracer counts as Prometheus metrics and
-// turns the kernel's cumulative counters into increments. Kernel maps are LRU:
-// an entry can vanish (evicted, process gone) or restart from zero, so every
-// total here is a sum of increments, never a raw map value.
+// turns the kernel's cumulative counters into increments. A kernel entry can
+// vanish (call counters are an LRU; serve forgets processes long gone) or
+// restart from zero, so every total here is a sum of increments, never a raw
+// map value.
 package metrics
 
 import (
@@ -9,32 +10,34 @@ import (
 )
 
 type failKey struct {
-	pid   uint32
+	proc  event.ProcKey
 	class event.Class
 }
 
 // Deltas remembers the last snapshot to hand out increments. Its memory is
 // bounded by the kernel maps it mirrors: keys gone from the kernel are dropped.
 type Deltas struct {
-	fails map[failKey]uint64
-	procs map[uint32]event.ProcStats
+	fails        map[failKey]uint64
+	procs        map[event.ProcKey]event.ProcStats
+	unattributed map[event.Class]uint64
 }
 
 // NewDeltas starts from zero: the first Next returns everything counted so far.
 func NewDeltas() *Deltas {
-	return &Deltas{fails: map[failKey]uint64{}, procs: map[uint32]event.ProcStats{}}
+	return &Deltas{fails: map[failKey]uint64{}, procs: map[event.ProcKey]event.ProcStats{}, unattributed: map[event.Class]uint64{}}
 }
 
 // Next returns s with Failures and Procs replaced by their increments since
 // the previous call. Meta and Netns are passed through.
 func (d *Deltas) Next(s event.Snapshot) (inc event.Snapshot, cumulative event.Snapshot) {
 	inc = event.Snapshot{
-		Procs:     map[uint32]event.ProcStats{},
-		Meta:      s.Meta,
-		Failures:  map[uint32]map[event.Class]uint64{},
-		Netns:     s.Netns,
-		Lost:      s.Lost,
-		Untracked: s.Untracked,
+		Procs:        map[event.ProcKey]event.ProcStats{},
+		Meta:         s.Meta,
+		Failures:     map[event.ProcKey]map[event.Class]uint64{},
+		Unattributed: map[event.Class]uint64{},
+		Netns:        s.Netns,
+		Lost:         s.Lost,
+		Untracked:    s.Untracked,
 	}
 	fails := make(map[failKey]uint64, len(d.fails))
 	for pid, classes := range s.Failures {
@@ -49,7 +52,13 @@ func (d *Deltas) Next(s event.Snapshot) (inc event.Snapshot, cumulative event.Sn
 			}
 		}
 	}
-	procs := make(map[uint32]event.ProcStats, len(s.Procs))
+	for c, n := range s.Unattributed {
+		if dn := delta(d.unattributed[c], n); dn > 0 {
+			inc.Unattributed[c] = dn
+		}
+	}
+	d.unattributed = s.Unattributed
+	procs := make(map[event.ProcKey]event.ProcStats, len(s.Procs))
 	for pid, st := range s.Procs {
 		procs[pid] = st
 		if dst := subStats(d.procs[pid], st); dst != (event.ProcStats{}) {

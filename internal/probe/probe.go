@@ -329,27 +329,28 @@ func (t *Tracer) Close() error {
 // Snapshot reads the in-kernel counters.
 func (t *Tracer) Snapshot() (event.Snapshot, error) {
 	s := event.Snapshot{
-		Procs:    map[uint32]event.ProcStats{},
-		Meta:     map[uint32]event.ProcMeta{},
-		Failures: map[uint32]map[event.Class]uint64{},
-		Netns:    map[uint64]netns.Sysctls{},
+		Procs:        map[event.ProcKey]event.ProcStats{},
+		Meta:         map[event.ProcKey]event.ProcMeta{},
+		Failures:     map[event.ProcKey]map[event.Class]uint64{},
+		Unattributed: map[event.Class]uint64{},
+		Netns:        map[uint64]netns.Sysctls{},
 	}
-	var pid uint32
+	var pk gen.PortsleuthPsProcKey
 	var st gen.PortsleuthPsProcStats
 	it := t.maps.ProcStats.Iterate()
-	for it.Next(&pid, &st) {
-		s.Procs[pid] = statsOf(&st)
+	for it.Next(&pk, &st) {
+		s.Procs[procKey(pk)] = statsOf(&st)
 	}
 	if err := it.Err(); err != nil {
 		return s, fmt.Errorf("reading proc_stats: %w", err)
 	}
 	var meta gen.PortsleuthPsProcMeta
 	it = t.maps.ProcMeta.Iterate()
-	for it.Next(&pid, &meta) {
+	for it.Next(&pk, &meta) {
 		if meta.Comm[0] == 0 {
 			continue // created, not filled in yet: the next read has it
 		}
-		s.Meta[pid] = event.ProcMeta{
+		s.Meta[procKey(pk)] = event.ProcMeta{
 			Comm: event.CString(meta.Comm[:]), Cmdline: event.Cmdline(meta.Args[:]),
 			Netns: meta.Netns, CgroupID: meta.CgroupId,
 		}
@@ -361,15 +362,23 @@ func (t *Tracer) Snapshot() (event.Snapshot, error) {
 	var n uint64
 	it = t.maps.FailCounts.Iterate()
 	for it.Next(&key, &n) {
-		m := s.Failures[key.Pid]
+		p := event.ProcKey{PID: key.Pid, Start: key.StartNs}
+		m := s.Failures[p]
 		if m == nil {
 			m = map[event.Class]uint64{}
-			s.Failures[key.Pid] = m
+			s.Failures[p] = m
 		}
 		m[event.ClassOf(key)] += n
 	}
 	if err := it.Err(); err != nil {
 		return s, fmt.Errorf("reading fail_counts: %w", err)
+	}
+	it = t.maps.FailOverflow.Iterate()
+	for it.Next(&key, &n) {
+		s.Unattributed[event.ClassOf(key)] += n
+	}
+	if err := it.Err(); err != nil {
+		return s, fmt.Errorf("reading fail_overflow: %w", err)
 	}
 	var inum uint64
 	var ns gen.PortsleuthPsNetns
@@ -389,9 +398,9 @@ func (t *Tracer) Snapshot() (event.Snapshot, error) {
 }
 
 // ProcStats reads one process's counters; a process with no calls yet has zeros.
-func (t *Tracer) ProcStats(pid uint32) event.ProcStats {
+func (t *Tracer) ProcStats(p event.ProcKey) event.ProcStats {
 	var st gen.PortsleuthPsProcStats
-	if err := t.maps.ProcStats.Lookup(pid, &st); err != nil {
+	if err := t.maps.ProcStats.Lookup(gen.PortsleuthPsProcKey{Pid: p.PID, StartNs: p.Start}, &st); err != nil {
 		return event.ProcStats{}
 	}
 	return statsOf(&st)
@@ -411,6 +420,10 @@ func sumPerCPU(m *ebpf.Map, name string) (uint64, error) {
 		n += v
 	}
 	return n, nil
+}
+
+func procKey(k gen.PortsleuthPsProcKey) event.ProcKey {
+	return event.ProcKey{PID: k.Pid, Start: k.StartNs}
 }
 
 func statsOf(st *gen.PortsleuthPsProcStats) event.ProcStats {
@@ -452,4 +465,43 @@ func (t *Tracer) ProgramStats() (map[string]*ebpf.ProgramStats, error) {
 		out[t.names[i]] = st
 	}
 	return out, nil
+}
+
+// Forget deletes the kernel's records of processes that are gone and whose
+// counts the caller has folded in: the failure tables never evict, so a
+// long-running agent makes room this way.
+func (t *Tracer) Forget(gone map[event.ProcKey]bool) error {
+	if len(gone) == 0 {
+		return nil
+	}
+	var key gen.PortsleuthPsFailKey
+	var n uint64
+	var keys []gen.PortsleuthPsFailKey
+	it := t.maps.FailCounts.Iterate()
+	for it.Next(&key, &n) {
+		if gone[event.ProcKey{PID: key.Pid, Start: key.StartNs}] {
+			keys = append(keys, key)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading fail_counts: %w", err)
+	}
+	var errs []error
+	for _, k := range keys {
+		if err := t.maps.FailCounts.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	for p := range gone {
+		k := gen.PortsleuthPsProcKey{Pid: p.PID, StartNs: p.Start}
+		for _, m := range []*ebpf.Map{t.maps.ProcMeta, t.maps.ProcStats} {
+			if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("forgetting processes: %w", err)
+	}
+	return nil
 }

@@ -152,7 +152,7 @@ func TestRingBufferOverflowIsCounted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pid := uint32(os.Getpid())
+	pid := mine(snap)
 	class := event.Class{Op: event.Bind, Proto: "tcp", Family: "ipv4", Errno: unix.EADDRINUSE}
 	if got := snap.Failures[pid][class]; got != storm {
 		t.Errorf("kernel counted %d failures, want %d", got, storm)
@@ -334,7 +334,7 @@ func TestBindErrnoPerCause(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pid := uint32(os.Getpid())
+	pid := mine(snap)
 	got := map[unix.Errno]uint64{}
 	for c, n := range snap.Failures[pid] {
 		if c.Op == event.Bind {
@@ -427,25 +427,43 @@ func TestCgroupLeavesNoPendingEntries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st := snap.Procs[uint32(os.Getpid())]
+	st := snap.Procs[mine(snap)]
 	if st.BindsFailed != 20 || st.Port0BindsOK != 40 || st.Port0BindConnects != 20 || st.ConnectsOK != 20 {
 		t.Errorf("counts %+v: want 20 failed binds, 40 port-0 binds, 20 of them connected, 20 connects ok", st)
 	}
 }
 
-// A long-running agent sees pids come back: the record of a process that
-// had the pid before must not name the new one.
-func TestMetaRefreshedWhenPidIsReused(t *testing.T) {
-	tr := start(t)
+// mine is this process's key in a snapshot: its pid and the start time the
+// kernel recorded.
+func mine(s event.Snapshot) event.ProcKey {
 	pid := uint32(os.Getpid())
-	stale := gen.PortsleuthPsProcMeta{StartNs: 1}
+	for k := range s.Failures {
+		if k.PID == pid {
+			return k
+		}
+	}
+	for k := range s.Procs {
+		if k.PID == pid {
+			return k
+		}
+	}
+	return event.ProcKey{PID: pid}
+}
+
+// A long-running agent sees pids come back: a record of a process that had
+// the pid before is another process's, and stays apart from this one.
+func TestReusedPidIsAnotherProcess(t *testing.T) {
+	tr := start(t)
+	prev := gen.PortsleuthPsProcKey{Pid: uint32(os.Getpid()), StartNs: 1}
+	var stale gen.PortsleuthPsProcMeta
 	for i, c := range []byte("previous") {
 		stale.Comm[i] = int8(c)
 	}
-	for i, c := range []byte("previous --long --command --line") {
-		stale.Args[i] = int8(c)
+	if err := tr.maps.ProcMeta.Put(prev, &stale); err != nil {
+		t.Fatal(err)
 	}
-	if err := tr.maps.ProcMeta.Put(pid, &stale); err != nil {
+	if err := tr.maps.FailCounts.Put(gen.PortsleuthPsFailKey{Pid: prev.Pid, StartNs: 1, Err: int32(unix.EADDRINUSE),
+		Op: uint8(gen.PortsleuthPsOpPS_OP_BIND), Proto: unix.IPPROTO_TCP, Family: unix.AF_INET}, uint64(7)); err != nil {
 		t.Fatal(err)
 	}
 	inNetns(t, func() error {
@@ -461,8 +479,29 @@ func TestMetaRefreshedWhenPidIsReused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := snap.Meta[pid]
-	if m.Comm == "previous" || strings.Contains(m.Cmdline, "previous") || m.Comm == "" {
-		t.Errorf("meta of pid %d after a failure: %+v; want this process, not the pid's previous owner", pid, m)
+	var me event.ProcKey
+	for k := range snap.Failures {
+		if k.PID == prev.Pid && k.Start != 1 {
+			me = k
+		}
+	}
+	if me.Start == 0 {
+		t.Fatalf("no failure of this process apart from the pid's previous owner: %v", snap.Failures)
+	}
+	if m := snap.Meta[me]; m.Comm == "previous" || m.Comm == "" {
+		t.Errorf("meta of this process: %+v; want this process, not the pid's previous owner", m)
+	}
+	var mineN, prevN uint64
+	for _, n := range snap.Failures[me] {
+		mineN += n
+	}
+	for _, n := range snap.Failures[event.ProcKey{PID: prev.Pid, Start: 1}] {
+		prevN += n
+	}
+	if mineN != 1 || prevN != 7 {
+		t.Errorf("failures: this process %d, the previous owner %d; want 1 and 7, kept apart", mineN, prevN)
+	}
+	if snap.Meta[event.ProcKey{PID: prev.Pid, Start: 1}].Comm != "previous" {
+		t.Errorf("the previous owner's record was overwritten: %+v", snap.Meta)
 	}
 }

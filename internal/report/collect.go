@@ -20,7 +20,7 @@ const MaxExamples = 5
 // namespace sysctls captured at its first failure, while it is still alive.
 // Its memory is bounded per process; counts come from the kernel, not from here.
 type Collector struct {
-	procs  map[uint32]*procEvents
+	procs  map[event.ProcKey]*procEvents
 	netns  map[uint64]*netns.Sysctls
 	events uint64
 	// Sysctls reads a namespace's sysctls through a thread in it; a test may replace it.
@@ -89,7 +89,7 @@ type classEvidence struct {
 // NewCollector returns an empty collector reading the live system.
 func NewCollector() *Collector {
 	return &Collector{
-		procs:      map[uint32]*procEvents{},
+		procs:      map[event.ProcKey]*procEvents{},
 		netns:      map[uint64]*netns.Sysctls{},
 		Sysctls:    func(pid, tid uint32) (netns.Sysctls, error) { return netns.ReadTask(int(pid), int(tid)) },
 		Lookup:     procinfo.Lookup,
@@ -119,14 +119,14 @@ func (c *Collector) Events() uint64 { return c.events }
 func (c *Collector) Observe(e *event.Event) {
 	c.events++
 	c.Owners.Fill(e)
-	p := c.procs[e.PID]
+	p := c.procs[e.Proc()]
 	if p == nil {
 		p = &procEvents{classes: map[event.Class]*classEvidence{}, netns: e.Netns, pressure: map[event.Class]*pressure.Snapshot{}}
 		p.info, _ = c.Lookup(e.PID)
 		if p.info.Comm == "" {
 			p.info.Comm = e.Comm
 		}
-		c.procs[e.PID] = p
+		c.procs[e.Proc()] = p
 	}
 	if _, seen := c.netns[e.Netns]; !seen {
 		c.netns[e.Netns] = nil

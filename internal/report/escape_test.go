@@ -62,12 +62,12 @@ func evilReport(t *testing.T) Report {
 	t.Helper()
 	inUse := event.Class{Op: event.Bind, Proto: "tcp", Family: "ipv4", Errno: unix.EADDRINUSE}
 	snap := event.Snapshot{
-		Procs: map[uint32]event.ProcStats{1: {BindsFailed: 1}, 2: {BindsFailed: 2}},
-		Meta: map[uint32]event.ProcMeta{
-			1: {Comm: evilComm, Cmdline: evilCmdline, Netns: 1},
-			2: {Comm: brokenComm, Cmdline: brokenCmdline, Netns: 1},
+		Procs: map[event.ProcKey]event.ProcStats{{PID: 1}: {BindsFailed: 1}, {PID: 2}: {BindsFailed: 2}},
+		Meta: map[event.ProcKey]event.ProcMeta{
+			{PID: 1}: {Comm: evilComm, Cmdline: evilCmdline, Netns: 1},
+			{PID: 2}: {Comm: brokenComm, Cmdline: brokenCmdline, Netns: 1},
 		},
-		Failures: map[uint32]map[event.Class]uint64{1: {inUse: 1}, 2: {inUse: 2}},
+		Failures: map[event.ProcKey]map[event.Class]uint64{{PID: 1}: {inUse: 1}, {PID: 2}: {inUse: 2}},
 		Netns:    map[uint64]netns.Sysctls{1: {Netns: 1, PortRange: [2]int{32768, 60999}, Source: osc}},
 	}
 	infos := map[uint32]procinfo.Info{

@@ -29,13 +29,24 @@ type Report struct {
 	Backend      string   `json:"backend"`
 	BackendNotes []string `json:"backend_notes,omitempty"`
 	// Inferred lists what the backend works out instead of seeing.
-	Inferred        []string  `json:"inferred,omitempty"`
-	Started         string    `json:"started"`
-	DurationSeconds float64   `json:"duration_seconds"`
-	LostEvents      uint64    `json:"lost_events"`
-	UntrackedCalls  uint64    `json:"untracked_calls,omitempty"`
-	Command         *Command  `json:"command,omitempty"`
-	Processes       []Process `json:"processes"`
+	Inferred        []string `json:"inferred,omitempty"`
+	Started         string   `json:"started"`
+	DurationSeconds float64  `json:"duration_seconds"`
+	LostEvents      uint64   `json:"lost_events"`
+	UntrackedCalls  uint64   `json:"untracked_calls,omitempty"`
+	// Unattributed are failures counted by class alone: they came after the
+	// kernel's per-process table was full. Counted, never dropped.
+	Unattributed []Unattributed `json:"unattributed,omitempty"`
+	Command      *Command       `json:"command,omitempty"`
+	Processes    []Process      `json:"processes"`
+}
+
+// Unattributed is the count of one failure class no process could be given.
+type Unattributed struct {
+	Op      string `json:"op"`
+	Errno   string `json:"errno"`
+	Pattern string `json:"pattern"`
+	Count   uint64 `json:"count"`
 }
 
 // Command is the traced command of `report -- CMD`.
@@ -47,7 +58,9 @@ type Command struct {
 
 // Process is one culprit.
 type Process struct {
-	PID         uint32            `json:"pid"`
+	PID uint32 `json:"pid"`
+	// StartNs is the process's start time (ns since boot): with the pid, its identity.
+	StartNs     uint64            `json:"start_ns"`
 	Comm        string            `json:"comm"`
 	Cmdline     string            `json:"cmdline"`
 	Netns       uint64            `json:"netns"`
@@ -113,35 +126,45 @@ func Build(snap event.Snapshot, c *Collector, f Filter, backend string, started 
 		UntrackedCalls:  snap.Untracked,
 		Processes:       []Process{},
 	}
-	for pid, st := range snap.Procs {
-		fails := snap.Failures[pid]
+	for key, st := range snap.Procs {
+		fails := snap.Failures[key]
 		if len(fails) == 0 && !f.All {
 			continue
 		}
-		p := buildProcess(pid, st, fails, snap.Meta[pid], snap.Netns, c)
-		if f.match(pid, p.Comm) {
+		p := buildProcess(key, st, fails, snap.Meta[key], snap.Netns, c)
+		if f.match(key.PID, p.Comm) {
 			r.Processes = append(r.Processes, p)
 		}
 	}
 	// A process evicted from proc_stats still has its failure counts.
-	for pid, fails := range snap.Failures {
-		if _, ok := snap.Procs[pid]; ok {
+	for key, fails := range snap.Failures {
+		if _, ok := snap.Procs[key]; ok {
 			continue
 		}
-		p := buildProcess(pid, event.ProcStats{}, fails, snap.Meta[pid], snap.Netns, c)
-		if f.match(pid, p.Comm) {
+		p := buildProcess(key, event.ProcStats{}, fails, snap.Meta[key], snap.Netns, c)
+		if f.match(key.PID, p.Comm) {
 			r.Processes = append(r.Processes, p)
 		}
 	}
 	slices.SortFunc(r.Processes, func(a, b Process) int {
-		return cmp.Or(cmp.Compare(b.Failures, a.Failures), cmp.Compare(a.PID, b.PID))
+		return cmp.Or(cmp.Compare(b.Failures, a.Failures), cmp.Compare(a.PID, b.PID), cmp.Compare(a.StartNs, b.StartNs))
 	})
+	if f.PID == 0 && f.Comm == "" {
+		for _, class := range sortedClasses(snap.Unattributed) {
+			r.Unattributed = append(r.Unattributed, Unattributed{
+				Op: string(class.Op), Errno: errnoName(class.Errno),
+				Pattern: string(attrib.Classify(class, event.ProcStats{})), Count: snap.Unattributed[class],
+			})
+		}
+	}
 	return r
 }
 
-func buildProcess(pid uint32, st event.ProcStats, fails map[event.Class]uint64, meta event.ProcMeta, kernelNetns map[uint64]netns.Sysctls, c *Collector) Process {
+func buildProcess(key event.ProcKey, st event.ProcStats, fails map[event.Class]uint64, meta event.ProcMeta, kernelNetns map[uint64]netns.Sysctls, c *Collector) Process {
+	pid := key.PID
 	p := Process{
 		PID:        pid,
+		StartNs:    key.Start,
 		Comm:       meta.Comm,
 		Cmdline:    meta.Cmdline,
 		Netns:      meta.Netns,
@@ -153,7 +176,7 @@ func buildProcess(pid uint32, st event.ProcStats, fails map[event.Class]uint64, 
 		Port0Binds: Port0{st.Port0BindsOK, st.Port0BindConnects},
 		Examples:   []Record{},
 	}
-	pe := c.procs[pid]
+	pe := c.procs[key]
 	if pe == nil {
 		// No event reached us (or only counters were kept): ask /proc now.
 		pe = &procEvents{netns: meta.Netns, classes: map[event.Class]*classEvidence{}}
@@ -258,6 +281,9 @@ func (r Report) WriteText(w io.Writer) error {
 	}
 	if r.UntrackedCalls > 0 {
 		fmt.Fprintf(&b, "pending table full: %d calls not followed to their outcome (missing from the counts below)\n", r.UntrackedCalls)
+	}
+	for _, u := range r.Unattributed {
+		fmt.Fprintf(&b, "failure table full: %d more %s() failures %s (%s) counted without a process\n", u.Count, u.Op, u.Errno, u.Pattern)
 	}
 	for _, s := range r.Inferred {
 		fmt.Fprintf(&b, "backend %s: %s\n", esc(r.Backend), esc(s))

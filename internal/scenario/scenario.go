@@ -78,6 +78,8 @@ var Scenarios = map[string]func(*Result) error{
 	"listen":                  listenFailures,
 	"hold-pools":              holdPools,
 	"many-sockets":            manySockets,
+	"fan-out":                 fanOut,
+	"pid-reuse":               pidReuse,
 }
 
 // Names returns the scenario names, sorted.

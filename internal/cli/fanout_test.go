@@ -1,0 +1,87 @@
+package cli
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/portsleuth/portsleuth/internal/report"
+	"github.com/portsleuth/portsleuth/internal/scenario"
+)
+
+// More failing processes than a per-(process, class) LRU of 32768 entries
+// held: every failure is counted, each process apart, and anything past the
+// kernel's table would be counted by class and shown, never dropped.
+func TestFanOutCountedExactly(t *testing.T) {
+	r, res := traceScenario(t, "fan-out")
+	children := res.Extra["children"]
+	if children != scenario.FanOutProcs || res.Extra["bad_children"] != 0 {
+		t.Fatalf("the scenario ran %d children as planned and %d that did not fail as expected, want %d and 0",
+			children, res.Extra["bad_children"], scenario.FanOutProcs)
+	}
+	// The children are copies of this test binary: its name, as the kernel keeps it.
+	comm := filepath.Base(os.Args[0])
+	if len(comm) > 15 {
+		comm = comm[:15]
+	}
+	var procs, failures, unattributed uint64
+	errs := map[string]uint64{}
+	for _, p := range r.Processes {
+		if int(p.PID) == res.PID || p.Comm != comm {
+			continue
+		}
+		procs++
+		failures += p.Failures
+		for e, n := range p.Errors {
+			errs[e] += n
+		}
+		if p.Failures != scenario.FanOutClasses {
+			t.Errorf("pid %d: %d failures, want %d", p.PID, p.Failures, scenario.FanOutClasses)
+		}
+	}
+	for _, u := range r.Unattributed {
+		unattributed += u.Count
+	}
+	want := uint64(children * scenario.FanOutClasses)
+	if failures+unattributed != want {
+		t.Errorf("counted %d failures of processes and %d without one, want %d in all", failures, unattributed, want)
+	}
+	if unattributed != 0 || procs != uint64(children) {
+		t.Errorf("%d processes in the report and %d failures without a process; want all %d processes apart",
+			procs, unattributed, children)
+	}
+	if errs["EADDRINUSE"] != uint64(3*children) || errs["EADDRNOTAVAIL"] != uint64(children) {
+		t.Errorf("errors %v, want EADDRINUSE %d and EADDRNOTAVAIL %d", errs, 3*children, children)
+	}
+}
+
+// A pid the kernel hands out again names another process: two entries, each
+// with its own counts and namespace (the pid is reused through ns_last_pid).
+func TestReusedPidIsTwoProcesses(t *testing.T) {
+	r, res := traceScenario(t, "pid-reuse")
+	pid := uint32(res.Extra["pid"])
+	var got []report.Process
+	for _, p := range r.Processes {
+		if p.PID == pid {
+			got = append(got, p)
+		}
+	}
+	if len(got) != 2 {
+		t.Fatalf("pid %d has %d entries in the report, want 2 (one per process)", pid, len(got))
+	}
+	counts := map[uint64]bool{got[0].Failures: true, got[1].Failures: true}
+	if !counts[scenario.PidReuseFirst] || !counts[scenario.PidReuseSecond] {
+		t.Errorf("failures %d and %d, want %d and %d", got[0].Failures, got[1].Failures, scenario.PidReuseFirst, scenario.PidReuseSecond)
+	}
+	if got[0].StartNs == got[1].StartNs || got[0].Netns == got[1].Netns || got[0].Netns == 0 {
+		t.Errorf("the two processes share a start time (%d, %d) or a namespace (%d, %d)",
+			got[0].StartNs, got[1].StartNs, got[0].Netns, got[1].Netns)
+	}
+	for _, p := range got {
+		for _, e := range p.Examples {
+			if e.Netns != p.Netns {
+				t.Errorf("pid %d (start %d, netns %d) shows an example of netns %d: another process's", p.PID, p.StartNs, p.Netns, e.Netns)
+			}
+		}
+	}
+}
