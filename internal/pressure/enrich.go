@@ -26,10 +26,21 @@ type Enricher struct {
 	holders  map[holderKey][]event.Holder
 	owners   Inodes
 	ownersAt time.Time
+	// recent keeps each namespace's last scan for rescanTTL: a fan-out of
+	// short-lived processes failing alike costs one scan, not one each.
+	recent map[uint64]recentScan
 }
 
+type recentScan struct {
+	ns Namespace
+	at time.Time
+}
+
+// rescanTTL is how long one scan of a namespace serves other processes' first failures.
+const rescanTTL = 250 * time.Millisecond
+
 type seenKey struct {
-	pid   uint32
+	proc  event.ProcKey
 	class event.Class
 }
 
@@ -48,7 +59,8 @@ const maxSeen = 4096
 
 // NewEnricher loads the iterators on first use.
 func NewEnricher() *Enricher {
-	return &Enricher{seen: map[seenKey]bool{}, holders: map[holderKey][]event.Holder{}, handles: newNSHandles(maxHandles)}
+	return &Enricher{seen: map[seenKey]bool{}, holders: map[holderKey][]event.Holder{}, handles: newNSHandles(maxHandles),
+		recent: map[uint64]recentScan{}}
 }
 
 // Close releases the iterators and the namespace handles.
@@ -71,7 +83,7 @@ func (en *Enricher) Enrich(e *event.Event) *Snapshot {
 	defer en.mu.Unlock()
 	portInUse := e.Class.Errno == unix.EADDRINUSE && !e.Class.Port0 && e.Class.Op != event.Connect
 	hk := holderKey{e.Netns, e.Class.Proto, e.Addr.Addr().String(), e.Addr.Port()}
-	k := seenKey{e.PID, e.Class}
+	k := seenKey{e.Proc(), e.Class}
 	if en.seen[k] {
 		if portInUse && e.Holder == nil {
 			e.Holder = firstHolder(en.holders[hk])
@@ -86,7 +98,20 @@ func (en *Enricher) Enrich(e *event.Event) *Snapshot {
 	if portInUse && e.Holder == nil {
 		q = &HolderQuery{Proto: e.Class.Proto, Addr: e.Addr.Addr(), Port: e.Addr.Port()}
 	}
+	if r, fresh := en.recent[e.Netns]; fresh && e.Netns != 0 && time.Since(r.at) < rescanTTL &&
+		(q == nil || len(en.holders[hk]) > 0) {
+		if q != nil {
+			e.Holder = firstHolder(en.holders[hk])
+		}
+		return SnapshotFor(r.ns, e)
+	}
 	ns, ok := en.scan(e, q)
+	if ok && e.Netns != 0 {
+		if len(en.recent) >= maxHandles {
+			clear(en.recent)
+		}
+		en.recent[e.Netns] = recentScan{ns, time.Now()}
+	}
 	if q != nil {
 		if ok {
 			en.holders[hk] = q.Found
