@@ -130,7 +130,12 @@ func (c *Collector) Observe(e *event.Event) {
 	}
 	if _, seen := c.netns[e.Netns]; !seen {
 		c.netns[e.Netns] = nil
-		if s, err := c.Sysctls(e.PID, e.TID); err == nil && s.Netns == e.Netns {
+		read := c.Sysctls
+		if c.Enricher != nil {
+			// Through the namespace itself: the failing task may be gone.
+			read = func(pid, tid uint32) (netns.Sysctls, error) { return c.Enricher.Sysctls(e.Netns, pid, tid) }
+		}
+		if s, err := read(e.PID, e.TID); err == nil && s.Netns == e.Netns {
 			c.netns[e.Netns] = &s
 		}
 	}
