@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
@@ -43,6 +44,7 @@ func runDoctor(args []string, stdout, stderr io.Writer) error {
 	} else {
 		line("privileges", "NO: "+privErr.Error())
 	}
+	line("capabilities", capabilityVerdict())
 	line("ring buffer", featureVerdict(features.HaveMapType(ebpf.RingBuf)))
 	for _, pt := range []struct {
 		name string
@@ -122,4 +124,32 @@ func featureVerdict(err error) string {
 	default:
 		return "unknown (" + err.Error() + ")"
 	}
+}
+
+// capabilityVerdict says which capabilities the kernel checks for portsleuth
+// this process holds, and what each is for; CAP_SYS_ADMIN stands in for the
+// BPF ones.
+func capabilityVerdict() string {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return "unknown: " + err.Error()
+	}
+	var parts []string
+	for _, c := range []struct {
+		bit       uint
+		name, use string
+	}{
+		{unix.CAP_BPF, "CAP_BPF", "every program"},
+		{unix.CAP_PERFMON, "CAP_PERFMON", "tracing programs"},
+		{unix.CAP_NET_ADMIN, "CAP_NET_ADMIN", "the cgroup backend"},
+		{unix.CAP_SYS_ADMIN, "CAP_SYS_ADMIN", "ports in other namespaces, mounting tracefs or cgroup2"},
+	} {
+		verdict := "no"
+		if data[c.bit/32].Effective&(1<<(c.bit%32)) != 0 {
+			verdict = "yes"
+		}
+		parts = append(parts, fmt.Sprintf("%s %s (%s)", c.name, verdict, c.use))
+	}
+	return strings.Join(parts, ", ")
 }

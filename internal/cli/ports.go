@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -12,8 +13,10 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
+	"github.com/portsleuth/portsleuth/internal/netns"
 	"github.com/portsleuth/portsleuth/internal/pressure"
 	"github.com/portsleuth/portsleuth/internal/probe"
+	"github.com/portsleuth/portsleuth/internal/term"
 )
 
 // runPorts measures the port pools of one or every network namespace.
@@ -36,10 +39,8 @@ func runPorts(args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return usageError{fmt.Sprintf("ports takes no arguments, got %q", fs.Args())}
 	}
-	if err := probe.CheckPrivileges(); err != nil {
-		return err
-	}
-	targets, err := namespaces(target)
+	// A bad --netns is a usage error, found before anything loads.
+	targets, skipped, err := namespaces(target)
 	if err != nil {
 		return err
 	}
@@ -48,30 +49,63 @@ func runPorts(args []string, stdout, stderr io.Writer) error {
 			t.f.Close()
 		}
 	}()
+	if err := probe.CheckPrivileges(); err != nil {
+		return err
+	}
 	sc, err := pressure.NewScanner()
 	if err != nil {
 		return err
 	}
 	defer sc.Close()
 	owners := pressure.ScanInodes()
-	out := struct {
-		Namespaces []pressure.Namespace `json:"namespaces"`
-	}{Namespaces: []pressure.Namespace{}}
+	out := portsOutput{Namespaces: []pressure.Namespace{}, Skipped: append([]skippedNetns{}, skipped...)}
 	for _, t := range targets {
 		ns, err := sc.Scan(int(t.f.Fd()), owners, topN)
 		if err != nil {
-			return fmt.Errorf("netns %d: %w", t.inode, err)
+			out.Skipped = append(out.Skipped, skippedNetns{Netns: t.inode, PIDs: t.pids, Reason: err.Error()})
+			continue
 		}
 		ns.PIDs = t.pids
 		out.Namespaces = append(out.Namespaces, ns)
 	}
-	if output == "json" {
-		enc := json.NewEncoder(stdout)
+	if err := writePortsOutput(stdout, output, out); err != nil {
+		return err
+	}
+	if len(out.Namespaces) == 0 && len(out.Skipped) > 0 {
+		return fmt.Errorf("no network namespace could be read (%d skipped; the first: %s)", len(out.Skipped), out.Skipped[0].Reason)
+	}
+	return nil
+}
+
+// portsOutput is what ports prints. JSON names are a contract (see README).
+type portsOutput struct {
+	Namespaces []pressure.Namespace `json:"namespaces"`
+	Skipped    []skippedNetns       `json:"skipped"`
+}
+
+// skippedNetns is a namespace ports could not read, and why: the reason
+// names the capability the kernel wanted when one was missing.
+type skippedNetns struct {
+	Netns  uint64 `json:"netns"` // 0 when even its id could not be read
+	PIDs   []int  `json:"pids"`
+	Reason string `json:"reason"`
+}
+
+func writePortsOutput(w io.Writer, format string, out portsOutput) error {
+	if format == "json" {
+		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		return enc.Encode(out)
 	}
 	for _, ns := range out.Namespaces {
-		writePorts(stdout, ns)
+		writePorts(w, ns)
+	}
+	for _, s := range out.Skipped {
+		if s.Netns == 0 {
+			fmt.Fprintf(w, "pids %s (namespace unknown): skipped: %s\n", pidList(s.PIDs), s.Reason)
+			continue
+		}
+		fmt.Fprintf(w, "netns %d (pids %s): skipped: %s\n", s.Netns, pidList(s.PIDs), s.Reason)
 	}
 	return nil
 }
@@ -82,29 +116,64 @@ type nsTarget struct {
 	pids  []int
 }
 
-// namespaces opens the namespaces to scan: one named, or every one that has a process.
-func namespaces(target string) ([]nsTarget, error) {
-	open := func(path string, pids []int) (nsTarget, error) {
-		f, err := os.Open(path)
-		if err != nil {
-			return nsTarget{}, fmt.Errorf("opening network namespace %s: %w", path, err)
-		}
-		var st unix.Stat_t
-		if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-			f.Close()
-			return nsTarget{}, err
-		}
-		return nsTarget{inode: st.Ino, f: f, pids: pids}, nil
+// namespaces opens the namespaces to scan: one named, or every one that has
+// a process. A --netns that names no process or no network namespace is a
+// usage error; a namespace that exists but can't be opened is skipped.
+func namespaces(target string) ([]nsTarget, []skippedNetns, error) {
+	if target == "all" {
+		t, s := allNamespaces()
+		return t, s, nil
 	}
-	if target != "all" {
-		if pid, err := strconv.Atoi(target); err == nil {
-			t, err := open(fmt.Sprintf("/proc/%d/ns/net", pid), []int{pid})
-			return []nsTarget{t}, err
+	path, pids := target, []int{}
+	if pid, err := strconv.Atoi(target); err == nil {
+		if pid <= 0 {
+			return nil, nil, usageError{fmt.Sprintf("invalid value %q for --netns: not a pid", target)}
 		}
-		t, err := open(target, []int{})
-		return []nsTarget{t}, err
+		path, pids = fmt.Sprintf("/proc/%d/ns/net", pid), []int{pid}
 	}
+	t, err := openTarget(path, pids)
+	switch {
+	case err == nil:
+		return []nsTarget{t}, nil, nil
+	case errors.Is(err, netns.ErrNotNetns):
+		return nil, nil, usageError{fmt.Sprintf("invalid value %q for --netns: not a network namespace", target)}
+	case errors.Is(err, os.ErrNotExist) && len(pids) == 1:
+		return nil, nil, usageError{fmt.Sprintf("invalid value %q for --netns: no process %d", target, pids[0])}
+	case errors.Is(err, os.ErrNotExist):
+		return nil, nil, usageError{fmt.Sprintf("invalid value %q for --netns: no such file", target)}
+	}
+	return nil, []skippedNetns{{PIDs: pids, Reason: openReason(path, err)}}, nil
+}
+
+func openTarget(path string, pids []int) (nsTarget, error) {
+	f, err := netns.Open(path)
+	if err != nil {
+		return nsTarget{}, err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		f.Close()
+		return nsTarget{}, fmt.Errorf("stat %s: %w", path, err)
+	}
+	return nsTarget{inode: st.Ino, f: f, pids: pids}, nil
+}
+
+// openReason says why a namespace file could not be opened.
+func openReason(path string, err error) string {
+	if errors.Is(err, os.ErrPermission) && strings.HasPrefix(path, "/proc/") {
+		// ptrace_may_access(PTRACE_MODE_READ_FSCREDS) guards /proc/PID/ns.
+		return fmt.Sprintf("opening %s needs ptrace read access: CAP_SYS_PTRACE, or the same user, a dumpable process and every capability it has: %v", path, err)
+	}
+	return fmt.Sprintf("opening %s: %v", path, err)
+}
+
+// allNamespaces opens every network namespace that has a process, one
+// target per namespace. Processes whose namespace can't be told are skipped
+// together; processes that exit meanwhile are forgotten.
+func allNamespaces() ([]nsTarget, []skippedNetns) {
 	byInode := map[uint64][]int{}
+	var hidden []int
+	var hiddenErr error
 	procs, _ := os.ReadDir("/proc")
 	for _, p := range procs {
 		pid, err := strconv.Atoi(p.Name())
@@ -112,21 +181,34 @@ func namespaces(target string) ([]nsTarget, error) {
 			continue
 		}
 		var st unix.Stat_t
-		if unix.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &st) == nil {
+		err = unix.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &st)
+		switch {
+		case err == nil:
 			byInode[st.Ino] = append(byInode[st.Ino], pid)
+		case errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM):
+			hidden = append(hidden, pid)
+			hiddenErr = err
 		}
 	}
 	var out []nsTarget
-	for _, pids := range byInode {
+	var skipped []skippedNetns
+	for inode, pids := range byInode {
 		slices.Sort(pids)
-		t, err := open(fmt.Sprintf("/proc/%d/ns/net", pids[0]), pids)
-		if err != nil {
-			continue // the process went away
+		path := fmt.Sprintf("/proc/%d/ns/net", pids[0])
+		t, err := openTarget(path, pids)
+		switch {
+		case err == nil:
+			out = append(out, t)
+		case !errors.Is(err, os.ErrNotExist): // else the process went away
+			skipped = append(skipped, skippedNetns{Netns: inode, PIDs: pids, Reason: openReason(path, err)})
 		}
-		out = append(out, t)
 	}
 	slices.SortFunc(out, func(a, b nsTarget) int { return a.pids[0] - b.pids[0] })
-	return out, nil
+	slices.SortFunc(skipped, func(a, b skippedNetns) int { return a.PIDs[0] - b.PIDs[0] })
+	if len(hidden) > 0 {
+		skipped = append(skipped, skippedNetns{PIDs: hidden, Reason: openReason("/proc/PID/ns/net", hiddenErr)})
+	}
+	return out, skipped
 }
 
 func writePorts(w io.Writer, ns pressure.Namespace) {
@@ -145,12 +227,12 @@ func writePorts(w io.Writer, ns pressure.Namespace) {
 			fmt.Fprintf(&b, " (TIME_WAIT ends in %.0f-%.0fs)", p.TimeWaitLeft[0], p.TimeWaitLeft[1])
 		}
 		for _, o := range p.Owners {
-			fmt.Fprintf(&b, "; pid %d %s: %d", o.PID, o.Comm, o.Sockets)
+			fmt.Fprintf(&b, "; pid %d %s: %d", o.PID, term.Escape(o.Comm), o.Sockets)
 		}
 		b.WriteString("\n")
 	}
 	for _, o := range ns.Top {
-		fmt.Fprintf(&b, "  top: pid %d %s holds %d sockets\n", o.PID, o.Comm, o.Sockets)
+		fmt.Fprintf(&b, "  top: pid %d %s holds %d sockets\n", o.PID, term.Escape(o.Comm), o.Sockets)
 	}
 	io.WriteString(w, b.String())
 }

@@ -90,6 +90,8 @@ func ReadFD(fd int) (Sysctls, error) {
 // Do runs fn on a locked OS thread inside the network namespace fd refers
 // to, then goes back. A thread that can't go back stays locked and dies with
 // its goroutine, so no other goroutine ever runs in the wrong namespace.
+// fn runs without setns when the thread is in that namespace already: our
+// own namespace can be read without CAP_SYS_ADMIN.
 func Do(fd int, fn func() error) error {
 	done := make(chan error, 1)
 	go func() {
@@ -101,9 +103,15 @@ func Do(fd int, fn func() error) error {
 			return
 		}
 		defer orig.Close()
+		if same(fd, int(orig.Fd())) {
+			ferr := fn()
+			runtime.UnlockOSThread()
+			done <- ferr
+			return
+		}
 		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
 			runtime.UnlockOSThread()
-			done <- fmt.Errorf("entering a network namespace (needs CAP_SYS_ADMIN): %w", err)
+			done <- enterError(fd, err)
 			return
 		}
 		ferr := fn()
@@ -115,6 +123,71 @@ func Do(fd int, fn func() error) error {
 		done <- ferr
 	}()
 	return <-done
+}
+
+// same says whether two namespace files are one namespace.
+func same(a, b int) bool {
+	var sa, sb unix.Stat_t
+	return unix.Fstat(a, &sa) == nil && unix.Fstat(b, &sb) == nil && sa.Dev == sb.Dev && sa.Ino == sb.Ino
+}
+
+// ErrNotNetns is a path that is not a network namespace file.
+var ErrNotNetns = errors.New("not a network namespace")
+
+// EnterError is a refused setns into another network namespace.
+type EnterError struct {
+	Netns uint64
+	Err   error
+}
+
+func (e *EnterError) Error() string {
+	if errors.Is(e.Err, unix.EPERM) {
+		// setns checks CAP_SYS_ADMIN in the namespace's user namespace and in ours.
+		return fmt.Sprintf("entering network namespace %d needs CAP_SYS_ADMIN: %v", e.Netns, e.Err)
+	}
+	return fmt.Sprintf("entering network namespace %d: %v", e.Netns, e.Err)
+}
+
+func (e *EnterError) Unwrap() error { return e.Err }
+
+func enterError(fd int, err error) error {
+	var st unix.Stat_t
+	unix.Fstat(fd, &st)
+	return &EnterError{Netns: st.Ino, Err: err}
+}
+
+// Open opens a network namespace file (/proc/PID/ns/net, /run/netns/NAME)
+// and checks that it is one: a path to anything else fails with
+// ErrNotNetns. It opens with O_PATH first, so a FIFO or a device named by
+// mistake is never opened for reading.
+func Open(path string) (*os.File, error) {
+	pfd, err := unix.Open(path, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer unix.Close(pfd)
+	var fs unix.Statfs_t
+	if err := unix.Fstatfs(pfd, &fs); err != nil {
+		return nil, &os.PathError{Op: "statfs", Path: path, Err: err}
+	}
+	if fs.Type != unix.NSFS_MAGIC {
+		return nil, fmt.Errorf("%s: %w", path, ErrNotNetns)
+	}
+	// Reopening through the O_PATH descriptor opens the very namespace checked.
+	f, err := os.Open(fmt.Sprintf("/proc/self/fd/%d", pfd))
+	if err != nil {
+		return nil, fmt.Errorf("opening %s: %w", path, err)
+	}
+	typ, err := unix.IoctlRetInt(int(f.Fd()), unix.NS_GET_NSTYPE)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("asking the kernel what namespace %s is: %w", path, err)
+	}
+	if typ != unix.CLONE_NEWNET {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w (another kind of namespace)", path, ErrNotNetns)
+	}
+	return f, nil
 }
 
 func read() (Sysctls, error) {

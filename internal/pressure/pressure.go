@@ -97,6 +97,10 @@ func NewScanner() (*Scanner, error) {
 		if errors.As(err, &ve) {
 			return nil, fmt.Errorf("loading the socket iterators: %+v", ve)
 		}
+		if errors.Is(err, unix.EPERM) {
+			// BPF_PROG_LOAD checks CAP_BPF, and CAP_PERFMON for tracing programs such as iterators.
+			return nil, fmt.Errorf("the kernel refused to load the socket iterators: they need CAP_BPF and CAP_PERFMON (or root): %w", unix.EPERM)
+		}
 		return nil, fmt.Errorf("loading the socket iterators (BPF iterators need 5.9+): %w", err)
 	}
 	var err error

@@ -10,6 +10,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 )
 
 // Backend names a family of hooks.
@@ -150,9 +151,13 @@ func cgroupAttach(p *ebpf.ProgramSpec, root string) func(*ebpf.Program) (link.Li
 	}
 }
 
-// supported asks the feature API first; only its "yes" or "inconclusive"
-// leads to the real load and attach that has the last word.
+// supported checks the capabilities the kernel will want, then asks the
+// feature API; only its "yes" or "inconclusive" leads to the real load and
+// attach that has the last word.
 func (b Backend) supported() error {
+	if err := b.checkCapabilities(); err != nil {
+		return err
+	}
 	var pt ebpf.ProgramType
 	switch b {
 	case FEntry:
@@ -185,4 +190,131 @@ func Try(b Backend) error {
 		return err
 	}
 	return t.Close()
+}
+
+// mountFS makes sure the file system b attaches through is mounted: tracefs
+// for the tracepoints, cgroup2 for the cgroup hooks. It returns the cgroup2
+// root, and the mount portsleuth made itself, if any (nil otherwise).
+func (b Backend) mountFS() (cgroupRoot string, m *ownMount, err error) {
+	switch b {
+	case Tracepoint:
+		m, err = ensureTracefs()
+	case Cgroup:
+		cgroupRoot, m, err = cgroup2Root()
+	}
+	return cgroupRoot, m, err
+}
+
+// capability is one bit of the kernel's capability sets.
+type capability struct {
+	bit  uint
+	name string
+}
+
+var (
+	capBPF      = capability{unix.CAP_BPF, "CAP_BPF"}
+	capPerfmon  = capability{unix.CAP_PERFMON, "CAP_PERFMON"}
+	capNetAdmin = capability{unix.CAP_NET_ADMIN, "CAP_NET_ADMIN"}
+	capSysAdmin = capability{unix.CAP_SYS_ADMIN, "CAP_SYS_ADMIN"}
+)
+
+// capabilities lists what the kernel checks to load and attach b's programs
+// (kernel/bpf/syscall.c, bpf_prog_load): CAP_BPF for every program and map,
+// CAP_PERFMON for the tracing types (tracepoint, kprobe, fentry, tp_btf,
+// raw_tp), CAP_NET_ADMIN for cgroup sock_addr programs.
+func (b Backend) capabilities() []capability {
+	caps := []capability{capBPF, capPerfmon}
+	if b == Cgroup {
+		caps = append(caps, capNetAdmin)
+	}
+	return caps
+}
+
+// checkCapabilities fails with a PrivilegeError when this thread lacks a
+// capability the kernel will check for b, before anything is loaded.
+func (b Backend) checkCapabilities() error {
+	lack, err := missingCapabilities(b.capabilities())
+	if err != nil || len(lack) == 0 {
+		return err
+	}
+	return &PrivilegeError{Step: "load " + b.programs(), Needed: names(b.capabilities()), Missing: lack, Err: unix.EPERM}
+}
+
+// programs names b's programs for messages.
+func (b Backend) programs() string {
+	if b == Cgroup {
+		return "the cgroup backend's programs (cgroup sock_addr, tp_btf)"
+	}
+	return "the " + string(b) + " backend's tracing programs"
+}
+
+// missingCapabilities lists the capabilities of want that this thread's
+// effective set lacks. CAP_SYS_ADMIN stands in for each of them, as the
+// kernel's bpf_token_capable() lets it.
+func missingCapabilities(want []capability) ([]string, error) {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return nil, fmt.Errorf("reading capabilities: %w", err)
+	}
+	has := func(c capability) bool { return data[c.bit/32].Effective&(1<<(c.bit%32)) != 0 }
+	if has(capSysAdmin) {
+		return nil, nil
+	}
+	var lack []string
+	for _, c := range want {
+		if !has(c) {
+			lack = append(lack, c.name)
+		}
+	}
+	return lack, nil
+}
+
+func names(caps []capability) []string {
+	out := make([]string, len(caps))
+	for i, c := range caps {
+		out[i] = c.name
+	}
+	return out
+}
+
+// PrivilegeError is a step the kernel refuses for want of capabilities. It
+// matches ErrPrivileges and names the capabilities that step needs.
+type PrivilegeError struct {
+	Step    string   // what was refused: "load the cgroup backend's programs"
+	Needed  []string // every capability the kernel checks for the step
+	Missing []string // the ones this process lacks
+	Err     error    // the kernel's answer
+}
+
+func (e *PrivilegeError) Error() string {
+	return fmt.Sprintf("cannot %s: the kernel wants %s (or root), and this process lacks %s: %s",
+		e.Step, joinAnd(e.Needed), joinAnd(e.Missing), firstLine(e.Err.Error()))
+}
+
+// Is makes errors.Is(err, ErrPrivileges) hold, which callers map to exit 1.
+func (e *PrivilegeError) Is(target error) bool { return target == ErrPrivileges }
+
+func (e *PrivilegeError) Unwrap() error { return e.Err }
+
+func joinAnd(s []string) string {
+	if len(s) < 2 {
+		return strings.Join(s, "")
+	}
+	return strings.Join(s[:len(s)-1], ", ") + " and " + s[len(s)-1]
+}
+
+// refused explains an EPERM from the kernel while b's programs were loaded or
+// attached (step: "load ...", "attach ..."): missing capabilities when this
+// process lacks one the kernel checks, otherwise what else refuses holders
+// of every one of them. The library's text for EPERM ("MEMLOCK may be too
+// low") would mislead, so only the errno is kept.
+func refused(b Backend, step string) error {
+	want := b.capabilities()
+	lack, err := missingCapabilities(want)
+	if err == nil && len(lack) > 0 {
+		return &PrivilegeError{Step: step, Needed: names(want), Missing: lack, Err: unix.EPERM}
+	}
+	return fmt.Errorf("the kernel refused to %s although this process has %s: kernel lockdown, a security module (SELinux, AppArmor, BPF LSM) or a user namespace without the host's capabilities: %w",
+		step, joinAnd(names(want)), unix.EPERM)
 }

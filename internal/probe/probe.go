@@ -47,7 +47,8 @@ type Tracer struct {
 	rec     ringbuf.Record
 	backend Backend
 	notes   []string
-	sweeper *sweeper // cgroup backend only
+	sweeper *sweeper  // cgroup backend only
+	mount   *ownMount // tracefs or cgroup2, when portsleuth mounted it
 }
 
 // Start loads and attaches the programs of one backend. When it returns
@@ -90,24 +91,22 @@ func Start(opts Options) (*Tracer, error) {
 	return nil, fmt.Errorf("no backend can trace on this kernel: %s", strings.Join(skipped, "; "))
 }
 
-func startBackend(spec *ebpf.CollectionSpec, b Backend) (*Tracer, error) {
+func startBackend(spec *ebpf.CollectionSpec, b Backend) (_ *Tracer, err error) {
 	if err := b.supported(); err != nil {
 		return nil, err
 	}
-	var cgroupRoot string
-	switch b {
-	case Tracepoint:
-		if err := ensureTracefs(); err != nil {
-			return nil, err
-		}
-	case Cgroup:
-		var err error
-		if cgroupRoot, err = cgroup2Root(); err != nil {
-			return nil, err
-		}
+	cgroupRoot, mnt, err := b.mountFS()
+	if err != nil {
+		return nil, err
 	}
+	// A failed start leaves nothing mounted; a started one unmounts in Close.
+	defer func() {
+		if err != nil {
+			mnt.release()
+		}
+	}()
 	hooks := b.hooks(spec, cgroupRoot)
-	t := &Tracer{epoch: event.MonotonicEpoch(), backend: b}
+	t := &Tracer{epoch: event.MonotonicEpoch(), backend: b, mount: mnt}
 	coll, err := load(spec, hooks, b)
 	// An optional hook this kernel can't load must not cost the backend: drop
 	// the one the loader names and try again.
@@ -140,6 +139,9 @@ func startBackend(spec *ebpf.CollectionSpec, b Backend) (*Tracer, error) {
 				continue
 			}
 			t.Close()
+			if errors.Is(err, unix.EPERM) {
+				return nil, refused(b, "attach "+h.what)
+			}
 			return nil, fmt.Errorf("attaching %s: %w", h.what, err)
 		}
 		if l != nil {
@@ -191,8 +193,7 @@ func load(spec *ebpf.CollectionSpec, hooks []hook, b Backend) (*ebpf.Collection,
 			return nil, fmt.Errorf("loading %s programs: %+v", b, ve)
 		}
 		if errors.Is(err, unix.EPERM) {
-			// The capabilities were checked: the kernel itself refuses this program type.
-			return nil, fmt.Errorf("the kernel refused to load %s programs (despite CAP_BPF/CAP_PERFMON: lockdown or a security policy): %w", b, unix.EPERM)
+			return nil, refused(b, "load "+b.programs())
 		}
 		return nil, fmt.Errorf("loading %s programs: %w", b, err)
 	}
@@ -323,6 +324,8 @@ func (t *Tracer) Close() error {
 	}
 	t.progs = nil
 	errs = append(errs, t.maps.Close())
+	// Detached first: nothing of ours is left under the mount.
+	errs = append(errs, t.mount.release())
 	return errors.Join(errs...)
 }
 
