@@ -7,9 +7,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
 
 	"github.com/portsleuth/portsleuth/internal/probe"
 )
@@ -22,7 +25,8 @@ the call pattern behind them, and says what fixes it on this kernel.
 
 Usage:
   portsleuth watch  [--backend B] [--pid N] [--comm NAME] [-o text|json] [--duration D]
-  portsleuth report [--backend B] [--pid N] [--comm NAME] [-o text|json] [--duration D] [--file PATH] [--all] [-- CMD ARGS...]
+  portsleuth report [--backend B] [--pid N] [--comm NAME] [-o text|json] [--duration D] [--file PATH] [--force] [--all]
+                    [--record FILE | --replay FILE] [-- CMD ARGS...]
   portsleuth serve  [--backend B] [--listen ADDR] [--log-format text|json] [--report-interval D]
   portsleuth ports  [--netns PID|PATH|all] [-o text|json] [--top N]
   portsleuth doctor
@@ -49,7 +53,7 @@ func Run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "portsleuth: %s\n\n%s", ue.msg, usage)
 		return 2
 	case errors.Is(err, probe.ErrPrivileges):
-		fmt.Fprintf(stderr, "portsleuth: %s\n", probe.ErrPrivileges)
+		fmt.Fprintf(stderr, "portsleuth: %s\n", err)
 		return 1
 	default:
 		fmt.Fprintf(stderr, "portsleuth: %s\n", err)
@@ -94,7 +98,7 @@ type common struct {
 func (c *common) register(fs *pflag.FlagSet) {
 	fs.StringVar(&c.backend, "backend", "auto", "hooks to use: auto, fentry, kprobe or tracepoint")
 	fs.IntVar(&c.pid, "pid", 0, "trace only this process (thread-group id)")
-	fs.StringVar(&c.comm, "comm", "", "show only processes with this name")
+	fs.StringVar(&c.comm, "comm", "", "show only processes with this name (at most 15 bytes, as the kernel keeps it)")
 	fs.StringVarP(&c.output, "output", "o", "text", "output format: text or json")
 	fs.DurationVar(&c.duration, "duration", 0, "stop after this long (e.g. 30s, 5m); 0 runs until interrupted")
 }
@@ -112,7 +116,45 @@ func (c *common) validate() error {
 	if c.duration < 0 {
 		return usageError{fmt.Sprintf("invalid value %s for --duration: must not be negative", c.duration)}
 	}
+	if len(c.comm) > maxComm {
+		return usageError{fmt.Sprintf("invalid value %q for --comm: %d bytes, but the kernel keeps only the first %d of a process name, so it would match nothing", c.comm, len(c.comm), maxComm)}
+	}
 	return nil
+}
+
+// maxComm is the longest process name the kernel keeps (TASK_COMM_LEN - 1).
+const maxComm = 15
+
+// checkPID refuses a --pid that names no process now: the kernel filter would
+// trace nothing, in silence. Only for live tracing: a replay filters on the
+// recorded host's pids.
+func (c *common) checkPID() error {
+	if c.pid == 0 {
+		return nil
+	}
+	// Signal 0 checks existence only; EPERM still means the process exists.
+	if err := unix.Kill(c.pid, 0); errors.Is(err, unix.ESRCH) {
+		return usageError{fmt.Sprintf("invalid value %d for --pid: no process %d", c.pid, c.pid)}
+	}
+	if tgid, ok := threadGroup(c.pid); ok && tgid != c.pid {
+		return usageError{fmt.Sprintf("invalid value %d for --pid: it is a thread of process %d; give the process id", c.pid, tgid)}
+	}
+	return nil
+}
+
+// threadGroup reads the process id a task id belongs to.
+func threadGroup(tid int) (int, bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", tid))
+	if err != nil {
+		return 0, false
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "Tgid:"); ok {
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			return n, err == nil
+		}
+	}
+	return 0, false
 }
 
 // parse parses a command's flags, turning pflag errors into usage errors.
@@ -128,15 +170,4 @@ func parse(fs *pflag.FlagSet, args []string, stderr io.Writer) error {
 		return usageError{err.Error()}
 	}
 	return nil
-}
-
-func openOutput(path string, stdout io.Writer) (io.Writer, func() error, error) {
-	if path == "" || path == "-" {
-		return stdout, func() error { return nil }, nil
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		return nil, nil, fmt.Errorf("creating report file: %w", err)
-	}
-	return f, f.Close, nil
 }

@@ -71,7 +71,7 @@ func traceScenario(t *testing.T, name string, extra ...string) (report.Report, s
 	args := append([]string{"report", "-o", "json", "--file", file, "--backend", testBackend()}, extra...)
 	// PORTSLEUTH_RECORD_DIR=dir saves each run's raw data, e.g. to refresh testdata/recordings.
 	if dir := os.Getenv("PORTSLEUTH_RECORD_DIR"); dir != "" {
-		args = append(args, "--record", filepath.Join(dir, name+".json"))
+		args = append(args, "--record", filepath.Join(dir, name+".json"), "--force")
 	}
 	args = append(args, "--", os.Args[0])
 	var stdout, stderr bytes.Buffer

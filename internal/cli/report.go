@@ -7,12 +7,15 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"runtime"
 	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
 
 	"github.com/portsleuth/portsleuth/internal/event"
+	"github.com/portsleuth/portsleuth/internal/outfile"
 	"github.com/portsleuth/portsleuth/internal/pressure"
 	"github.com/portsleuth/portsleuth/internal/report"
 )
@@ -21,66 +24,177 @@ import (
 // report ends before it does.
 const killGrace = 5 * time.Second
 
+// reportFlags are report's own flags besides the common ones.
+type reportFlags struct {
+	common
+	file, record, replay string
+	all, force           bool
+	argv                 []string
+}
+
 func runReport(args []string, stdout, stderr io.Writer) error {
-	var c common
-	var file, record, replay string
-	var all bool
+	var f reportFlags
+	if err := f.parse(args, stderr); err != nil {
+		return err
+	}
+	outs, err := createOutputs(f.file, f.record, f.force, stdout)
+	if err != nil {
+		return err
+	}
+	// Until every output is committed, the old files stay as they were.
+	defer outs.abort()
+	filter := report.Filter{PID: uint32(f.pid), Comm: f.comm, All: f.all}
+	var r report.Report
+	if f.replay != "" {
+		r, err = replayReport(f.replay, filter)
+	} else {
+		r, err = traceReport(&f, filter, outs.record, stdout, stderr)
+	}
+	if err != nil {
+		return err
+	}
+	if err := write(r, f.output, outs.report); err != nil {
+		return fmt.Errorf("writing the report: %w", err)
+	}
+	return outs.commit()
+}
+
+// parse reads and checks every flag and path that can be checked before
+// anything is created or loaded.
+func (f *reportFlags) parse(args []string, stderr io.Writer) error {
 	fs := pflag.NewFlagSet("report", pflag.ContinueOnError)
-	c.register(fs)
-	fs.StringVar(&file, "file", "", "write the report here instead of stdout")
-	fs.BoolVar(&all, "all", false, "also list processes that made bind()/connect() calls without failures")
-	fs.StringVar(&record, "record", "", "also save the raw counters and events (up to 10000) here, for --replay")
-	fs.StringVar(&replay, "replay", "", "build the report from a file saved with --record instead of tracing")
+	f.register(fs)
+	fs.StringVar(&f.file, "file", "", "write the report here instead of stdout (a new 0600 file; never written through a symbolic link)")
+	fs.BoolVar(&f.all, "all", false, "also list processes that made bind()/connect() calls without failures")
+	fs.StringVar(&f.record, "record", "", "also save the raw counters and events (up to 10000) here, for --replay (a new 0600 file)")
+	fs.StringVar(&f.replay, "replay", "", "build the report from a file saved with --record instead of tracing")
+	fs.BoolVar(&f.force, "force", false, "replace an existing --file or --record (the name is replaced once the report is complete; a symbolic link is replaced, not followed)")
 	if err := parse(fs, args, stderr); err != nil {
 		return err
 	}
-	if err := c.validate(); err != nil {
+	if err := f.validate(); err != nil {
 		return err
 	}
-	var argv []string
 	if dash := fs.ArgsLenAtDash(); dash >= 0 {
 		if dash > 0 {
 			return usageError{fmt.Sprintf("unexpected arguments before --: %q", fs.Args()[:dash])}
 		}
-		argv = fs.Args()
-		if len(argv) == 0 {
+		f.argv = fs.Args()
+		if len(f.argv) == 0 {
 			return usageError{"no command after --"}
 		}
 	} else if fs.NArg() > 0 {
 		return usageError{fmt.Sprintf("unexpected arguments %q (put a command to trace after --)", fs.Args())}
 	}
-	if replay != "" && (len(argv) > 0 || record != "") {
+	if f.replay != "" && (len(f.argv) > 0 || f.record != "") {
 		return usageError{"--replay reads a recording: it takes no command and no --record"}
 	}
-	out, closeOut, err := openOutput(file, stdout)
-	if err != nil {
-		return err
+	if f.record == "-" {
+		return usageError{"--record needs a file path (stdout carries the report)"}
 	}
-	defer closeOut()
-	filter := report.Filter{PID: uint32(c.pid), Comm: c.comm, All: all}
-	if replay != "" {
-		return replayReport(replay, filter, c.output, out)
+	if f.replay == "" {
+		if err := f.checkPID(); err != nil {
+			return err
+		}
 	}
+	if f.file != "" && f.file != "-" && f.record != "" && sameTarget(f.file, f.record) {
+		return usageError{fmt.Sprintf("--file %s and --record %s name the same file: give them different paths", f.file, f.record)}
+	}
+	return nil
+}
 
-	s, err := startSession(&c, stderr)
+// sameTarget says whether two output paths would land on one file: the same
+// name after cleaning, the same name in the same directory reached two ways,
+// or two names of one existing file (hard or symbolic links).
+func sameTarget(a, b string) bool {
+	ca, cb := filepath.Clean(a), filepath.Clean(b)
+	if ca == cb {
+		return true
+	}
+	if filepath.Base(ca) == filepath.Base(cb) && sameFile(filepath.Dir(ca), filepath.Dir(cb), os.Stat) {
+		return true
+	}
+	return sameFile(ca, cb, os.Stat) || sameFile(ca, cb, os.Lstat)
+}
+
+func sameFile(a, b string, stat func(string) (os.FileInfo, error)) bool {
+	sa, err := stat(a)
 	if err != nil {
-		return err
+		return false
+	}
+	sb, err := stat(b)
+	return err == nil && os.SameFile(sa, sb)
+}
+
+// outputs are report's files. They are created before anything is traced or
+// read, so a bad path fails first, and committed only once the report is
+// complete: an error leaves whatever was at their paths untouched.
+type outputs struct {
+	report io.Writer
+	record io.Writer // nil without --record
+	files  []*outfile.File
+}
+
+func createOutputs(file, record string, force bool, stdout io.Writer) (*outputs, error) {
+	o := &outputs{report: stdout}
+	if file != "" && file != "-" {
+		f, err := outfile.Create(file, force)
+		if err != nil {
+			return nil, fmt.Errorf("report file: %w", err)
+		}
+		o.report = f
+		o.files = append(o.files, f)
+	}
+	if record != "" {
+		f, err := outfile.Create(record, force)
+		if err != nil {
+			o.abort()
+			return nil, fmt.Errorf("recording: %w", err)
+		}
+		o.record = f
+		o.files = append(o.files, f)
+	}
+	return o, nil
+}
+
+func (o *outputs) commit() error {
+	for _, f := range o.files {
+		if err := f.Commit(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// abort throws away what was not committed; safe after commit.
+func (o *outputs) abort() {
+	for _, f := range o.files {
+		f.Abort()
+	}
+}
+
+// traceReport traces until the duration, a signal or the command ends, and
+// writes the recording to record when it is not nil.
+func traceReport(f *reportFlags, filter report.Filter, record io.Writer, stdout, stderr io.Writer) (report.Report, error) {
+	s, err := startSession(&f.common, stderr)
+	if err != nil {
+		return report.Report{}, err
 	}
 	defer s.close()
 
-	ctx, stop := runContext(c.duration)
+	ctx, stop := runContext(f.duration)
 	defer stop()
 	var cmd *tracedCommand
-	if len(argv) > 0 {
+	if len(f.argv) > 0 {
 		// Every probe is attached: from here on the command's calls are seen.
-		if cmd, err = startCommand(argv, stdout, stderr); err != nil {
-			return err
+		if cmd, err = startCommand(f.argv, stdout, stderr); err != nil {
+			return report.Report{}, err
 		}
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithCancel(ctx)
 		defer cancel()
 		go func() { <-cmd.done; cancel() }()
-	} else if c.output == "text" && file == "" {
+	} else if f.output == "text" && f.file == "" {
 		fmt.Fprintf(stderr, "portsleuth: tracing; the report comes at the end (Ctrl-C or --duration)\n")
 	}
 
@@ -90,7 +204,7 @@ func runReport(args []string, stdout, stderr io.Writer) error {
 	var events []event.Event
 	err = s.loop(ctx, func(e event.Event) {
 		col.Observe(&e)
-		if record != "" && len(events) < report.MaxRecordedEvents {
+		if record != nil && len(events) < report.MaxRecordedEvents {
 			events = append(events, e)
 		}
 	}, func(time.Time) {})
@@ -98,45 +212,55 @@ func runReport(args []string, stdout, stderr io.Writer) error {
 		cmd.stop()
 	}
 	if err != nil {
-		return err
+		return report.Report{}, err
 	}
 	snap, err := s.t.Snapshot()
 	if err != nil {
-		return err
+		return report.Report{}, err
 	}
-	if record != "" {
-		if err := report.NewRecording(snap, events).Save(record); err != nil {
-			return err
+	if record != nil {
+		if err := report.NewRecording(snap, events).Encode(record); err != nil {
+			return report.Report{}, fmt.Errorf("writing the recording: %w", err)
 		}
 	}
 	r := report.Build(snap, col, filter, string(s.t.Backend()), s.started, time.Since(s.started))
 	r.BackendNotes = s.t.Notes()
 	r.Inferred = s.t.Backend().Inferred()
 	if cmd != nil {
-		r.Command = &report.Command{Argv: argv, PID: cmd.c.Process.Pid, ExitCode: cmd.c.ProcessState.ExitCode()}
+		r.Command = &report.Command{Argv: f.argv, PID: cmd.c.Process.Pid, ExitCode: cmd.c.ProcessState.ExitCode()}
 	}
-	return write(r, c.output, out)
+	return r, nil
 }
+
+// replayStarted stands in the text header for the start time a recording
+// does not keep.
+const replayStarted = "unknown (replay of a recording)"
 
 func write(r report.Report, format string, out io.Writer) error {
 	if format == "json" {
 		return r.WriteJSON(out)
 	}
+	if r.Started == "" {
+		r.Started = replayStarted
+	}
 	return r.WriteText(out)
 }
 
 // replayReport rebuilds a report offline: nothing of this host is read.
-func replayReport(path string, f report.Filter, format string, out io.Writer) error {
+func replayReport(path string, f report.Filter) (report.Report, error) {
 	rec, err := report.LoadRecording(path)
 	if err != nil {
-		return err
+		return report.Report{}, err
 	}
 	col := report.NewOfflineCollector()
 	for i := range rec.Events {
 		col.Observe(&rec.Events[i])
 	}
 	r := report.Build(rec.Snapshot(), col, f, "replay", time.Time{}, 0)
-	return write(r, format, out)
+	// A recording keeps no start time: say so (empty in JSON) rather than
+	// print the zero time as a date.
+	r.Started = ""
+	return r, nil
 }
 
 type tracedCommand struct {
@@ -144,18 +268,36 @@ type tracedCommand struct {
 	done chan struct{}
 }
 
+// startCommand starts the traced command so that it dies with the agent,
+// even when the agent is SIGKILLed: a parent-death signal, not adoption by init.
 func startCommand(argv []string, stdout, stderr io.Writer) (*tracedCommand, error) {
 	c := exec.Command(argv[0], argv[1:]...)
 	c.Stdin, c.Stdout, c.Stderr = os.Stdin, stdout, stderr
-	if err := c.Start(); err != nil {
+	c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	t := &tracedCommand{c: c, done: make(chan struct{})}
+	started := make(chan error, 1)
+	go t.run(started)
+	if err := <-started; err != nil {
 		return nil, fmt.Errorf("starting %s: %w", argv[0], err)
 	}
-	t := &tracedCommand{c: c, done: make(chan struct{})}
-	go func() {
-		_ = c.Wait() // the exit status is read from ProcessState
-		close(t.done)
-	}()
 	return t, nil
+}
+
+// run starts and reaps the command on one OS thread held for its lifetime.
+// The kernel sends the parent-death signal when the thread that forked the
+// child exits, not the process, and Go ends a thread when a goroutine locked
+// to it returns (the namespace-entering code does so on purpose). Locked
+// here, this thread runs nothing else and cannot exit before Wait returns.
+func (t *tracedCommand) run(started chan<- error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if err := t.c.Start(); err != nil {
+		started <- err
+		return
+	}
+	started <- nil
+	_ = t.c.Wait() // the exit status is read from ProcessState
+	close(t.done)
 }
 
 // stop ends the command if the report ended first (duration or signal).

@@ -8,8 +8,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -42,7 +44,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	var f serveFlags
 	fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
 	f.common.register(fs)
-	fs.StringVar(&f.listen, "listen", "127.0.0.1:9963", "address for /metrics (localhost by default)")
+	fs.StringVar(&f.listen, "listen", "127.0.0.1:9963", "IP:port for /metrics, an IP literal (no host names): 0.0.0.0 listens on IPv4 only, [::] on IPv6 only")
 	fs.StringVar(&f.logFormat, "log-format", "text", "culprit log lines: text or json")
 	fs.DurationVar(&f.interval, "report-interval", time.Minute, "how often to log each culprit's new failures")
 	if err := parse(fs, args, stderr); err != nil {
@@ -54,15 +56,22 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return usageError{fmt.Sprintf("serve takes no arguments, got %q", fs.Args())}
 	}
-	if _, _, err := net.SplitHostPort(f.listen); err != nil {
-		return usageError{fmt.Sprintf("invalid --listen %q: %v", f.listen, err)}
-	}
 	if f.logFormat != "text" && f.logFormat != "json" {
 		return usageError{fmt.Sprintf("invalid --log-format %q: want text or json", f.logFormat)}
 	}
 	if f.interval <= 0 {
 		return usageError{fmt.Sprintf("invalid --report-interval %s: must be positive", f.interval)}
 	}
+	if err := f.checkPID(); err != nil {
+		return err
+	}
+	// Opened before any program loads: a bad or taken address is a usage
+	// error, and nothing was loaded for it.
+	ln, err := openListener(f.listen)
+	if err != nil {
+		return err
+	}
+	defer ln.Close() // the server closes it too; this covers a failed start
 
 	var log *slog.Logger
 	if f.logFormat == "json" {
@@ -87,10 +96,6 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 		log.Warn("bpf program run time is not available", "err", err)
 	}
 
-	ln, err := net.Listen("tcp", f.listen)
-	if err != nil {
-		return fmt.Errorf("listening on %s: %w", f.listen, err)
-	}
 	col := metrics.NewCollector(t, string(t.Backend()), len(t.Backend().Inferred()) > 0)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(col, collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), collectors.NewGoCollector())
@@ -136,6 +141,33 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	})
 	log.Info("stopped", "backend", string(t.Backend()))
 	return err
+}
+
+// openListener listens on --listen. The address must be an IP literal with a
+// numeric port, so what is exposed is exactly what was asked: an IPv4
+// address listens on IPv4 only ("tcp4"), an IPv6 one on IPv6 only ("tcp6",
+// which sets IPV6_V6ONLY); plain "tcp" would make 0.0.0.0 also listen on [::].
+func openListener(addr string) (net.Listener, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, usageError{fmt.Sprintf("invalid --listen %q: %v", addr, err)}
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return nil, usageError{fmt.Sprintf("invalid --listen %q: port %q is not a number from 0 to 65535", addr, port)}
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return nil, usageError{fmt.Sprintf("invalid --listen %q: %q is not an IP address (e.g. 127.0.0.1:9963, [::1]:9963, or 0.0.0.0:9963 for every IPv4 address)", addr, host)}
+	}
+	network := "tcp6"
+	if ip.Unmap().Is4() {
+		network, ip = "tcp4", ip.Unmap()
+	}
+	ln, err := net.Listen(network, net.JoinHostPort(ip.String(), port))
+	if err != nil {
+		return nil, usageError{fmt.Sprintf("listening on %s: %v", addr, err)}
+	}
+	return ln, nil
 }
 
 // startServeTracer never picks the syscall tracepoints unless asked: a

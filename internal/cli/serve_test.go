@@ -225,7 +225,7 @@ func TestServeBadInput(t *testing.T) {
 	defer busy.Close()
 	var out, errb bytes.Buffer
 	code := Run([]string{"serve", "--backend", serveBackend(), "--listen", busy.Addr().String(), "--duration", "1s"}, &out, &errb)
-	if code != 1 || !strings.Contains(errb.String(), "listening on "+busy.Addr().String()) {
+	if code != 2 || !strings.Contains(errb.String(), "listening on "+busy.Addr().String()) {
 		t.Errorf("listen address in use: exit %d, stderr %q", code, errb.String())
 	}
 }

@@ -31,6 +31,9 @@ func runWatch(args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return usageError{fmt.Sprintf("watch takes no arguments, got %q", fs.Args())}
 	}
+	if err := c.checkPID(); err != nil {
+		return err
+	}
 
 	s, err := startSession(&c, stderr)
 	if err != nil {
