@@ -33,6 +33,10 @@ import (
 // between scrapes, so LRU evictions can't take uncounted increments along.
 const updateEvery = 10 * time.Second
 
+// forgetEvery is how often serve deletes the kernel records of processes
+// gone (the failure tables never evict).
+const forgetEvery = time.Minute
+
 type serveFlags struct {
 	common
 	listen    string
@@ -124,6 +128,10 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	c := &culpritLog{log: log, t: t, deltas: metrics.NewDeltas(), enricher: pressure.NewEnricher(), filter: report.Filter{PID: uint32(f.pid), Comm: f.comm}, interval: f.interval}
 	defer c.enricher.Close()
 	c.col = c.newCollector()
+	// Records go only once both readers (col every updateEvery, c every
+	// --report-interval) have folded their last increment.
+	forgetter := metrics.NewForgetter(2 * max(updateEvery, f.interval))
+	lastForget := time.Now()
 	lastUpdate, lastReport := time.Now(), time.Now()
 	err = s.loop(ctx, func(e event.Event) {
 		c.col.Observe(&e)
@@ -132,6 +140,12 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 			lastUpdate = now
 			if err := col.Update(); err != nil {
 				log.Error("reading counters", "err", err)
+			}
+		}
+		if now.Sub(lastForget) >= forgetEvery {
+			lastForget = now
+			if err := forgetGone(t, forgetter, now); err != nil {
+				log.Error("forgetting processes gone", "err", err)
 			}
 		}
 		if now.Sub(lastReport) >= f.interval || ctx.Err() != nil {
@@ -168,6 +182,15 @@ func openListener(addr string) (net.Listener, error) {
 		return nil, usageError{fmt.Sprintf("listening on %s: %v", addr, err)}
 	}
 	return ln, nil
+}
+
+// forgetGone deletes the kernel records of processes gone and folded.
+func forgetGone(t *probe.Tracer, f *metrics.Forgetter, now time.Time) error {
+	snap, err := t.Snapshot()
+	if err != nil {
+		return fmt.Errorf("reading counters: %w", err)
+	}
+	return t.Forget(f.Observe(snap, metrics.Alive, now))
 }
 
 // startServeTracer never picks the syscall tracepoints unless asked: a

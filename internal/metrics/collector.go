@@ -3,6 +3,7 @@ package metrics
 import (
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/prometheus/client_golang/prometheus"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/portsleuth/portsleuth/internal/attrib"
 	"github.com/portsleuth/portsleuth/internal/event"
+	"github.com/portsleuth/portsleuth/internal/term"
 )
 
 // Source is what the collector reads: the tracer.
@@ -18,9 +20,19 @@ type Source interface {
 	ProgramStats() (map[string]*ebpf.ProgramStats, error)
 }
 
-// MaxComms bounds the comm label: processes beyond the first MaxComms names
-// are counted under comm="other".
+// MaxComms bounds the comm label: at most MaxComms process names hold their
+// own label at once; a name that fails while all are held counts under
+// comm="other". portsleuth_failures_total thus has at most
+// (MaxComms + 2) x ops x errnos x patterns series (the 2: "other" and
+// "(unattributed)").
 const MaxComms = 64
+
+// CommIdle is how long a comm keeps its label without failing. Past it the
+// label frees its slot for a name that fails now, and its series are no
+// longer exported: Prometheus marks them stale. Should the name take a slot
+// again, its series start over from zero, which rate() and increase() read as
+// a counter reset. Counts never move between series.
+const CommIdle = 10 * time.Minute
 
 // OtherComm is the comm label of the overflow.
 const OtherComm = "other"
@@ -46,8 +58,13 @@ type Collector struct {
 	blocked   map[string]float64
 	lost      uint64
 	untracked uint64
-	comms     map[string]bool
+	comms     map[string]time.Time // comm label -> its last failure
 	readErrs  uint64
+
+	// CommIdle and Now decide when a comm label frees its slot; tests shrink
+	// the one and fake the other.
+	CommIdle time.Duration
+	Now      func() time.Time
 
 	failuresDesc, callsDesc, lostDesc, blockedDesc, untrackedDesc *prometheus.Desc
 	runtimeDesc, runsDesc, backendDesc, errDesc                   *prometheus.Desc
@@ -64,9 +81,11 @@ func NewCollector(src Source, backend string, inferred bool) *Collector {
 		failures: map[failLabels]float64{},
 		calls:    map[callLabels]float64{},
 		blocked:  map[string]float64{},
-		comms:    map[string]bool{},
+		comms:    map[string]time.Time{},
+		CommIdle: CommIdle,
+		Now:      time.Now,
 		failuresDesc: prometheus.NewDesc("portsleuth_failures_total",
-			"Failed bind/connect/listen calls by operation, errno, call pattern and process name (comm beyond the first 64 names is \"other\").",
+			"Failed bind/connect/listen calls by operation, errno, call pattern and process name (at most 64 names that failed in the last 10 minutes get their own comm; other names are \"other\").",
 			[]string{"op", "errno", "pattern", "comm"}, nil),
 		callsDesc: prometheus.NewDesc("portsleuth_calls_total",
 			"bind/connect/listen calls seen, by result: ok, failed (address errors) or other_error.",
@@ -101,8 +120,10 @@ func (c *Collector) Update() error {
 		return fmt.Errorf("reading counters: %w", err)
 	}
 	inc, cum := c.deltas.Next(snap)
+	now := c.Now()
+	c.retireComms(inc, cum, now)
 	for pid, classes := range inc.Failures {
-		comm := c.commLabel(cum.Meta[pid].Comm)
+		comm := c.commLabel(cum.Meta[pid].Comm, now)
 		st := cum.Procs[pid]
 		for class, n := range classes {
 			l := failLabels{string(class.Op), unix.ErrnoName(class.Errno), string(attrib.Classify(class, st)), comm}
@@ -131,19 +152,53 @@ func (c *Collector) Update() error {
 	return nil
 }
 
-// commLabel admits the first MaxComms process names; the rest share "other".
-func (c *Collector) commLabel(comm string) string {
+// commName is the label value of a process name: label values must be UTF-8
+// (prometheus.MustNewConstMetric panics otherwise), and a comm is any bytes.
+func commName(comm string) string {
 	if comm == "" {
-		comm = "unknown"
+		return "unknown"
 	}
-	if c.comms[comm] {
-		return comm
+	return term.Escape(comm)
+}
+
+// retireComms first marks the labelled comms failing in inc as busy at now,
+// so a name failing again is never retired on the very update it fails in;
+// then it frees the labels idle longer than CommIdle and drops their series.
+func (c *Collector) retireComms(inc, cum event.Snapshot, now time.Time) {
+	for pid := range inc.Failures {
+		name := commName(cum.Meta[pid].Comm)
+		if _, ok := c.comms[name]; ok {
+			c.comms[name] = now
+		}
 	}
-	if len(c.comms) >= MaxComms {
+	for name, last := range c.comms {
+		if now.Sub(last) <= c.CommIdle {
+			continue
+		}
+		delete(c.comms, name)
+		for l := range c.failures {
+			if l.comm == name {
+				delete(c.failures, l)
+			}
+		}
+	}
+}
+
+// commLabel gives a name its own label while one of the MaxComms slots is
+// free or already its own; otherwise the name counts under "other".
+// retireComms has already freed the idle slots. A process named like a
+// shared label counts under "other": it must never own, and retire, a
+// series that other names feed.
+func (c *Collector) commLabel(comm string, now time.Time) string {
+	name := commName(comm)
+	if _, ok := c.comms[name]; ok {
+		return name
+	}
+	if len(c.comms) >= MaxComms || name == OtherComm || name == UnattributedComm {
 		return OtherComm
 	}
-	c.comms[comm] = true
-	return comm
+	c.comms[name] = now
+	return name
 }
 
 // Describe sends every descriptor.
