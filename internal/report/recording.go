@@ -3,10 +3,14 @@ package report
 import (
 	"cmp"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"math"
+	"math/bits"
 	"os"
 	"slices"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 
@@ -94,18 +98,6 @@ func NewRecording(s event.Snapshot, events []event.Event) Recording {
 	return r
 }
 
-// Save writes the recording to path (kept until the CLI writes through outfile).
-func (r Recording) Save(path string) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|unix.O_NOFOLLOW, 0o600)
-	if err != nil {
-		return fmt.Errorf("writing recording: %w", err)
-	}
-	if err := r.Encode(f); err != nil {
-		f.Close()
-		return fmt.Errorf("writing recording: %w", err)
-	}
-	return f.Close()
-}
 
 // Snapshot turns the recording back into the kernel's counters.
 func (r Recording) Snapshot() event.Snapshot {
@@ -128,10 +120,10 @@ func (r Recording) Snapshot() event.Snapshot {
 		if s.Failures[k] == nil {
 			s.Failures[k] = map[event.Class]uint64{}
 		}
-		s.Failures[k][f.Class] += f.Count
+		s.Failures[k][f.Class] = satAdd(s.Failures[k][f.Class], f.Count)
 	}
 	for _, u := range r.Unattributed {
-		s.Unattributed[u.Class] += u.Count
+		s.Unattributed[u.Class] = satAdd(s.Unattributed[u.Class], u.Count)
 	}
 	return s
 }
@@ -143,18 +135,356 @@ func (r Recording) Encode(w io.Writer) error {
 	return enc.Encode(r)
 }
 
-// LoadRecording reads a recording written by Encode.
+// Recording limits: a recording is input from a file anyone may hand to a
+// root agent, so its size and every table in it are bounded.
+const (
+	// MaxRecordingBytes bounds the file; checked by fstat and while reading,
+	// so a file that grows under us cannot exceed it.
+	MaxRecordingBytes = 256 << 20
+	// MaxRecordEntries bounds procs, failures, unattributed and netns each.
+	MaxRecordEntries = 1 << 20
+)
+
+// errTooLarge is returned by the reader once the file passes MaxRecordingBytes.
+var errTooLarge = fmt.Errorf("larger than %d bytes", MaxRecordingBytes)
+
+// LoadRecording reads a recording written by Encode. It reads only regular
+// files (a FIFO would block, /dev/zero never ends), streams the JSON so memory
+// follows the tables kept, not the file, and validates every entry: anything
+// else is one error line naming the file.
 func LoadRecording(path string) (Recording, error) {
-	var r Recording
-	b, err := os.ReadFile(path)
+	// O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return r, err
+		return Recording{}, fmt.Errorf("opening recording: %w", err)
 	}
-	if err := json.Unmarshal(b, &r); err != nil {
-		return r, fmt.Errorf("parsing recording %s: %w", path, err)
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return Recording{}, fmt.Errorf("opening recording %s: %w", path, err)
 	}
-	if r.Schema != RecordingSchema {
-		return r, fmt.Errorf("recording %s has schema %d: this portsleuth reads schema %d", path, r.Schema, RecordingSchema)
+	if !fi.Mode().IsRegular() {
+		return Recording{}, fmt.Errorf("reading recording %s: not a regular file (%s)", path, fileKind(fi.Mode()))
+	}
+	if fi.Size() > MaxRecordingBytes {
+		return Recording{}, fmt.Errorf("reading recording %s: %d bytes, the limit is %d", path, fi.Size(), MaxRecordingBytes)
+	}
+	r, err := decodeRecording(&limitReader{r: f, n: MaxRecordingBytes})
+	if err != nil {
+		return Recording{}, fmt.Errorf("reading recording %s: %w", path, err)
 	}
 	return r, nil
+}
+
+func fileKind(m os.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&os.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&os.ModeCharDevice != 0:
+		return "a character device"
+	case m&os.ModeDevice != 0:
+		return "a block device"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	}
+	return m.Type().String()
+}
+
+// limitReader fails, rather than ends, past n bytes: a truncated read would
+// surface as a confusing JSON syntax error.
+type limitReader struct {
+	r io.Reader
+	n int64
+}
+
+func (l *limitReader) Read(p []byte) (int, error) {
+	if l.n < 0 {
+		return 0, errTooLarge
+	}
+	if int64(len(p)) > l.n+1 {
+		p = p[:l.n+1]
+	}
+	n, err := l.r.Read(p)
+	l.n -= int64(n)
+	if l.n < 0 {
+		return n, errTooLarge
+	}
+	return n, err
+}
+
+// reportKeys are top-level fields of a `report -o json` document, which
+// people hand to --replay by mistake.
+var reportKeys = map[string]bool{"backend": true, "started": true, "duration_seconds": true, "lost_events": true, "processes": true}
+
+const reportHint = "this is a report, not a recording: replay takes files written by --record"
+
+// requiredKeys are the fields every recording Encode writes has.
+var requiredKeys = []string{"schema", "procs", "failures", "events"}
+
+// recordingDecoder decodes a recording one entry at a time.
+type recordingDecoder struct {
+	dec    *json.Decoder
+	rec    Recording
+	seen   map[string]bool
+	schema *int // nil until decoded
+}
+
+func decodeRecording(r io.Reader) (Recording, error) {
+	d := &recordingDecoder{dec: json.NewDecoder(r), seen: map[string]bool{}}
+	d.dec.DisallowUnknownFields()
+	if err := d.object(); err != nil {
+		return Recording{}, err
+	}
+	if _, err := d.dec.Token(); err != io.EOF {
+		return Recording{}, errors.New("trailing data after the recording")
+	}
+	return d.rec, nil
+}
+
+func (d *recordingDecoder) object() error {
+	tok, err := d.dec.Token()
+	if err != nil {
+		return jsonErr(err)
+	}
+	if tok != json.Delim('{') {
+		return fmt.Errorf("a recording is a JSON object, found %s", tokenKind(tok))
+	}
+	for d.dec.More() {
+		key, err := d.key()
+		if err != nil {
+			return err
+		}
+		// The schema comes first; judge it at the next key, which tells a
+		// report (schema 1 too) from a recording of another version.
+		if d.schema != nil && *d.schema != RecordingSchema {
+			return d.schemaErr(key)
+		}
+		if err := d.field(key); err != nil {
+			return err
+		}
+	}
+	if _, err := d.dec.Token(); err != nil {
+		return jsonErr(err)
+	}
+	if d.schema != nil && *d.schema != RecordingSchema {
+		return d.schemaErr("")
+	}
+	for _, k := range requiredKeys {
+		if !d.seen[k] {
+			return fmt.Errorf("not a recording: no %q field", k)
+		}
+	}
+	return nil
+}
+
+func (d *recordingDecoder) schemaErr(nextKey string) error {
+	if reportKeys[nextKey] {
+		return errors.New(reportHint)
+	}
+	return fmt.Errorf("schema %d: this portsleuth reads schema %d", *d.schema, RecordingSchema)
+}
+
+func (d *recordingDecoder) key() (string, error) {
+	tok, err := d.dec.Token()
+	if err != nil {
+		return "", jsonErr(err)
+	}
+	key, _ := tok.(string)
+	if d.seen[key] {
+		return "", fmt.Errorf("field %q appears twice", key)
+	}
+	d.seen[key] = true
+	return key, nil
+}
+
+func (d *recordingDecoder) field(key string) error {
+	r := &d.rec
+	switch key {
+	case "schema":
+		if err := d.value(key, &r.Schema); err != nil {
+			return err
+		}
+		d.schema = &r.Schema
+		return nil
+	case "procs":
+		return decodeArray(d.dec, key, MaxRecordEntries, func(p ProcRecord) error {
+			r.Procs = append(r.Procs, p)
+			return checkPID(p.PID)
+		})
+	case "failures":
+		return decodeArray(d.dec, key, MaxRecordEntries, func(f FailureCount) error {
+			r.Failures = append(r.Failures, f)
+			return cmp.Or(checkPID(f.PID), checkClass(f.Class))
+		})
+	case "unattributed":
+		return decodeArray(d.dec, key, MaxRecordEntries, func(c ClassCount) error {
+			r.Unattributed = append(r.Unattributed, c)
+			return checkClass(c.Class)
+		})
+	case "events":
+		return decodeArray(d.dec, key, MaxRecordedEvents, func(e event.Event) error {
+			r.Events = append(r.Events, e)
+			return cmp.Or(checkPID(e.PID), checkClass(e.Class))
+		})
+	case "netns":
+		return d.netns()
+	case "lost":
+		return d.value(key, &r.Lost)
+	case "untracked":
+		return d.value(key, &r.Untracked)
+	}
+	if reportKeys[key] {
+		return errors.New(reportHint)
+	}
+	// Unknown fields are refused, not dropped: a newer writer's data would
+	// otherwise vanish from the report without a word.
+	return fmt.Errorf("unknown field %q", key)
+}
+
+func (d *recordingDecoder) value(key string, v any) error {
+	if err := d.dec.Decode(v); err != nil {
+		return fmt.Errorf("field %q: %w", key, jsonErr(err))
+	}
+	return nil
+}
+
+// netns decodes the namespace table entry by entry.
+func (d *recordingDecoder) netns() error {
+	tok, err := d.dec.Token()
+	if err != nil {
+		return fmt.Errorf("field \"netns\": %w", jsonErr(err))
+	}
+	if tok == nil {
+		return nil
+	}
+	if tok != json.Delim('{') {
+		return fmt.Errorf("field \"netns\": want an object, found %s", tokenKind(tok))
+	}
+	d.rec.Netns = map[uint64]netns.Sysctls{}
+	for d.dec.More() {
+		tok, err := d.dec.Token()
+		if err != nil {
+			return fmt.Errorf("field \"netns\": %w", jsonErr(err))
+		}
+		k, _ := tok.(string)
+		ino, err := strconv.ParseUint(k, 10, 64)
+		if err != nil {
+			return fmt.Errorf("field \"netns\": key %q is not a namespace inode", k)
+		}
+		if len(d.rec.Netns) >= MaxRecordEntries {
+			return fmt.Errorf("field \"netns\": more than %d entries", MaxRecordEntries)
+		}
+		var s netns.Sysctls
+		if err := d.dec.Decode(&s); err != nil {
+			return fmt.Errorf("field \"netns\" %d: %w", ino, jsonErr(err))
+		}
+		if err := checkSysctls(s); err != nil {
+			return fmt.Errorf("field \"netns\" %d: %w", ino, err)
+		}
+		d.rec.Netns[ino] = s
+	}
+	_, err = d.dec.Token()
+	return jsonErr(err)
+}
+
+// decodeArray decodes a JSON array (or null) one element at a time, so only
+// the kept entries are in memory, never the array's text.
+func decodeArray[T any](dec *json.Decoder, key string, max int, add func(T) error) error {
+	tok, err := dec.Token()
+	if err != nil {
+		return fmt.Errorf("field %q: %w", key, jsonErr(err))
+	}
+	if tok == nil {
+		return nil // Encode writes an empty table as null
+	}
+	if tok != json.Delim('[') {
+		return fmt.Errorf("field %q: want an array, found %s", key, tokenKind(tok))
+	}
+	for i := 0; dec.More(); i++ {
+		if i >= max {
+			return fmt.Errorf("field %q: more than %d entries", key, max)
+		}
+		var v T
+		if err := dec.Decode(&v); err != nil {
+			return fmt.Errorf("field %q entry %d: %w", key, i, jsonErr(err))
+		}
+		if err := add(v); err != nil {
+			return fmt.Errorf("field %q entry %d: %w", key, i, err)
+		}
+	}
+	_, err = dec.Token()
+	return jsonErr(err)
+}
+
+// jsonErr keeps the size limit's error as is and says "truncated" for a
+// document that ends early.
+func jsonErr(err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return errors.New("truncated JSON")
+	}
+	return err
+}
+
+func tokenKind(tok json.Token) string {
+	switch t := tok.(type) {
+	case nil:
+		return "null"
+	case json.Delim:
+		if t == '[' {
+			return "an array"
+		}
+		return "an object"
+	case string:
+		return "a string"
+	case bool:
+		return "a boolean"
+	}
+	return "a number"
+}
+
+// pidMax is the kernel's PID_MAX_LIMIT (4M): no pid is larger.
+const pidMax = 1 << 22
+
+func checkPID(pid uint32) error {
+	if pid == 0 || pid > pidMax {
+		return fmt.Errorf("pid %d out of range 1..%d", pid, pidMax)
+	}
+	return nil
+}
+
+func checkClass(c event.Class) error {
+	switch {
+	case c.Op != event.Bind && c.Op != event.Connect && c.Op != event.Listen:
+		return fmt.Errorf("op %q is not bind, connect or listen", c.Op)
+	case c.Proto != "tcp" && c.Proto != "udp":
+		return fmt.Errorf("proto %q is not tcp or udp", c.Proto)
+	case c.Family != "ipv4" && c.Family != "ipv6":
+		return fmt.Errorf("family %q is not ipv4 or ipv6", c.Family)
+	case c.Errno < 1 || c.Errno > 4095: // the kernel's MAX_ERRNO
+		return fmt.Errorf("errno %d out of range 1..4095", int64(c.Errno))
+	}
+	return nil
+}
+
+func checkSysctls(s netns.Sysctls) error {
+	lo, hi := s.PortRange[0], s.PortRange[1]
+	if lo < 1 || lo > hi || hi > 65535 {
+		return fmt.Errorf("ip_local_port_range %d-%d: want 1 <= low <= high <= 65535", lo, hi)
+	}
+	if s.Reserved < 0 || s.Reserved > hi-lo+1 {
+		return fmt.Errorf("reserved_in_range %d out of range 0..%d", s.Reserved, hi-lo+1)
+	}
+	return nil
+}
+
+// satAdd adds counts without wrapping: a sum that passes 2^64-1 stays there
+// instead of turning small (recorded counts are any uint64).
+func satAdd(a, b uint64) uint64 {
+	s, carry := bits.Add64(a, b, 0)
+	if carry != 0 {
+		return math.MaxUint64
+	}
+	return s
 }

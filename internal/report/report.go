@@ -208,16 +208,17 @@ func buildProcess(key event.ProcKey, st event.ProcStats, fails map[event.Class]u
 	snaps := map[attrib.Pattern]*pressure.Snapshot{}
 	for _, class := range sortedClasses(fails) {
 		n := fails[class]
-		p.Failures += n
-		p.Errors[errnoName(class.Errno)] += n
+		p.Failures = satAdd(p.Failures, n)
+		e := errnoName(class.Errno)
+		p.Errors[e] = satAdd(p.Errors[e], n)
 		pat := attrib.Classify(class, st)
 		fd := findings[pat]
 		if fd == nil {
 			fd = &attrib.Finding{Pattern: pat, Classes: map[event.Class]uint64{}, Stats: st, Sysctls: p.Sysctls}
 			findings[pat] = fd
 		}
-		fd.Count += n
-		fd.Classes[class] += n
+		fd.Count = satAdd(fd.Count, n)
+		fd.Classes[class] = satAdd(fd.Classes[class], n)
 		if snap := pe.pressure[class]; snap != nil && snaps[pat] == nil {
 			snaps[pat] = snap
 		}
