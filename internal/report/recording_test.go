@@ -2,6 +2,7 @@ package report
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -165,7 +166,11 @@ func TestLoadRecordingTestdata(t *testing.T) {
 			continue
 		}
 		out := filepath.Join(t.TempDir(), "again.json")
-		if err := rec.Save(out); err != nil {
+		var buf bytes.Buffer
+		if err := rec.Encode(&buf); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(out, buf.Bytes(), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := LoadRecording(out); err != nil {
