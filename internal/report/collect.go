@@ -111,6 +111,22 @@ func NewOfflineCollector() *Collector {
 
 var errOffline = errors.New("offline: not reading this host")
 
+// lookup reads /proc for process k, and nothing if the pid now belongs to
+// another process (a reused pid; a start time of 0 is unknown, e.g. recorded
+// before start times were kept).
+func (c *Collector) lookup(k event.ProcKey) procinfo.Info {
+	info, err := c.Lookup(k.PID)
+	if err != nil {
+		return procinfo.Info{}
+	}
+	if k.Start != 0 {
+		if st, err := procinfo.StartTime(k.PID); err == nil && !procinfo.SameStart(k.Start, st) {
+			return procinfo.Info{}
+		}
+	}
+	return info
+}
+
 // Events is how many events the collector has seen.
 func (c *Collector) Events() uint64 { return c.events }
 
@@ -122,7 +138,7 @@ func (c *Collector) Observe(e *event.Event) {
 	p := c.procs[e.Proc()]
 	if p == nil {
 		p = &procEvents{classes: map[event.Class]*classEvidence{}, netns: e.Netns, pressure: map[event.Class]*pressure.Snapshot{}}
-		p.info, _ = c.Lookup(e.PID)
+		p.info = c.lookup(e.Proc())
 		if p.info.Comm == "" {
 			p.info.Comm = e.Comm
 		}

@@ -98,7 +98,6 @@ func NewRecording(s event.Snapshot, events []event.Event) Recording {
 	return r
 }
 
-
 // Snapshot turns the recording back into the kernel's counters.
 func (r Recording) Snapshot() event.Snapshot {
 	s := event.Snapshot{

@@ -180,7 +180,7 @@ func buildProcess(key event.ProcKey, st event.ProcStats, fails map[event.Class]u
 	if pe == nil {
 		// No event reached us (or only counters were kept): ask /proc now.
 		pe = &procEvents{netns: meta.Netns, classes: map[event.Class]*classEvidence{}}
-		pe.info, _ = c.Lookup(pid)
+		pe.info = c.lookup(key)
 	}
 	if pe.info.Comm != "" && p.Comm == "" {
 		p.Comm = pe.info.Comm

@@ -111,6 +111,11 @@ func fanOut(r *Result) error {
 	r.Errors["EADDRINUSE"] = ok * 3
 	r.Errors["EADDRNOTAVAIL"] = ok
 	r.Extra["children"] = ok
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+		return fmt.Errorf("reading the namespace's inode: %w", err)
+	}
+	r.Extra["netns"] = int(st.Ino) // the children's: tests tell them from the host's other processes
 	return nil
 }
 
