@@ -88,6 +88,19 @@ func Classify(c event.Class, st event.ProcStats) Pattern {
 	return Other
 }
 
+// Pool is what a pressure snapshot measured, at the first failure, in the
+// port pool the failing calls drew from: the advice names only causes it
+// did not rule out.
+type Pool struct {
+	Kind  string // "bind" (the bind(addr, 0) pool) or "connect" (one destination's pool)
+	Local string
+	Dest  string // connect only
+	// Size is the range's usable ports; BindOwned of them are held by
+	// bind()/listen() owners (for every destination).
+	Size, BindOwned                    int
+	Established, TimeWait, Other, Free int
+}
+
 // Finding is everything known about one pattern of one process.
 type Finding struct {
 	Pattern Pattern
@@ -101,6 +114,8 @@ type Finding struct {
 	Sysctls       *netns.Sysctls
 	// Holders (kernel layer) are sockets found holding the wanted port.
 	Holders []event.Holder
+	// Pool is the measured pool at the first failure; nil when none was taken.
+	Pool *Pool
 }
 
 // DescribeHolder says who holds a port, e.g. "pid 42 (nginx): LISTEN 0.0.0.0:80 [SO_REUSEADDR]".

@@ -137,6 +137,9 @@ type ProcMeta struct {
 	Cmdline  string `json:"cmdline"` // possibly truncated
 	Netns    uint64 `json:"netns"`
 	CgroupID uint64 `json:"cgroup_id"`
+	// Parent is the parent process at the first failure (a traced command's
+	// tree is followed through it after its members exit).
+	Parent ProcKey `json:"parent"`
 }
 
 // Snapshot is the content of the kernel's counters at one moment.

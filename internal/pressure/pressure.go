@@ -52,6 +52,8 @@ type BindPool struct {
 	Used        int     `json:"used"`
 	Free        int     `json:"free"`
 	PercentUsed float64 `json:"percent_used"`
+	// Owners hold the used ports, most first.
+	Owners []Owner `json:"owners,omitempty"`
 }
 
 // ConnectPool is what connect() can still get toward one destination from one
@@ -59,11 +61,14 @@ type BindPool struct {
 // listen() owner holds (those are skipped for every destination), less the
 // sockets already in this 4-tuple space.
 type ConnectPool struct {
-	Local       string  `json:"local"`
-	Dest        string  `json:"dest"`
-	Established int     `json:"established"`
-	TimeWait    int     `json:"time_wait"`
-	Other       int     `json:"other"`
+	Local       string `json:"local"`
+	Dest        string `json:"dest"`
+	Established int    `json:"established"`
+	TimeWait    int    `json:"time_wait"`
+	Other       int    `json:"other"`
+	// BindOwned counts the range's ports held by bind()/listen() owners
+	// outside this 4-tuple space: connect() skips them for every destination.
+	BindOwned   int     `json:"bind_owned"`
 	Free        int     `json:"free"`
 	PercentUsed float64 `json:"percent_used"`
 	// TimeWaitLeft is the least and most time (seconds) a TIME_WAIT here has left.
@@ -71,11 +76,25 @@ type ConnectPool struct {
 	Owners       []Owner    `json:"owners"`
 }
 
-// Owner is a process holding sockets.
+// Owner is a process holding sockets. In a pool's owner list the counts say
+// how it holds that pool's ports: BindOwner counts ports of the range it holds
+// through a bind()/listen() owner (taken from every destination), the rest
+// its other sockets in the pool by state. A TIME_WAIT socket has no process:
+// it is counted for the process that closed the connection, when the tracer
+// saw that close. PID 0 stands for sockets no process has open.
 type Owner struct {
-	PID     int    `json:"pid"`
-	Comm    string `json:"comm"`
-	Sockets int    `json:"sockets"`
+	PID         int    `json:"pid"`
+	Comm        string `json:"comm"`
+	Sockets     int    `json:"sockets"`
+	BindOwner   int    `json:"bind_owner,omitempty"`
+	Established int    `json:"established,omitempty"`
+	TimeWait    int    `json:"time_wait,omitempty"`
+	Other       int    `json:"other,omitempty"`
+	// BindConnected counts its sockets that bind() gave a port and that then
+	// connected (the bind-before-connect trap); BindConnectedAny those of them
+	// bound to the wildcard address.
+	BindConnected    int `json:"bind_connected,omitempty"`
+	BindConnectedAny int `json:"bind_connected_any,omitempty"`
 }
 
 // Scanner holds the loaded iterators; one serves every namespace.
