@@ -68,8 +68,10 @@ type ConnectPool struct {
 	Other       int    `json:"other"`
 	// BindOwned counts the range's ports held by bind()/listen() owners
 	// outside this 4-tuple space: connect() skips them for every destination.
-	BindOwned   int     `json:"bind_owned"`
-	Free        int     `json:"free"`
+	BindOwned int `json:"bind_owned"`
+	Free      int `json:"free"`
+	// Size is the range's ports less the reserved ones.
+	Size        int     `json:"size"`
 	PercentUsed float64 `json:"percent_used"`
 	// TimeWaitLeft is the least and most time (seconds) a TIME_WAIT here has left.
 	TimeWaitLeft [2]float64 `json:"time_wait_left_seconds"`
