@@ -556,6 +556,10 @@ int BPF_PROG(cg_sock_state, struct sock *sk, int oldstate, int newstate)
 	struct pending *p, buf;
 	__u8 syn_sent, port0;
 
+	if (newstate == TCP_FIN_WAIT1 && oldstate == TCP_ESTABLISHED) {
+		record_closer(sk);
+		return 0;
+	}
 	if (newstate != TCP_LISTEN && oldstate != TCP_SYN_SENT && newstate != TCP_SYN_SENT)
 		return 0;
 	p = bpf_map_lookup_elem(&pending_calls, &key);

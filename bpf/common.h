@@ -126,6 +126,9 @@ struct ps_proc_stats {
 struct ps_proc_meta {
 	__u64 netns;
 	__u64 cgroup_id;
+	__u64 parent_start_ns; /* the parent process, for a traced command's tree */
+	__u32 ppid;
+	__u32 _pad;
 	char comm[16];
 	char args[128];    /* start of the command line, NUL-separated */
 };
@@ -141,12 +144,34 @@ struct ps_netns {
 	__u8 ip_nonlocal_bind;
 };
 
+/* A TCP connection in a network namespace; ports in host order. */
+struct ps_tuple {
+	__u64 netns;
+	__u8 laddr[16];
+	__u8 raddr[16];
+	__u16 lport;
+	__u16 rport;
+	__u8 family;
+	__u8 _pad[3];
+};
+
+/* The process that closed a connection first: its side keeps the TIME_WAIT,
+ * which has no file and no owner once it exists. Recorded in that process's
+ * own context at the close (ESTABLISHED -> FIN_WAIT1). */
+struct ps_closer {
+	__u64 start_ns;
+	__u32 pid;
+	char comm[16];
+	__u32 _pad;
+};
+
 /* One socket as the port-pressure iterators (iter/tcp, iter/udp) see it. */
 struct ps_sock {
 	__u64 ino;          /* socket inode; 0 for TIME_WAIT and request sockets */
 	__u64 tw_jiffies;   /* TIME_WAIT: jiffies until it goes */
 	__u8 laddr[16];
 	__u8 raddr[16];
+	__u32 closer_pid;   /* TIME_WAIT: the process that closed first, 0 if unknown */
 	__u16 lport;
 	__u16 rport;
 	__u8 family;
@@ -156,7 +181,8 @@ struct ps_sock {
 	 * fastreuseport >= 0): connect() skips that port for every destination. */
 	__u8 bind_owner;
 	__u8 options;       /* enum ps_opt: SO_REUSEADDR, SO_REUSEPORT */
-	__u8 _pad[7];
+	__u8 _pad[3];
+	char closer_comm[16];
 };
 
 #endif

@@ -11,6 +11,7 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include "common.h"
+#include "closer.h"
 
 #define AF_INET 2
 #define IPPROTO_TCP 6
@@ -53,6 +54,21 @@ static __always_inline __u64 sock_ino(struct sock *sk)
 	return BPF_CORE_READ(sock, file, f_inode, i_ino);
 }
 
+/* Names the process that closed a TIME_WAIT's connection, if the tracer saw it. */
+static __always_inline void closer_of(struct ps_sock *r, struct sock_common *skc)
+{
+	struct ps_tuple k = {};
+	struct ps_closer *c;
+
+	if (tuple_of(skc, &k))
+		return;
+	c = bpf_map_lookup_elem(&closers, &k);
+	if (!c)
+		return;
+	r->closer_pid = c->pid;
+	__builtin_memcpy(r->closer_comm, c->comm, sizeof(r->closer_comm));
+}
+
 SEC("iter/tcp")
 int ports_tcp(struct bpf_iter__tcp *ctx)
 {
@@ -74,6 +90,7 @@ int ports_tcp(struct bpf_iter__tcp *ctx)
 		r.bind_owner = bucket_owned(BPF_CORE_READ(tw, tw_sk.tw_tb));
 		expires = BPF_CORE_READ(tw, tw_sk.tw_timer.expires);
 		r.tw_jiffies = expires > now ? expires - now : 0;
+		closer_of(&r, skc);
 	} else {
 		struct tcp_sock *tp = bpf_skc_to_tcp_sock(skc);
 

@@ -14,6 +14,17 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+/* Who closed a connection first, for the fentry, kprobe and tracepoint
+ * backends (the cgroup backend's own inet_sock_set_state program does it).
+ * Returns at its first comparison for every other state change. */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(ps_closer, struct sock *sk, int oldstate, int newstate)
+{
+	if (newstate == TCP_FIN_WAIT1 && oldstate == TCP_ESTABLISHED)
+		record_closer(sk);
+	return 0;
+}
+
 /* Keep the event struct and the enums in BTF so bpf2go emits them as Go constants. */
 const struct ps_event *_ps_event __attribute__((unused));
 const enum ps_op *_ps_op __attribute__((unused));

@@ -6,6 +6,7 @@
 #define PORTSLEUTH_STATE_H
 
 #include "common.h"
+#include "closer.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -406,6 +407,12 @@ static __always_inline void record_meta(struct who *w, __u64 netns)
 		return;
 	meta->netns = netns;
 	meta->cgroup_id = w->cgroup_id;
+	if (BPF_CORE_READ(task, tgid) == pid) {
+		struct task_struct *parent = BPF_CORE_READ(task, group_leader, real_parent);
+
+		meta->ppid = BPF_CORE_READ(parent, tgid);
+		meta->parent_start_ns = BPF_CORE_READ(parent, group_leader, start_time);
+	}
 	__builtin_memcpy(meta->comm, w->comm, sizeof(meta->comm));
 	if (BPF_CORE_READ(task, tgid) == pid) {
 		start = BPF_CORE_READ(task, mm, arg_start);
@@ -448,6 +455,28 @@ static __always_inline void record_holder(struct ps_event *e, struct sock *h, __
 		e->holder_options |= PS_OPT_REUSEPORT;
 	if (e->holder_state != TCP_TIME_WAIT && e->holder_state != TCP_NEW_SYN_RECV)
 		e->holder_ino = socket_ino(BPF_CORE_READ(h, sk_socket));
+}
+
+#define TCP_ESTABLISHED 1
+#define TCP_FIN_WAIT1 4
+
+/* Remembers the process that is closing an established connection (the
+ * caller's context: close() or shutdown()), for its TIME_WAIT to come. */
+static __always_inline void record_closer(struct sock *sk)
+{
+	struct task_struct *task = (void *)bpf_get_current_task();
+	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
+	struct ps_tuple k = {};
+	struct ps_closer v = {};
+
+	if (tuple_of(&sk->__sk_common, &k))
+		return;
+	v.pid = bpf_get_current_pid_tgid() >> 32;
+	if (!v.pid)
+		return; /* a kernel thread: no process to name */
+	v.start_ns = BPF_CORE_READ(leader, start_time);
+	bpf_probe_read_kernel_str(v.comm, sizeof(v.comm), &leader->comm);
+	bpf_map_update_elem(&closers, &k, &v, BPF_ANY);
 }
 
 /* A global function: the verifier checks it once per program instead of at

@@ -13,26 +13,48 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type PortsPsCloser struct {
+	_       structs.HostLayout
+	StartNs uint64
+	Pid     uint32
+	Comm    [16]int8
+	Pad     uint32
+}
+
 type PortsPsSock struct {
-	_         structs.HostLayout
-	Ino       uint64
-	TwJiffies uint64
-	Laddr     [16]uint8
-	Raddr     [16]uint8
-	Lport     uint16
-	Rport     uint16
-	Family    uint8
-	Proto     uint8
-	State     uint8
-	BindOwner uint8
-	Options   uint8
-	Pad       [7]uint8
+	_          structs.HostLayout
+	Ino        uint64
+	TwJiffies  uint64
+	Laddr      [16]uint8
+	Raddr      [16]uint8
+	CloserPid  uint32
+	Lport      uint16
+	Rport      uint16
+	Family     uint8
+	Proto      uint8
+	State      uint8
+	BindOwner  uint8
+	Options    uint8
+	Pad        [3]uint8
+	CloserComm [16]int8
+}
+
+type PortsPsTuple struct {
+	_      structs.HostLayout
+	Netns  uint64
+	Laddr  [16]uint8
+	Raddr  [16]uint8
+	Lport  uint16
+	Rport  uint16
+	Family uint8
+	Pad    [3]uint8
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	PortsMapClosers   = "closers"
 	PortsProgPortsTcp = "ports_tcp"
 	PortsProgPortsUdp = "ports_udp"
 	PortsVarPsSock    = "_ps_sock"
@@ -88,6 +110,7 @@ type PortsProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type PortsMapSpecs struct {
+	Closers *ebpf.MapSpec `ebpf:"closers"`
 }
 
 // PortsVariableSpecs contains global variables before they are loaded into the kernel.
@@ -117,10 +140,13 @@ func (o *PortsObjects) Close() error {
 //
 // It can be passed to LoadPortsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type PortsMaps struct {
+	Closers *ebpf.Map `ebpf:"closers"`
 }
 
 func (m *PortsMaps) Close() error {
-	return _PortsClose()
+	return _PortsClose(
+		m.Closers,
+	)
 }
 
 // PortsVariables contains all global variables after they have been loaded into the kernel.

@@ -51,6 +51,14 @@ type PortsleuthPending struct {
 	Pad        [3]uint8
 }
 
+type PortsleuthPsCloser struct {
+	_       structs.HostLayout
+	StartNs uint64
+	Pid     uint32
+	Comm    [16]int8
+	Pad     uint32
+}
+
 type PortsleuthPsEvent struct {
 	_             structs.HostLayout
 	TsNs          uint64
@@ -142,11 +150,14 @@ type PortsleuthPsProcKey struct {
 }
 
 type PortsleuthPsProcMeta struct {
-	_        structs.HostLayout
-	Netns    uint64
-	CgroupId uint64
-	Comm     [16]int8
-	Args     [128]int8
+	_             structs.HostLayout
+	Netns         uint64
+	CgroupId      uint64
+	ParentStartNs uint64
+	Ppid          uint32
+	Pad           uint32
+	Comm          [16]int8
+	Args          [128]int8
 }
 
 type PortsleuthPsProcStats struct {
@@ -178,11 +189,23 @@ const (
 	PortsleuthPsSourcePS_SRC_CGROUP_CONNECT    PortsleuthPsSource = 8
 )
 
+type PortsleuthPsTuple struct {
+	_      structs.HostLayout
+	Netns  uint64
+	Laddr  [16]uint8
+	Raddr  [16]uint8
+	Lport  uint16
+	Rport  uint16
+	Family uint8
+	Pad    [3]uint8
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	PortsleuthMapCalls                       = "calls"
+	PortsleuthMapClosers                     = "closers"
 	PortsleuthMapEvents                      = "events"
 	PortsleuthMapFailCounts                  = "fail_counts"
 	PortsleuthMapFailOverflow                = "fail_overflow"
@@ -230,6 +253,7 @@ const (
 	PortsleuthProgKretprobeInetCskGetPort    = "kretprobe_inet_csk_get_port"
 	PortsleuthProgKretprobeInetHashConnect   = "kretprobe_inet_hash_connect"
 	PortsleuthProgKretprobeTcpTwskUnique     = "kretprobe_tcp_twsk_unique"
+	PortsleuthProgPsCloser                   = "ps_closer"
 	PortsleuthProgPsSweep                    = "ps_sweep"
 	PortsleuthProgTpEnterBind                = "tp_enter_bind"
 	PortsleuthProgTpEnterConnect             = "tp_enter_connect"
@@ -327,6 +351,7 @@ type PortsleuthProgramSpecs struct {
 	KretprobeInetCskGetPort    *ebpf.ProgramSpec `ebpf:"kretprobe_inet_csk_get_port"`
 	KretprobeInetHashConnect   *ebpf.ProgramSpec `ebpf:"kretprobe_inet_hash_connect"`
 	KretprobeTcpTwskUnique     *ebpf.ProgramSpec `ebpf:"kretprobe_tcp_twsk_unique"`
+	PsCloser                   *ebpf.ProgramSpec `ebpf:"ps_closer"`
 	PsSweep                    *ebpf.ProgramSpec `ebpf:"ps_sweep"`
 	TpEnterBind                *ebpf.ProgramSpec `ebpf:"tp_enter_bind"`
 	TpEnterConnect             *ebpf.ProgramSpec `ebpf:"tp_enter_connect"`
@@ -341,6 +366,7 @@ type PortsleuthProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type PortsleuthMapSpecs struct {
 	Calls        *ebpf.MapSpec `ebpf:"calls"`
+	Closers      *ebpf.MapSpec `ebpf:"closers"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	FailCounts   *ebpf.MapSpec `ebpf:"fail_counts"`
 	FailOverflow *ebpf.MapSpec `ebpf:"fail_overflow"`
@@ -389,6 +415,7 @@ func (o *PortsleuthObjects) Close() error {
 // It can be passed to LoadPortsleuthObjects or ebpf.CollectionSpec.LoadAndAssign.
 type PortsleuthMaps struct {
 	Calls        *ebpf.Map `ebpf:"calls"`
+	Closers      *ebpf.Map `ebpf:"closers"`
 	Events       *ebpf.Map `ebpf:"events"`
 	FailCounts   *ebpf.Map `ebpf:"fail_counts"`
 	FailOverflow *ebpf.Map `ebpf:"fail_overflow"`
@@ -404,6 +431,7 @@ type PortsleuthMaps struct {
 func (m *PortsleuthMaps) Close() error {
 	return _PortsleuthClose(
 		m.Calls,
+		m.Closers,
 		m.Events,
 		m.FailCounts,
 		m.FailOverflow,
@@ -473,6 +501,7 @@ type PortsleuthPrograms struct {
 	KretprobeInetCskGetPort    *ebpf.Program `ebpf:"kretprobe_inet_csk_get_port"`
 	KretprobeInetHashConnect   *ebpf.Program `ebpf:"kretprobe_inet_hash_connect"`
 	KretprobeTcpTwskUnique     *ebpf.Program `ebpf:"kretprobe_tcp_twsk_unique"`
+	PsCloser                   *ebpf.Program `ebpf:"ps_closer"`
 	PsSweep                    *ebpf.Program `ebpf:"ps_sweep"`
 	TpEnterBind                *ebpf.Program `ebpf:"tp_enter_bind"`
 	TpEnterConnect             *ebpf.Program `ebpf:"tp_enter_connect"`
@@ -521,6 +550,7 @@ func (p *PortsleuthPrograms) Close() error {
 		p.KretprobeInetCskGetPort,
 		p.KretprobeInetHashConnect,
 		p.KretprobeTcpTwskUnique,
+		p.PsCloser,
 		p.PsSweep,
 		p.TpEnterBind,
 		p.TpEnterConnect,

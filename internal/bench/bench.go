@@ -363,7 +363,7 @@ func portsScan() (scanResult, error) {
 		return res, err
 	}
 	defer f.Close()
-	sc, err := pressure.NewScanner()
+	sc, err := pressure.NewScanner(nil)
 	if err != nil {
 		return res, err
 	}

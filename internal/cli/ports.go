@@ -52,7 +52,7 @@ func runPorts(args []string, stdout, stderr io.Writer) error {
 	if err := probe.CheckPrivileges(); err != nil {
 		return err
 	}
-	sc, err := pressure.NewScanner()
+	sc, err := pressure.NewScanner(nil)
 	if err != nil {
 		return err
 	}

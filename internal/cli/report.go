@@ -200,6 +200,7 @@ func traceReport(f *reportFlags, filter report.Filter, record io.Writer, stdout,
 
 	col := report.NewCollector()
 	col.Enricher = pressure.NewEnricher()
+	col.Enricher.Closers = s.t.Closers()
 	defer col.Enricher.Close()
 	var events []event.Event
 	err = s.loop(ctx, func(e event.Event) {

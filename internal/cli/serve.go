@@ -126,6 +126,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	defer stop()
 
 	c := &culpritLog{log: log, t: t, deltas: metrics.NewDeltas(), enricher: pressure.NewEnricher(), filter: report.Filter{PID: uint32(f.pid), Comm: f.comm}, interval: f.interval}
+	c.enricher.Closers = t.Closers()
 	defer c.enricher.Close()
 	c.col = c.newCollector()
 	// Records go only once both readers (col every updateEvery, c every

@@ -49,6 +49,7 @@ func runWatch(args []string, stdout, stderr io.Writer) error {
 	w := &watcher{out: bufio.NewWriter(stdout), json: c.output == "json", folder: watch.NewFolder(foldBurst, time.Second), s: s}
 	owners := report.NewOwners()
 	enricher := pressure.NewEnricher()
+	enricher.Closers = s.t.Closers()
 	defer enricher.Close()
 	err = s.loop(ctx,
 		func(e event.Event) {

@@ -38,7 +38,44 @@ type connPool struct {
 	est, tw, other int
 	notOwned       int // sockets whose port no bind() owner holds
 	twMin, twMax   uint64
-	owners         map[int]int
+	owners         map[int]*holding // pid 0: sockets no process has open
+}
+
+// holding is how one process holds ports of one pool.
+type holding struct {
+	sockets               int
+	bindOwner             int // sockets with a bind()/listen()-owned port
+	est, tw, other        int // its other sockets, by state
+	bindConn, bindConnAny int // bind-owned sockets that connected (to the wildcard)
+}
+
+func (h *holding) add(state string, bindOwned, connected, wildcard bool) {
+	h.sockets++
+	switch {
+	case bindOwned:
+		h.bindOwner++
+		if connected {
+			h.bindConn++
+			if wildcard {
+				h.bindConnAny++
+			}
+		}
+	case state == "ESTABLISHED":
+		h.est++
+	case state == "TIME_WAIT":
+		h.tw++
+	default:
+		h.other++
+	}
+}
+
+func holdingOf(m map[int]*holding, pid int) *holding {
+	h := m[pid]
+	if h == nil {
+		h = &holding{}
+		m[pid] = h
+	}
+	return h
 }
 
 type aggregate struct {
@@ -53,6 +90,12 @@ type aggregate struct {
 	pools map[poolKey]*connPool
 	procs map[int]int
 	query *HolderQuery
+	// held: per protocol and local address, who holds the range's ports;
+	// bindOwners: per process, its bind()-owned TCP sockets in the range.
+	held       map[string]map[netip.Addr]map[int]*holding
+	bindOwners map[int]*holding
+	// closerComm names the processes that closed TIME_WAIT connections.
+	closerComm map[int]string
 }
 
 func newAggregate(sys netns.Sysctls, reserved map[int]bool, owners Inodes) *aggregate {
@@ -61,6 +104,10 @@ func newAggregate(sys netns.Sysctls, reserved map[int]bool, owners Inodes) *aggr
 		bound: map[string]map[netip.Addr]*ports{"tcp": {}, "udp": {}},
 		pools: map[poolKey]*connPool{},
 		procs: map[int]int{},
+		held:  map[string]map[netip.Addr]map[int]*holding{"tcp": {}, "udp": {}},
+
+		bindOwners: map[int]*holding{},
+		closerComm: map[int]string{},
 	}
 }
 
@@ -76,6 +123,10 @@ func (a *aggregate) add(r *gen.PortsPsSock) {
 		if pid != 0 {
 			a.procs[pid]++
 		}
+	} else if r.CloserPid != 0 {
+		// A TIME_WAIT is the closing process's doing.
+		pid = int(r.CloserPid)
+		a.closerComm[pid] = event.CString(r.CloserComm[:])
 	}
 	proto := "tcp"
 	if r.Proto == unix.IPPROTO_UDP {
@@ -104,6 +155,19 @@ func (a *aggregate) add(r *gen.PortsPsSock) {
 		a.bound[proto][local] = set
 	}
 	set.add(r.Lport)
+	state := stateOf(r)
+	connected := r.Rport != 0 && state != "LISTEN"
+	if a.inRange(r.Lport) {
+		byAddr := a.held[proto][local]
+		if byAddr == nil {
+			byAddr = map[int]*holding{}
+			a.held[proto][local] = byAddr
+		}
+		holdingOf(byAddr, pid).add(state, r.BindOwner != 0, connected, local.IsUnspecified())
+		if proto == "tcp" && r.BindOwner != 0 {
+			holdingOf(a.bindOwners, pid).add(state, true, connected, local.IsUnspecified())
+		}
+	}
 	if proto != "tcp" {
 		return
 	}
@@ -111,14 +175,13 @@ func (a *aggregate) add(r *gen.PortsPsSock) {
 		a.bindOwned.add(r.Lport)
 	}
 	// The connect() 4-tuple space: connected and closing sockets with a peer.
-	state := stateOf(r)
 	if state == "LISTEN" || r.Rport == 0 || !a.inRange(r.Lport) {
 		return
 	}
 	k := poolKey{local, addrOf(r.Family, r.Raddr), r.Rport}
 	p := a.pools[k]
 	if p == nil {
-		p = &connPool{owners: map[int]int{}, twMin: math.MaxUint64}
+		p = &connPool{owners: map[int]*holding{}, twMin: math.MaxUint64}
 		a.pools[k] = p
 	}
 	switch state {
@@ -134,9 +197,80 @@ func (a *aggregate) add(r *gen.PortsPsSock) {
 	if r.BindOwner == 0 {
 		p.notOwned++
 	}
-	if pid != 0 {
-		p.owners[pid]++
+	// Every socket of the 4-tuple space by state; bind-owned ones noted apart.
+	h := holdingOf(p.owners, pid)
+	h.add(state, false, true, false)
+	if r.BindOwner != 0 {
+		h.bindOwner++
 	}
+}
+
+// bindPoolOwners lists who holds the ports bind(addr, 0) needs free: owners
+// on addr and on its wildcard, or, for the wildcard, on every address of its family.
+func (a *aggregate) bindPoolOwners(proto string, addr netip.Addr, n int, comm func(int) string) []Owner {
+	sum := map[int]*holding{}
+	for local, byPID := range a.held[proto] {
+		if local != addr && local != wildcardOf(addr) && !(addr.IsUnspecified() && local.Is4() == addr.Is4()) {
+			continue
+		}
+		for pid, h := range byPID {
+			s := holdingOf(sum, pid)
+			s.sockets += h.sockets
+			s.bindOwner += h.bindOwner
+			s.est += h.est
+			s.tw += h.tw
+			s.other += h.other
+			s.bindConn += h.bindConn
+			s.bindConnAny += h.bindConnAny
+		}
+	}
+	return ownersOf(sum, n, comm)
+}
+
+// connectPoolOwners lists who holds a connect pool: its own sockets, by
+// process, and the bind()-owned ports the processes hold elsewhere in the
+// range, which connect() skips for every destination.
+func (a *aggregate) connectPoolOwners(p *connPool, n int, comm func(int) string) []Owner {
+	sum := map[int]*holding{}
+	for pid, h := range p.owners {
+		c := *h
+		c.bindOwner = 0 // only those outside this pool: set below
+		sum[pid] = &c
+	}
+	for pid, h := range a.bindOwners {
+		s := holdingOf(sum, pid)
+		// Its bind-owned ports outside this pool; those inside are in the states above.
+		s.bindOwner = h.bindOwner
+		if in := p.owners[pid]; in != nil {
+			s.bindOwner -= in.bindOwner
+		}
+		s.bindConn, s.bindConnAny = h.bindConn, h.bindConnAny
+	}
+	return ownersOf(sum, n, comm)
+}
+
+// ownersOf ranks holdings by ports held, most first, and keeps n.
+func ownersOf(m map[int]*holding, n int, comm func(int) string) []Owner {
+	owners := make([]Owner, 0, len(m))
+	for pid, h := range m {
+		if h.sockets == 0 && h.bindOwner == 0 {
+			continue
+		}
+		owners = append(owners, Owner{PID: pid, Sockets: h.sockets, BindOwner: h.bindOwner,
+			Established: h.est, TimeWait: h.tw, Other: h.other,
+			BindConnected: h.bindConn, BindConnectedAny: h.bindConnAny})
+	}
+	held := func(o Owner) int { return o.BindOwner + o.Established + o.TimeWait + o.Other }
+	slices.SortFunc(owners, func(x, y Owner) int {
+		return cmp.Or(cmp.Compare(held(y), held(x)), cmp.Compare(y.Sockets, x.Sockets), cmp.Compare(x.PID, y.PID))
+	})
+	if len(owners) > n {
+		owners = owners[:n]
+	}
+	for i := range owners {
+		owners[i].Comm = comm(owners[i].PID)
+	}
+	return owners
 }
 
 // overlaps says whether an owner on b takes the port from a bind() to a:
@@ -191,7 +325,15 @@ func (a *aggregate) result(topN int, hz float64) Namespace {
 	}
 	capacity := a.usable(nil)
 	ns.BindOwnedPorts = capacity - a.usable(&a.bindOwned)
-	comm := func(pid int) string { return a.owners.Comm(pid) }
+	comm := func(pid int) string {
+		if c, ok := a.closerComm[pid]; ok {
+			return c
+		}
+		if pid == 0 {
+			return ""
+		}
+		return a.owners.Comm(pid)
+	}
 
 	for _, proto := range []string{"tcp", "udp"} {
 		byAddr := a.bound[proto]
@@ -218,17 +360,20 @@ func (a *aggregate) result(topN int, hz float64) Namespace {
 			}
 			free := a.usable(set)
 			ns.BindPools = append(ns.BindPools, BindPool{Proto: proto, Local: addr.String(),
-				Used: capacity - free, Free: free, PercentUsed: percent(capacity-free, capacity)})
+				Used: capacity - free, Free: free, PercentUsed: percent(capacity-free, capacity),
+				Owners: a.bindPoolOwners(proto, addr, topN, comm)})
 		}
 	}
 
 	for k, p := range a.pools {
 		free := max(0, capacity-ns.BindOwnedPorts-p.notOwned)
+		inPool := p.est + p.tw + p.other - p.notOwned // bind-owned ports in this 4-tuple space
 		cp := ConnectPool{
 			Local: k.local.String(), Dest: netip.AddrPortFrom(k.dest, k.dport).String(),
-			Established: p.est, TimeWait: p.tw, Other: p.other, Free: free,
+			Established: p.est, TimeWait: p.tw, Other: p.other, Free: free, Size: capacity,
+			BindOwned:   max(0, ns.BindOwnedPorts-inPool),
 			PercentUsed: percent(capacity-free, capacity),
-			Owners:      top(p.owners, topN, comm),
+			Owners:      a.connectPoolOwners(p, topN, comm),
 		}
 		if p.tw > 0 && hz > 0 {
 			cp.TimeWaitLeft = [2]float64{math.Round(10*float64(p.twMin)/hz) / 10, math.Round(10*float64(p.twMax)/hz) / 10}
@@ -249,8 +394,14 @@ func verdict(ns Namespace) string {
 	for _, p := range ns.ConnectPools {
 		if p.PercentUsed > best {
 			best = p.PercentUsed
-			what = fmt.Sprintf("connect pool to %s from %s is %.0f%% full: %s TIME_WAIT, %s established, %d free",
-				p.Dest, p.Local, p.PercentUsed, thousands(p.TimeWait), thousands(p.Established), p.Free)
+			// Ports that bind()/listen() owners hold are named apart: they are
+			// gone for every destination, and a wider range would not fix them.
+			held := ""
+			if p.BindOwned > 0 {
+				held = fmt.Sprintf("%s held by bind()/listen() owners for every destination, ", thousands(p.BindOwned))
+			}
+			what = fmt.Sprintf("connect pool to %s from %s is %.0f%% full: %s TIME_WAIT, %s established, %s%d free",
+				p.Dest, p.Local, p.PercentUsed, thousands(p.TimeWait), thousands(p.Established), held, p.Free)
 		}
 	}
 	for _, p := range ns.BindPools {

@@ -2,6 +2,8 @@ package pressure
 
 import (
 	"errors"
+
+	"github.com/cilium/ebpf"
 	"sync"
 	"time"
 
@@ -18,6 +20,10 @@ import (
 // tracepoint backend), the sockets holding it. It finds the namespace from
 // the event's netns inode, not from the failing task, which is often gone.
 type Enricher struct {
+	// Closers, set before the first Enrich, is the tracer's map of who closed
+	// each connection first: TIME_WAIT sockets then have an owner.
+	Closers *ebpf.Map
+
 	mu       sync.Mutex
 	sc       *Scanner
 	scErr    error
@@ -129,7 +135,7 @@ func (en *Enricher) Enrich(e *event.Event) *Snapshot {
 // and answers q; false when the namespace is gone or cannot be read.
 func (en *Enricher) scan(e *event.Event, q *HolderQuery) (Namespace, bool) {
 	if en.sc == nil && en.scErr == nil {
-		en.sc, en.scErr = NewScanner()
+		en.sc, en.scErr = NewScanner(en.Closers)
 	}
 	if en.scErr != nil {
 		return Namespace{}, false

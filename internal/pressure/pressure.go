@@ -107,13 +107,19 @@ type Scanner struct {
 	hz   float64
 }
 
-// NewScanner loads and attaches the iterators.
-func NewScanner() (*Scanner, error) {
+// NewScanner loads and attaches the iterators. closers, when not nil, is a
+// tracer's map of who closed each connection first: TIME_WAIT sockets are
+// then counted for those processes (without it they have no owner).
+func NewScanner(closers *ebpf.Map) (*Scanner, error) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("raising the memlock limit: %w", err)
 	}
 	s := &Scanner{hz: kernelHZ()}
-	if err := gen.LoadPortsObjects(&s.objs, nil); err != nil {
+	var opts *ebpf.CollectionOptions
+	if closers != nil {
+		opts = &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{"closers": closers}}
+	}
+	if err := gen.LoadPortsObjects(&s.objs, opts); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			return nil, fmt.Errorf("loading the socket iterators: %+v", ve)

@@ -81,6 +81,13 @@ type hook struct {
 func (b Backend) hooks(spec *ebpf.CollectionSpec, cgroupRoot string) []hook {
 	var hs []hook
 	for name, p := range spec.Programs {
+		if name == closerProgram {
+			// The cgroup backend's own state-change program records closers.
+			if b != Cgroup {
+				hs = append(hs, hook{name: name, what: p.SectionName, optional: true, attach: attachRawTp})
+			}
+			continue
+		}
 		if backendOf(p) != b {
 			continue
 		}
@@ -117,6 +124,14 @@ func (b Backend) hooks(spec *ebpf.CollectionSpec, cgroupRoot string) []hook {
 	return hs
 }
 
+// closerProgram records who closed a connection first (its TIME_WAIT's
+// owner) for the backends whose own hooks see no state change.
+const closerProgram = "ps_closer"
+
+func attachRawTp(prog *ebpf.Program) (link.Link, error) {
+	return link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})
+}
+
 func backendOf(p *ebpf.ProgramSpec) Backend {
 	switch p.Type {
 	case ebpf.TracePoint:
@@ -141,9 +156,7 @@ func cgroupAttach(p *ebpf.ProgramSpec, root string) func(*ebpf.Program) (link.Li
 	case ebpf.RawTracepoint:
 		return func(*ebpf.Program) (link.Link, error) { return nil, nil }
 	case ebpf.Tracing:
-		return func(prog *ebpf.Program) (link.Link, error) {
-			return link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})
-		}
+		return attachRawTp
 	}
 	at := p.AttachType
 	return func(prog *ebpf.Program) (link.Link, error) {

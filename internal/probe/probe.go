@@ -356,6 +356,7 @@ func (t *Tracer) Snapshot() (event.Snapshot, error) {
 		s.Meta[procKey(pk)] = event.ProcMeta{
 			Comm: event.CString(meta.Comm[:]), Cmdline: event.Cmdline(meta.Args[:]),
 			Netns: meta.Netns, CgroupID: meta.CgroupId,
+			Parent: event.ProcKey{PID: meta.Ppid, Start: meta.ParentStartNs},
 		}
 	}
 	if err := it.Err(); err != nil {
@@ -408,6 +409,10 @@ func (t *Tracer) ProcStats(p event.ProcKey) event.ProcStats {
 	}
 	return statsOf(&st)
 }
+
+// Closers is the map of who closed each connection first, for the
+// port-pressure iterators to name the owners of TIME_WAIT sockets.
+func (t *Tracer) Closers() *ebpf.Map { return t.maps.Closers }
 
 // Lost is how many failures found the ring buffer full so far.
 func (t *Tracer) Lost() (uint64, error) { return sumPerCPU(t.maps.Lost, "lost") }
