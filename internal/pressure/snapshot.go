@@ -52,8 +52,12 @@ func (s *Snapshot) text() string {
 	switch {
 	case s.ConnectPool != nil:
 		p := s.ConnectPool
-		return fmt.Sprintf("at the first failure, the connect pool to %s from %s was %.0f%% full (%d established, %d TIME_WAIT, %d free); namespace: %s",
-			p.Dest, p.Local, p.PercentUsed, p.Established, p.TimeWait, p.Free, s.Verdict)
+		held := ""
+		if p.BindOwned > 0 {
+			held = fmt.Sprintf("%d held by bind()/listen() owners for every destination, ", p.BindOwned)
+		}
+		return fmt.Sprintf("at the first failure, the connect pool to %s from %s was %.0f%% full (%d established, %d TIME_WAIT, %s%d free); namespace: %s",
+			p.Dest, p.Local, p.PercentUsed, p.Established, p.TimeWait, held, p.Free, s.Verdict)
 	case s.BindPool != nil:
 		p := s.BindPool
 		return fmt.Sprintf("at the first failure, the bind(%s:0) pool (%s) was %.0f%% used (%d free); namespace: %s",
