@@ -5,7 +5,7 @@ GO        ?= go
 CLANG     ?= clang-19
 BIN       := bin/portsleuth
 ARGS      ?= watch
-APT_PKGS  := clang-19 llvm-19 bpftool libbpf-dev iproute2
+APT_PKGS  := clang-19 llvm-19 bpftool libbpf-dev iproute2 nginx socat python3
 
 export PATH := $(PATH):/usr/local/go/bin
 
