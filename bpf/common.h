@@ -121,6 +121,11 @@ struct ps_proc_stats {
 	__u64 listens_failed;
 };
 
+enum ps_meta_flag {
+	/* The process descends (by fork) from the command `report -- CMD` runs. */
+	PS_META_IN_COMMAND = 1 << 0,
+};
+
 /* Process identity recorded at its first failure, for processes gone before
  * Go could ask /proc. Keyed by struct ps_proc_key. */
 struct ps_proc_meta {
@@ -128,7 +133,7 @@ struct ps_proc_meta {
 	__u64 cgroup_id;
 	__u64 parent_start_ns; /* the parent process, for a traced command's tree */
 	__u32 ppid;
-	__u32 _pad;
+	__u32 flags;       /* enum ps_meta_flag */
 	char comm[16];
 	char args[128];    /* start of the command line, NUL-separated */
 };

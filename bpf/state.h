@@ -131,6 +131,15 @@ struct {
 	__uint(max_entries, 1 << 20);
 } events SEC(".maps");
 
+/* report -- CMD: the processes descended (by fork) from portsleuth, which
+ * starts only CMD: tgid -> start time (0: any, for portsleuth itself). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u64);
+} tree SEC(".maps");
+
 /* Index 0: failures that found the ring buffer full. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -299,7 +308,8 @@ static __always_inline struct ps_proc_stats *proc_stats_of(__u32 pid, __u64 star
 	return bpf_map_lookup_elem(&proc_stats, &k);
 }
 
-/* Adds one to key k of a counter hash. Returns non-zero when the map is full. */
+/* Adds one to key k of a counter hash: 1 when this created the entry, 0
+ * when it existed, negative when the map is full. */
 static __always_inline long count_in(void *map, struct ps_fail_key *k)
 {
 	__u64 one = 1, *n = bpf_map_lookup_elem(map, k);
@@ -310,6 +320,8 @@ static __always_inline long count_in(void *map, struct ps_fail_key *k)
 		return 0;
 	}
 	err = bpf_map_update_elem(map, k, &one, BPF_NOEXIST);
+	if (!err)
+		return 1;
 	if (err != -EEXIST)
 		return err;
 	/* Another CPU created it first. */
@@ -319,13 +331,17 @@ static __always_inline long count_in(void *map, struct ps_fail_key *k)
 	return 0;
 }
 
-static __always_inline void count_failure(struct ps_fail_key *k)
+/* Counts a failure; 1 when it is the first of its (process, class). */
+static __always_inline int count_failure(struct ps_fail_key *k)
 {
-	if (!count_in(&fail_counts, k))
-		return;
+	long r = count_in(&fail_counts, k);
+
+	if (r >= 0)
+		return r;
 	k->pid = 0;
 	k->start_ns = 0;
 	count_in(&fail_overflow, k);
+	return 0;
 }
 
 /* Reads the namespace's port sysctls from struct net at its first failure: a
@@ -413,6 +429,10 @@ static __always_inline void record_meta(struct who *w, __u64 netns)
 		meta->ppid = BPF_CORE_READ(parent, tgid);
 		meta->parent_start_ns = BPF_CORE_READ(parent, group_leader, start_time);
 	}
+	__u64 *tree_start = bpf_map_lookup_elem(&tree, &pid);
+
+	if (tree_start && (!*tree_start || *tree_start == w->start_ns))
+		meta->flags |= PS_META_IN_COMMAND;
 	__builtin_memcpy(meta->comm, w->comm, sizeof(meta->comm));
 	if (BPF_CORE_READ(task, tgid) == pid) {
 		start = BPF_CORE_READ(task, mm, arg_start);
@@ -487,6 +507,7 @@ __attribute__((noinline)) int record_failure(struct call *c, struct who *w, int 
 	__u32 pid;
 	struct ps_fail_key k = {};
 	struct ps_event *e;
+	int first;
 
 	if (!c || !w)
 		return 0;
@@ -498,7 +519,7 @@ __attribute__((noinline)) int record_failure(struct call *c, struct who *w, int 
 	k.proto = c->proto;
 	k.family = c->family;
 	k.flags = (__u8)c->flags;
-	count_failure(&k);
+	first = count_failure(&k);
 	record_meta(w, c->netns);
 	snapshot_netns((struct sock *)c->sk, c->netns);
 
@@ -541,9 +562,11 @@ __attribute__((noinline)) int record_failure(struct call *c, struct who *w, int 
 	if (c->holder && err == EADDRINUSE)
 		record_holder(e, (struct sock *)c->holder, c->family);
 	/* Wake the reader once a batch waits: in a storm a wakeup per event
-	 * costs more than the event. A lone event waits for the reader's next
-	 * poll (its deadline tick, 200 ms). */
-	bpf_ringbuf_submit(e, bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES ?
+	 * costs more than the event. The first failure of a (process, class)
+	 * wakes it at once: the agent looks at the namespace for it (holders,
+	 * pool pressure) while the failure's circumstances still stand. Other
+	 * events wait for the reader's next poll (its deadline tick, 200 ms). */
+	bpf_ringbuf_submit(e, first || bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES ?
 				      BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 	return 0;
 }

@@ -113,6 +113,12 @@ const (
 	PortsleuthPsFlagPS_F_ANYADDR PortsleuthPsFlag = 2
 )
 
+type PortsleuthPsMetaFlag uint32
+
+const (
+	PortsleuthPsMetaFlagPS_META_IN_COMMAND PortsleuthPsMetaFlag = 1
+)
+
 type PortsleuthPsNetns struct {
 	_               structs.HostLayout
 	PortLo          uint16
@@ -155,7 +161,7 @@ type PortsleuthPsProcMeta struct {
 	CgroupId      uint64
 	ParentStartNs uint64
 	Ppid          uint32
-	Pad           uint32
+	Flags         uint32
 	Comm          [16]int8
 	Args          [128]int8
 }
@@ -215,6 +221,7 @@ const (
 	PortsleuthMapProcMeta                    = "proc_meta"
 	PortsleuthMapProcStats                   = "proc_stats"
 	PortsleuthMapSockState                   = "sock_state"
+	PortsleuthMapTree                        = "tree"
 	PortsleuthMapUntracked                   = "untracked"
 	PortsleuthProgCgBind4                    = "cg_bind4"
 	PortsleuthProgCgBind6                    = "cg_bind6"
@@ -254,6 +261,7 @@ const (
 	PortsleuthProgKretprobeInetHashConnect   = "kretprobe_inet_hash_connect"
 	PortsleuthProgKretprobeTcpTwskUnique     = "kretprobe_tcp_twsk_unique"
 	PortsleuthProgPsCloser                   = "ps_closer"
+	PortsleuthProgPsFork                     = "ps_fork"
 	PortsleuthProgPsSweep                    = "ps_sweep"
 	PortsleuthProgTpEnterBind                = "tp_enter_bind"
 	PortsleuthProgTpEnterConnect             = "tp_enter_connect"
@@ -263,6 +271,7 @@ const (
 	PortsleuthProgTpExitListen               = "tp_exit_listen"
 	PortsleuthVarPsEvent                     = "_ps_event"
 	PortsleuthVarPsFlag                      = "_ps_flag"
+	PortsleuthVarPsMetaFlag                  = "_ps_meta_flag"
 	PortsleuthVarPsOp                        = "_ps_op"
 	PortsleuthVarPsOpt                       = "_ps_opt"
 	PortsleuthVarPsSource                    = "_ps_source"
@@ -352,6 +361,7 @@ type PortsleuthProgramSpecs struct {
 	KretprobeInetHashConnect   *ebpf.ProgramSpec `ebpf:"kretprobe_inet_hash_connect"`
 	KretprobeTcpTwskUnique     *ebpf.ProgramSpec `ebpf:"kretprobe_tcp_twsk_unique"`
 	PsCloser                   *ebpf.ProgramSpec `ebpf:"ps_closer"`
+	PsFork                     *ebpf.ProgramSpec `ebpf:"ps_fork"`
 	PsSweep                    *ebpf.ProgramSpec `ebpf:"ps_sweep"`
 	TpEnterBind                *ebpf.ProgramSpec `ebpf:"tp_enter_bind"`
 	TpEnterConnect             *ebpf.ProgramSpec `ebpf:"tp_enter_connect"`
@@ -376,6 +386,7 @@ type PortsleuthMapSpecs struct {
 	ProcMeta     *ebpf.MapSpec `ebpf:"proc_meta"`
 	ProcStats    *ebpf.MapSpec `ebpf:"proc_stats"`
 	SockState    *ebpf.MapSpec `ebpf:"sock_state"`
+	Tree         *ebpf.MapSpec `ebpf:"tree"`
 	Untracked    *ebpf.MapSpec `ebpf:"untracked"`
 }
 
@@ -385,6 +396,7 @@ type PortsleuthMapSpecs struct {
 type PortsleuthVariableSpecs struct {
 	PsEvent                 *ebpf.VariableSpec `ebpf:"_ps_event"`
 	PsFlag                  *ebpf.VariableSpec `ebpf:"_ps_flag"`
+	PsMetaFlag              *ebpf.VariableSpec `ebpf:"_ps_meta_flag"`
 	PsOp                    *ebpf.VariableSpec `ebpf:"_ps_op"`
 	PsOpt                   *ebpf.VariableSpec `ebpf:"_ps_opt"`
 	PsSource                *ebpf.VariableSpec `ebpf:"_ps_source"`
@@ -425,6 +437,7 @@ type PortsleuthMaps struct {
 	ProcMeta     *ebpf.Map `ebpf:"proc_meta"`
 	ProcStats    *ebpf.Map `ebpf:"proc_stats"`
 	SockState    *ebpf.Map `ebpf:"sock_state"`
+	Tree         *ebpf.Map `ebpf:"tree"`
 	Untracked    *ebpf.Map `ebpf:"untracked"`
 }
 
@@ -441,6 +454,7 @@ func (m *PortsleuthMaps) Close() error {
 		m.ProcMeta,
 		m.ProcStats,
 		m.SockState,
+		m.Tree,
 		m.Untracked,
 	)
 }
@@ -451,6 +465,7 @@ func (m *PortsleuthMaps) Close() error {
 type PortsleuthVariables struct {
 	PsEvent                 *ebpf.Variable `ebpf:"_ps_event"`
 	PsFlag                  *ebpf.Variable `ebpf:"_ps_flag"`
+	PsMetaFlag              *ebpf.Variable `ebpf:"_ps_meta_flag"`
 	PsOp                    *ebpf.Variable `ebpf:"_ps_op"`
 	PsOpt                   *ebpf.Variable `ebpf:"_ps_opt"`
 	PsSource                *ebpf.Variable `ebpf:"_ps_source"`
@@ -502,6 +517,7 @@ type PortsleuthPrograms struct {
 	KretprobeInetHashConnect   *ebpf.Program `ebpf:"kretprobe_inet_hash_connect"`
 	KretprobeTcpTwskUnique     *ebpf.Program `ebpf:"kretprobe_tcp_twsk_unique"`
 	PsCloser                   *ebpf.Program `ebpf:"ps_closer"`
+	PsFork                     *ebpf.Program `ebpf:"ps_fork"`
 	PsSweep                    *ebpf.Program `ebpf:"ps_sweep"`
 	TpEnterBind                *ebpf.Program `ebpf:"tp_enter_bind"`
 	TpEnterConnect             *ebpf.Program `ebpf:"tp_enter_connect"`
@@ -551,6 +567,7 @@ func (p *PortsleuthPrograms) Close() error {
 		p.KretprobeInetHashConnect,
 		p.KretprobeTcpTwskUnique,
 		p.PsCloser,
+		p.PsFork,
 		p.PsSweep,
 		p.TpEnterBind,
 		p.TpEnterConnect,

@@ -99,7 +99,20 @@ type Pool struct {
 	// bind()/listen() owners (for every destination).
 	Size, BindOwned                    int
 	Established, TimeWait, Other, Free int
+	// Holders name who held the pool, by process name, most ports first.
+	Holders []PoolHolder
 }
+
+// PoolHolder is the processes of one name holding ports of a pool.
+type PoolHolder struct {
+	Comm  string
+	PID   int // when one process holds them; 0 for several, or for none (Comm "")
+	Procs int
+	Ports int
+}
+
+// maxPoolHolders is how many names the evidence gives.
+const maxPoolHolders = 4
 
 // Finding is everything known about one pattern of one process.
 type Finding struct {
@@ -124,6 +137,8 @@ type Finding struct {
 func DescribeHolder(h event.Holder) string {
 	var b strings.Builder
 	switch {
+	case h.PID != 0 && h.Master != 0:
+		fmt.Fprintf(&b, "pid %d (%s, a worker of pid %d): ", h.PID, term.Escape(h.Comm), h.Master)
 	case h.PID != 0:
 		fmt.Fprintf(&b, "pid %d (%s): ", h.PID, term.Escape(h.Comm))
 	case h.State == "TIME_WAIT":
@@ -241,6 +256,7 @@ func (f *Finding) poolNote(b *strings.Builder) {
 	if p == nil {
 		return
 	}
+	defer f.holdersNote(b)
 	var parts []string
 	held := "held by bind()/listen() owners"
 	switch p.Kind {
@@ -618,4 +634,30 @@ func (f *Finding) udpOnly() bool {
 		}
 	}
 	return len(f.Classes) > 0
+}
+
+// holdersNote names who held the pool: the processes to look at first.
+func (f *Finding) holdersNote(b *strings.Builder) {
+	hs := f.Pool.Holders
+	if len(hs) == 0 {
+		return
+	}
+	b.WriteString("; held by ")
+	for i, h := range hs {
+		if i == maxPoolHolders {
+			fmt.Fprintf(b, " and %d more", len(hs)-i)
+			break
+		}
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		switch {
+		case h.Comm == "" && h.PID == 0:
+			fmt.Fprintf(b, "no process (%d ports)", h.Ports)
+		case h.Procs > 1:
+			fmt.Fprintf(b, "%s (%d processes, %d ports)", term.Escape(h.Comm), h.Procs, h.Ports)
+		default:
+			fmt.Fprintf(b, "%s (pid %d, %d ports)", term.Escape(h.Comm), h.PID, h.Ports)
+		}
+	}
 }

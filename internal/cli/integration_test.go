@@ -65,6 +65,13 @@ func requireRoot(t *testing.T) {
 // scenario selected, and returns the report and the scenario's own account.
 func traceScenario(t *testing.T, name string, extra ...string) (report.Report, scenario.Result) {
 	t.Helper()
+	r, res, _ := traceScenarioRaw(t, name, extra...)
+	return r, res
+}
+
+// traceScenarioRaw is traceScenario that also returns the report's JSON.
+func traceScenarioRaw(t *testing.T, name string, extra ...string) (report.Report, scenario.Result, []byte) {
+	t.Helper()
 	requireRoot(t)
 	t.Setenv(scenario.Env, name)
 	file := filepath.Join(t.TempDir(), "report.json")
@@ -101,7 +108,7 @@ func traceScenario(t *testing.T, name string, extra ...string) (report.Report, s
 			t.Logf("report of %s:\n%s", name, raw)
 		}
 	})
-	return r, res
+	return r, res, raw
 }
 
 func findProcess(r report.Report, pid int) *report.Process {

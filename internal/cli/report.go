@@ -17,6 +17,7 @@ import (
 	"github.com/portsleuth/portsleuth/internal/event"
 	"github.com/portsleuth/portsleuth/internal/outfile"
 	"github.com/portsleuth/portsleuth/internal/pressure"
+	"github.com/portsleuth/portsleuth/internal/procinfo"
 	"github.com/portsleuth/portsleuth/internal/report"
 )
 
@@ -176,7 +177,7 @@ func (o *outputs) abort() {
 // traceReport traces until the duration, a signal or the command ends, and
 // writes the recording to record when it is not nil.
 func traceReport(f *reportFlags, filter report.Filter, record io.Writer, stdout, stderr io.Writer) (report.Report, error) {
-	s, err := startSession(&f.common, stderr)
+	s, err := startSession(&f.common, len(f.argv) > 0, stderr)
 	if err != nil {
 		return report.Report{}, err
 	}
@@ -190,6 +191,10 @@ func traceReport(f *reportFlags, filter report.Filter, record io.Writer, stdout,
 		if cmd, err = startCommand(f.argv, stdout, stderr); err != nil {
 			return report.Report{}, err
 		}
+		// Its tree is marked in the report; a command already reaped leaves
+		// its start unknown (0), and then its pid alone identifies it.
+		filter.Command = uint32(cmd.c.Process.Pid)
+		filter.CommandStart, _ = procinfo.StartTime(filter.Command)
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithCancel(ctx)
 		defer cancel()

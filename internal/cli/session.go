@@ -28,9 +28,10 @@ type session struct {
 }
 
 // startSession attaches the tracer and says on stderr which backend runs and why.
-func startSession(c *common, stderr io.Writer) (*session, error) {
+// command says a command will be started, whose process tree is followed.
+func startSession(c *common, command bool, stderr io.Writer) (*session, error) {
 	b, _ := probe.ParseBackend(c.backend) // validated with the flags
-	t, err := probe.Start(probe.Options{PID: uint32(c.pid), Backend: b})
+	t, err := probe.Start(probe.Options{PID: uint32(c.pid), Backend: b, Command: command})
 	if err != nil {
 		return nil, err
 	}

@@ -260,6 +260,9 @@ k=0; while [ $k -lt $runs ]; do
 	echo "server rc=$rc eaddrinuse=$(grep -c 'Address already in use' "$dir/server.$k.err")"
 	k=$((k+1))
 done
+# An incident's namespace outlives the failures: the agent reads events within
+# its 200 ms tick and looks at the namespace then.
+sleep 1
 kill -TERM $m; wait
 `
 
@@ -444,6 +447,7 @@ held() { awk '$3 ~ /:1F90$/ && $4 == "01"' /proc/net/tcp | wc -l; }
 i=0; while [ "$(held)" -lt $n ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done
 echo "socat held=$(held) pids=${pids#,}"
 "$py" "$dir/victim.py" "$tries"
+sleep 1 # the namespace outlives the failures, as an incident's does (see above)
 kill $(echo "$pids" | tr ',' ' ') $lpid; wait
 `
 
@@ -509,8 +513,10 @@ func checkStarvedVictim(t *testing.T, r tpReport, victim int, netns uint64, ok, 
 	}
 	if ps := pat.Pressure; ps == nil || ps.ConnectPool == nil {
 		t.Errorf("no connect pool measured at the first failure")
-	} else if cp := ps.ConnectPool; cp.Dest != "127.0.0.1:8081" || cp.BindOwned != tpHolders || cp.TimeWait != 0 || cp.Established != ok || cp.Free != 0 {
-		t.Errorf("connect pool %+v; want to 127.0.0.1:8081 %d bind-owned, 0 TIME_WAIT, %d established, 0 free", *cp, tpHolders, ok)
+	} else if cp := ps.ConnectPool; cp.Dest != "127.0.0.1:8081" || cp.BindOwned != tpHolders || cp.TimeWait+cp.Established != ok || cp.Free != 0 {
+		// The victim's own connections may be closed (TIME_WAIT) by the
+		// time the agent looks, a moment after the first failure.
+		t.Errorf("connect pool %+v; want to 127.0.0.1:8081 %d bind-owned, the victim's %d connections, 0 free", *cp, tpHolders, ok)
 	}
 	if !slices.ContainsFunc(pat.Holders, func(h map[string]any) bool { return h["comm"] == "socat" }) {
 		t.Errorf("pattern holders %v do not name socat", pat.Holders)

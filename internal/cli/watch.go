@@ -35,7 +35,7 @@ func runWatch(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 
-	s, err := startSession(&c, stderr)
+	s, err := startSession(&c, false, stderr)
 	if err != nil {
 		return err
 	}
@@ -58,6 +58,7 @@ func runWatch(args []string, stdout, stderr io.Writer) error {
 			}
 			owners.Fill(&e)
 			snap := enricher.Enrich(&e)
+			owners.Fill(&e) // the master of a holder the enricher found
 			rec := report.NewRecord(e, s.classify(e))
 			rec.Pressure = snap
 			w.print(w.folder.Offer(rec, e.Time))

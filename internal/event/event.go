@@ -88,6 +88,9 @@ type Holder struct {
 	// PID and Comm name the process with the socket open, when one was found.
 	PID  uint32 `json:"pid,omitempty"`
 	Comm string `json:"comm,omitempty"`
+	// Master is the process PID is a prefork worker of (same executable and
+	// cgroup): the one to restart or stop, since a killed worker is respawned.
+	Master uint32 `json:"master,omitempty"`
 }
 
 var tcpStates = []string{1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
@@ -140,6 +143,8 @@ type ProcMeta struct {
 	// Parent is the parent process at the first failure (a traced command's
 	// tree is followed through it after its members exit).
 	Parent ProcKey `json:"parent"`
+	// InCommand: it descends by fork from the command report -- CMD runs.
+	InCommand bool `json:"in_command,omitempty"`
 }
 
 // Snapshot is the content of the kernel's counters at one moment.
@@ -157,6 +162,9 @@ type Snapshot struct {
 	// Untracked counts calls the cgroup backend could not follow to their
 	// outcome (its pending table was full): they are in no count.
 	Untracked uint64
+	// Tree holds the processes forked from a traced command (report -- CMD)
+	// since tracing began; nil when no command is followed.
+	Tree map[ProcKey]bool
 }
 
 var optionNames = []struct {

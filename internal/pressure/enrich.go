@@ -57,6 +57,11 @@ type holderKey struct {
 	port  uint16
 }
 
+// snapshotOwners is how many owners of each pool a snapshot names: enough
+// for a proxy's or a prefork server's processes to be blamed each (60 socat
+// processes holding one port each), bounded for a report's size.
+const snapshotOwners = 64
+
 // ownersTTL is how long one pass over /proc/*/fd serves.
 const ownersTTL = 100 * time.Millisecond
 
@@ -149,7 +154,7 @@ func (en *Enricher) scan(e *event.Event, q *HolderQuery) (Namespace, bool) {
 	if time.Since(en.ownersAt) > ownersTTL {
 		en.owners, en.ownersAt = ScanInodes(), time.Now()
 	}
-	ns, err := en.sc.ScanFor(int(f.Fd()), en.owners, 3, q)
+	ns, err := en.sc.ScanFor(int(f.Fd()), en.owners, snapshotOwners, q)
 	if err != nil || (e.Netns != 0 && ns.Netns != e.Netns) {
 		return Namespace{}, false
 	}

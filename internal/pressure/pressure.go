@@ -97,6 +97,8 @@ type Owner struct {
 	// bound to the wildcard address.
 	BindConnected    int `json:"bind_connected,omitempty"`
 	BindConnectedAny int `json:"bind_connected_any,omitempty"`
+	// Master is the process it is a prefork worker of, when the report named one.
+	Master int `json:"master,omitempty"`
 }
 
 // Scanner holds the loaded iterators; one serves every namespace.

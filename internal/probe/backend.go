@@ -81,6 +81,11 @@ type hook struct {
 func (b Backend) hooks(spec *ebpf.CollectionSpec, cgroupRoot string) []hook {
 	var hs []hook
 	for name, p := range spec.Programs {
+		if name == forkProgram {
+			// Present only when asked for (configure drops it otherwise).
+			hs = append(hs, hook{name: name, what: p.SectionName, optional: true, attach: attachRawTp})
+			continue
+		}
 		if name == closerProgram {
 			// The cgroup backend's own state-change program records closers.
 			if b != Cgroup {

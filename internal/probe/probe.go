@@ -5,6 +5,7 @@ package probe
 import (
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -32,6 +33,9 @@ type Options struct {
 	Backend Backend
 	// Order is what Auto tries, first that works wins; nil means Backends.
 	Order []Backend
+	// Command follows the process tree of the command this process is about
+	// to start (report -- CMD): every process forked from it is marked.
+	Command bool
 }
 
 // Tracer owns the loaded programs, their links and the ring-buffer reader.
@@ -48,6 +52,7 @@ type Tracer struct {
 	backend Backend
 	notes   []string
 	sweeper *sweeper  // cgroup backend only
+	tree    bool      // the command tree (ps_fork) is followed
 	mount   *ownMount // tracefs or cgroup2, when portsleuth mounted it
 }
 
@@ -68,7 +73,11 @@ func Start(opts Options) (*Tracer, error) {
 		return nil, err
 	}
 	if opts.Backend != Auto && opts.Backend != "" {
-		return startBackend(spec, opts.Backend)
+		t, err := startBackend(spec, opts.Backend)
+		if err != nil {
+			return nil, err
+		}
+		return t, t.seedTree(opts)
 	}
 	order := opts.Order
 	if order == nil {
@@ -81,7 +90,7 @@ func Start(opts Options) (*Tracer, error) {
 			if len(skipped) > 0 {
 				t.notes = append([]string{"auto: " + strings.Join(skipped, "; ")}, t.notes...)
 			}
-			return t, nil
+			return t, t.seedTree(opts)
 		}
 		if errors.Is(err, ErrPrivileges) {
 			return nil, err
@@ -206,8 +215,29 @@ func (t *Tracer) Backend() Backend { return t.backend }
 // Notes say why this backend was chosen and what it runs without.
 func (t *Tracer) Notes() []string { return t.notes }
 
+// forkProgram follows a traced command's process tree.
+const forkProgram = "ps_fork"
+
+// seedTree puts this process at the root of the tree ps_fork follows: it
+// starts only the traced command. A start of 0 matches any (this pid stays
+// ours while we run).
+func (t *Tracer) seedTree(opts Options) error {
+	if !opts.Command || t.program(forkProgram) == nil {
+		return nil
+	}
+	if err := t.maps.Tree.Put(uint32(os.Getpid()), uint64(0)); err != nil {
+		t.Close()
+		return fmt.Errorf("seeding the command tree: %w", err)
+	}
+	t.tree = true
+	return nil
+}
+
 // configure sets the programs' read-only globals before load.
 func configure(spec *ebpf.CollectionSpec, opts Options) error {
+	if !opts.Command {
+		delete(spec.Programs, forkProgram)
+	}
 	if err := spec.Variables[gen.PortsleuthVarTargetPid].Set(opts.PID); err != nil {
 		return fmt.Errorf("setting target_pid: %w", err)
 	}
@@ -356,7 +386,8 @@ func (t *Tracer) Snapshot() (event.Snapshot, error) {
 		s.Meta[procKey(pk)] = event.ProcMeta{
 			Comm: event.CString(meta.Comm[:]), Cmdline: event.Cmdline(meta.Args[:]),
 			Netns: meta.Netns, CgroupID: meta.CgroupId,
-			Parent: event.ProcKey{PID: meta.Ppid, Start: meta.ParentStartNs},
+			Parent:    event.ProcKey{PID: meta.Ppid, Start: meta.ParentStartNs},
+			InCommand: meta.Flags&uint32(gen.PortsleuthPsMetaFlagPS_META_IN_COMMAND) != 0,
 		}
 	}
 	if err := it.Err(); err != nil {
@@ -383,6 +414,21 @@ func (t *Tracer) Snapshot() (event.Snapshot, error) {
 	}
 	if err := it.Err(); err != nil {
 		return s, fmt.Errorf("reading fail_overflow: %w", err)
+	}
+	if t.tree {
+		s.Tree = map[event.ProcKey]bool{}
+		self := uint32(os.Getpid())
+		var tgid uint32
+		var start uint64
+		it = t.maps.Tree.Iterate()
+		for it.Next(&tgid, &start) {
+			if tgid != self {
+				s.Tree[event.ProcKey{PID: tgid, Start: start}] = true
+			}
+		}
+		if err := it.Err(); err != nil {
+			return s, fmt.Errorf("reading the command tree: %w", err)
+		}
 	}
 	var inum uint64
 	var ns gen.PortsleuthPsNetns

@@ -10,6 +10,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Info is what /proc says about a process.
@@ -18,6 +20,11 @@ type Info struct {
 	Cmdline     string
 	Cgroup      string
 	ContainerID string
+	// Netns is the inode of its network namespace (what BPF reports), 0 if unreadable.
+	Netns uint64
+	// PPID is its parent's pid, 0 if unreadable: read while the process lives,
+	// since a parent that exits hands its children to a reaper.
+	PPID uint32
 }
 
 // Lookup reads /proc/PID; fields a vanished process can't give stay empty.
@@ -37,6 +44,13 @@ func Lookup(pid uint32) (Info, error) {
 		f.Close()
 	}
 	info.ContainerID = ContainerID(info.Cgroup)
+	var st unix.Stat_t
+	if unix.Stat(dir+"/ns/net", &st) == nil {
+		info.Netns = st.Ino
+	}
+	if f, err := readStat(pid); err == nil {
+		info.PPID = f.ppid
+	}
 	return info, nil
 }
 

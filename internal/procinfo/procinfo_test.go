@@ -45,6 +45,13 @@ func TestLookupSelf(t *testing.T) {
 	if info.Comm == "" || !strings.Contains(info.Cmdline, "procinfo") {
 		t.Errorf("Lookup(self) = %+v", info)
 	}
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/net", &st); err != nil {
+		t.Fatal(err)
+	}
+	if info.Netns != st.Ino || info.PPID != uint32(os.Getppid()) {
+		t.Errorf("Lookup(self): netns %d ppid %d, want %d and %d", info.Netns, info.PPID, st.Ino, os.Getppid())
+	}
 }
 
 // The cgroup found by id is the one /proc names for this process.

@@ -33,14 +33,42 @@ type Collector struct {
 	Enricher *pressure.Enricher
 	// CgroupPath resolves a cgroup id for a process /proc no longer shows; nil offline.
 	CgroupPath func(id uint64) string
+	// Program and Master read a process's program and the master of a
+	// prefork worker; a test may replace them.
+	Program func(pid uint32) (procinfo.Program, error)
+	Master  func(pid uint32) (uint32, error)
+	// holders are the processes pressure snapshots named as pool owners,
+	// read when the snapshot came: they may be gone by the report.
+	holders map[uint32]*holderProc
+	// parents maps a pid to its parent's, read while both lived: a traced
+	// command's tree is followed through it after its members exit.
+	parents map[uint32]uint32
 }
+
+// holderProc is a pool owner as /proc named it when a snapshot counted it.
+type holderProc struct {
+	info    procinfo.Info
+	master  uint32
+	program *procinfo.Program
+}
+
+// maxHolderProcs and maxParents bound what the collector keeps about
+// processes other than the failing ones; past them, later ones go unnamed.
+const (
+	maxHolderProcs = 1024
+	maxParents     = 4096
+	maxAncestors   = 64
+)
 
 // Owners resolves socket inodes to the process that has them open, once per
 // inode (scanning /proc is not cheap), in bounded memory.
 type Owners struct {
 	// Lookup does the resolving; a test may replace it.
 	Lookup func(ino uint64) (uint32, string)
-	cache  map[uint64]socketOwner
+	// Master names the master of a prefork worker; nil reads nothing.
+	Master  func(pid uint32) (uint32, error)
+	cache   map[uint64]socketOwner
+	masters map[uint32]uint32
 }
 
 type socketOwner struct {
@@ -52,28 +80,45 @@ type socketOwner struct {
 const maxOwners = 4096
 
 // NewOwners resolves through /proc.
-func NewOwners() *Owners { return &Owners{Lookup: procinfo.SocketOwner} }
+func NewOwners() *Owners { return &Owners{Lookup: procinfo.SocketOwner, Master: procinfo.Master} }
 
-// Fill names the process behind e's port holder, if there is one.
+// Fill names the process behind e's port holder, if there is one, and the
+// master it is a worker of.
 func (o *Owners) Fill(e *event.Event) {
 	h := e.Holder
-	if h == nil || h.SockIno == 0 || h.PID != 0 {
+	if h == nil {
 		return
 	}
-	if o.cache == nil || len(o.cache) >= maxOwners {
-		o.cache = map[uint64]socketOwner{}
+	if h.PID == 0 && h.SockIno != 0 {
+		if o.cache == nil || len(o.cache) >= maxOwners {
+			o.cache = map[uint64]socketOwner{}
+		}
+		so, ok := o.cache[h.SockIno]
+		if !ok {
+			so.pid, so.comm = o.Lookup(h.SockIno)
+			o.cache[h.SockIno] = so
+		}
+		h.PID, h.Comm = so.pid, so.comm
 	}
-	so, ok := o.cache[h.SockIno]
-	if !ok {
-		so.pid, so.comm = o.Lookup(h.SockIno)
-		o.cache[h.SockIno] = so
+	if h.PID != 0 && h.Master == 0 && o.Master != nil {
+		if o.masters == nil || len(o.masters) >= maxOwners {
+			o.masters = map[uint32]uint32{}
+		}
+		m, ok := o.masters[h.PID]
+		if !ok {
+			if got, err := o.Master(h.PID); err == nil && got != h.PID {
+				m = got
+			}
+			o.masters[h.PID] = m
+		}
+		h.Master = m
 	}
-	h.PID, h.Comm = so.pid, so.comm
 }
 
 type procEvents struct {
 	pressure map[event.Class]*pressure.Snapshot
 	info     procinfo.Info
+	program  *procinfo.Program // nil when /proc could not say
 	netns    uint64
 	events   uint64
 	examples []event.Event
@@ -95,6 +140,10 @@ func NewCollector() *Collector {
 		Lookup:     procinfo.Lookup,
 		Owners:     NewOwners(),
 		CgroupPath: procinfo.CgroupPathByID,
+		Program:    procinfo.ProgramOf,
+		Master:     procinfo.Master,
+		holders:    map[uint32]*holderProc{},
+		parents:    map[uint32]uint32{},
 	}
 }
 
@@ -106,6 +155,8 @@ func NewOfflineCollector() *Collector {
 	c.Lookup = func(uint32) (procinfo.Info, error) { return procinfo.Info{}, errOffline }
 	c.Owners = &Owners{Lookup: func(uint64) (uint32, string) { return 0, "" }}
 	c.CgroupPath = nil
+	c.Program = func(uint32) (procinfo.Program, error) { return procinfo.Program{}, errOffline }
+	c.Master = func(pid uint32) (uint32, error) { return pid, errOffline }
 	return c
 }
 
@@ -114,17 +165,74 @@ var errOffline = errors.New("offline: not reading this host")
 // lookup reads /proc for process k, and nothing if the pid now belongs to
 // another process (a reused pid; a start time of 0 is unknown, e.g. recorded
 // before start times were kept).
-func (c *Collector) lookup(k event.ProcKey) procinfo.Info {
+func (c *Collector) lookup(k event.ProcKey) (procinfo.Info, bool) {
 	info, err := c.Lookup(k.PID)
 	if err != nil {
-		return procinfo.Info{}
+		return procinfo.Info{}, false
 	}
 	if k.Start != 0 {
 		if st, err := procinfo.StartTime(k.PID); err == nil && !procinfo.SameStart(k.Start, st) {
-			return procinfo.Info{}
+			return procinfo.Info{}, false
 		}
 	}
-	return info
+	return info, true
+}
+
+// program reads the program of a process lookup found alive, nil if it can't.
+func (c *Collector) program(pid uint32) *procinfo.Program {
+	prog, err := c.Program(pid)
+	if err != nil {
+		return nil
+	}
+	return &prog
+}
+
+// noteAncestors remembers pid's parent chain, stopping where it is known.
+func (c *Collector) noteAncestors(pid, ppid uint32) {
+	for range maxAncestors {
+		if ppid == 0 || len(c.parents) >= maxParents {
+			return
+		}
+		if _, known := c.parents[pid]; known {
+			return
+		}
+		c.parents[pid] = ppid
+		if _, known := c.parents[ppid]; known || ppid <= 1 {
+			return
+		}
+		info, err := c.Lookup(ppid)
+		if err != nil {
+			return
+		}
+		pid, ppid = ppid, info.PPID
+	}
+}
+
+// notePressure keeps the snapshot of a class's first failure and names the
+// pool's owners now, while they still run.
+func (c *Collector) notePressure(p *procEvents, class event.Class, snap *pressure.Snapshot) {
+	p.pressure[class] = snap
+	for _, o := range poolOwners(snap) {
+		if o.PID <= 0 || len(c.holders) >= maxHolderProcs {
+			continue
+		}
+		pid := uint32(o.PID)
+		if _, seen := c.holders[pid]; seen {
+			continue
+		}
+		h := &holderProc{master: pid}
+		if info, err := c.Lookup(pid); err == nil {
+			h.info = info
+			if m, err := c.Master(pid); err == nil && m != 0 {
+				h.master = m
+			}
+			h.program = c.program(pid)
+		}
+		if h.info.Comm == "" {
+			h.info.Comm = o.Comm
+		}
+		c.holders[pid] = h
+	}
 }
 
 // Events is how many events the collector has seen.
@@ -138,7 +246,11 @@ func (c *Collector) Observe(e *event.Event) {
 	p := c.procs[e.Proc()]
 	if p == nil {
 		p = &procEvents{classes: map[event.Class]*classEvidence{}, netns: e.Netns, pressure: map[event.Class]*pressure.Snapshot{}}
-		p.info = c.lookup(e.Proc())
+		var alive bool
+		if p.info, alive = c.lookup(e.Proc()); alive {
+			p.program = c.program(e.PID)
+			c.noteAncestors(e.PID, p.info.PPID)
+		}
 		if p.info.Comm == "" {
 			p.info.Comm = e.Comm
 		}
@@ -158,8 +270,9 @@ func (c *Collector) Observe(e *event.Event) {
 	p.events++
 	if c.Enricher != nil {
 		if snap := c.Enricher.Enrich(e); snap != nil {
-			p.pressure[e.Class] = snap
+			c.notePressure(p, e.Class, snap)
 		}
+		c.Owners.Fill(e) // the master of a holder the enricher found
 	}
 	if len(p.examples) < MaxExamples {
 		p.examples = append(p.examples, *e)

@@ -38,7 +38,12 @@ type Report struct {
 	// kernel's per-process table was full. Counted, never dropped.
 	Unattributed []Unattributed `json:"unattributed,omitempty"`
 	Command      *Command       `json:"command,omitempty"`
-	Processes    []Process      `json:"processes"`
+	// Culprits hold the port pools the failing processes drew from, whether
+	// or not they failed themselves: ranked by ports held, most first.
+	Culprits []Culprit `json:"culprits"`
+	// Programs sum the processes by program, most failures first.
+	Programs  []Program `json:"programs"`
+	Processes []Process `json:"processes"`
 }
 
 // Unattributed is the count of one failure class no process could be given.
@@ -78,6 +83,12 @@ type Process struct {
 	// ring buffer dropped: they are missing only from examples and addresses.
 	EventsMissed uint64   `json:"events_missed"`
 	Examples     []Record `json:"examples"`
+	// InCommand says whether it is of the traced command's process tree;
+	// absent when no command was traced.
+	InCommand *bool `json:"in_command,omitempty"`
+	// programKey groups it with the other runs of its program, programName
+	// names that program; set by Build, so empty in a decoded report.
+	programKey, programName string
 }
 
 // PatternEntry is one pattern of one process.
@@ -88,6 +99,8 @@ type PatternEntry struct {
 	Advice   string `json:"advice"`
 	// Pressure is the namespace's port pressure at this pattern's first failure.
 	Pressure *pressure.Snapshot `json:"pressure,omitempty"`
+	// Holders (failures for lack of a port) are who held the pool then.
+	Holders []pressure.Owner `json:"holders,omitempty"`
 }
 
 // Counts are a process's calls of one kind.
@@ -109,6 +122,11 @@ type Filter struct {
 	Comm string
 	// All includes processes that made bind/connect calls but had no failure.
 	All bool
+	// Command is the pid of the command `report -- CMD` ran (0: none): its
+	// process tree is marked and listed first. CommandStart is its start
+	// time as procinfo.StartTime read it, 0 if unknown.
+	Command      uint32
+	CommandStart uint64
 }
 
 func (f Filter) match(pid uint32, comm string) bool {
@@ -124,31 +142,51 @@ func Build(snap event.Snapshot, c *Collector, f Filter, backend string, started 
 		DurationSeconds: dur.Seconds(),
 		LostEvents:      snap.Lost,
 		UntrackedCalls:  snap.Untracked,
+		Culprits:        []Culprit{},
+		Programs:        []Program{},
 		Processes:       []Process{},
+	}
+	var uses []poolUse
+	progs := map[event.ProcKey]*procinfo.Program{}
+	ppids := map[event.ProcKey]uint32{}
+	add := func(key event.ProcKey, st event.ProcStats, fails map[event.Class]uint64) {
+		b := buildProcess(key, st, fails, snap.Meta[key], snap.Netns, c)
+		if !f.match(key.PID, b.p.Comm) {
+			return
+		}
+		r.Processes = append(r.Processes, b.p)
+		uses = append(uses, b.uses...)
+		progs[key], ppids[key] = b.program, b.ppid
 	}
 	for key, st := range snap.Procs {
 		fails := snap.Failures[key]
 		if len(fails) == 0 && !f.All {
 			continue
 		}
-		p := buildProcess(key, st, fails, snap.Meta[key], snap.Netns, c)
-		if f.match(key.PID, p.Comm) {
-			r.Processes = append(r.Processes, p)
-		}
+		add(key, st, fails)
 	}
 	// A process evicted from proc_stats still has its failure counts.
 	for key, fails := range snap.Failures {
-		if _, ok := snap.Procs[key]; ok {
-			continue
-		}
-		p := buildProcess(key, event.ProcStats{}, fails, snap.Meta[key], snap.Netns, c)
-		if f.match(key.PID, p.Comm) {
-			r.Processes = append(r.Processes, p)
+		if _, ok := snap.Procs[key]; !ok {
+			add(key, event.ProcStats{}, fails)
 		}
 	}
 	slices.SortFunc(r.Processes, func(a, b Process) int {
 		return cmp.Or(cmp.Compare(b.Failures, a.Failures), cmp.Compare(a.PID, b.PID), cmp.Compare(a.StartNs, b.StartNs))
 	})
+	if f.Command != 0 {
+		t := newCommandTree(f, snap.Meta, c, ppids)
+		for i := range r.Processes {
+			k := event.ProcKey{PID: r.Processes[i].PID, Start: r.Processes[i].StartNs}
+			// The kernel followed the command's forks; the parent chain
+			// covers a replay and a kernel that could not.
+			in := snap.Tree[k] || snap.Meta[k].InCommand || t.contains(k)
+			r.Processes[i].InCommand = &in
+		}
+	}
+	assignPrograms(r.Processes, progs)
+	r.Programs = buildPrograms(r.Processes)
+	r.Culprits = buildCulprits(uses, c, r.Processes)
 	if f.PID == 0 && f.Comm == "" {
 		for _, class := range sortedClasses(snap.Unattributed) {
 			r.Unattributed = append(r.Unattributed, Unattributed{
@@ -160,7 +198,79 @@ func Build(snap event.Snapshot, c *Collector, f Filter, backend string, started 
 	return r
 }
 
-func buildProcess(key event.ProcKey, st event.ProcStats, fails map[event.Class]uint64, meta event.ProcMeta, kernelNetns map[uint64]netns.Sysctls, c *Collector) Process {
+// commandTree tells the processes of a traced command's tree.
+type commandTree struct {
+	f     Filter
+	meta  map[event.ProcKey]event.ProcMeta
+	byPID map[uint32]event.ProcKey // for parents known by pid alone
+	c     *Collector
+	ppids map[event.ProcKey]uint32
+}
+
+func newCommandTree(f Filter, meta map[event.ProcKey]event.ProcMeta, c *Collector, ppids map[event.ProcKey]uint32) *commandTree {
+	t := &commandTree{f: f, meta: meta, byPID: map[uint32]event.ProcKey{}, c: c, ppids: ppids}
+	for k := range meta {
+		if old, ok := t.byPID[k.PID]; !ok || k.Start > old.Start {
+			t.byPID[k.PID] = k // the latest process of a reused pid
+		}
+	}
+	return t
+}
+
+// contains says whether k is the command or its parent chain reaches it.
+func (t *commandTree) contains(k event.ProcKey) bool {
+	for range maxAncestors {
+		if t.isCommand(k) {
+			return true
+		}
+		parent, ok := t.parent(k)
+		if !ok || parent.PID <= 1 {
+			return false
+		}
+		k = parent
+	}
+	return false
+}
+
+func (t *commandTree) isCommand(k event.ProcKey) bool {
+	if k.PID != t.f.Command {
+		return false
+	}
+	return t.f.CommandStart == 0 || k.Start == 0 || procinfo.SameStart(k.Start, t.f.CommandStart)
+}
+
+// parent is k's parent: as the kernel recorded it at k's first failure, else
+// as /proc said while k ran.
+func (t *commandTree) parent(k event.ProcKey) (event.ProcKey, bool) {
+	if k.Start == 0 {
+		if full, ok := t.byPID[k.PID]; ok {
+			k = full
+		}
+	}
+	if m, ok := t.meta[k]; ok && m.Parent.PID != 0 {
+		return m.Parent, true
+	}
+	if ppid := t.ppids[k]; ppid != 0 {
+		return event.ProcKey{PID: ppid}, true
+	}
+	if pe := t.c.procs[k]; pe != nil && pe.info.PPID != 0 {
+		return event.ProcKey{PID: pe.info.PPID}, true
+	}
+	if ppid, ok := t.c.parents[k.PID]; ok {
+		return event.ProcKey{PID: ppid}, true
+	}
+	return event.ProcKey{}, false
+}
+
+// builtProcess is a process of the report with what Build needs beyond its JSON.
+type builtProcess struct {
+	p       Process
+	uses    []poolUse
+	program *procinfo.Program // nil when /proc never said
+	ppid    uint32            // its parent as /proc said, 0 if unknown
+}
+
+func buildProcess(key event.ProcKey, st event.ProcStats, fails map[event.Class]uint64, meta event.ProcMeta, kernelNetns map[uint64]netns.Sysctls, c *Collector) builtProcess {
 	pid := key.PID
 	p := Process{
 		PID:        pid,
@@ -178,15 +288,20 @@ func buildProcess(key event.ProcKey, st event.ProcStats, fails map[event.Class]u
 	}
 	pe := c.procs[key]
 	if pe == nil {
-		// No event reached us (or only counters were kept): ask /proc now.
+		// No event reached us (or only counters were kept): ask /proc now,
+		// or take what a pressure snapshot named while it ran.
 		pe = &procEvents{netns: meta.Netns, classes: map[event.Class]*classEvidence{}}
-		pe.info = c.lookup(key)
+		if info, alive := c.lookup(key); alive {
+			pe.info, pe.program = info, c.program(pid)
+		} else if h := c.holders[pid]; h != nil {
+			pe.info, pe.program = h.info, h.program
+		}
 	}
 	if pe.info.Comm != "" && p.Comm == "" {
 		p.Comm = pe.info.Comm
 	}
 	if p.Netns == 0 {
-		p.Netns = pe.netns
+		p.Netns = cmp.Or(pe.netns, pe.info.Netns)
 	}
 	if pe.info.Cmdline != "" {
 		p.Cmdline = pe.info.Cmdline // /proc has it whole; the kernel's copy is truncated
@@ -237,12 +352,25 @@ func buildProcess(key event.ProcKey, st event.ProcStats, fails map[event.Class]u
 			fd.Holders = append(fd.Holders, ce.holders...)
 		}
 	}
+	var uses []poolUse
 	for _, fd := range findings {
 		slices.Sort(fd.Options)
-		p.Patterns = append(p.Patterns, PatternEntry{
+		snap := snaps[fd.Pattern]
+		if lackOfPort(fd.Pattern) {
+			fd.Pool = poolOf(snap) // a named port's holder is in Holders, not a pool
+		}
+		entry := PatternEntry{
 			Pattern: string(fd.Pattern), Count: fd.Count, Evidence: fd.Evidence(), Advice: fd.Advice(),
-			Pressure: snaps[fd.Pattern],
-		})
+			Pressure: snap,
+		}
+		if fd.Pattern == attrib.PortInUse {
+			entry.Holders = portHolders(fd.Holders)
+		}
+		if lackOfPort(fd.Pattern) && snap != nil {
+			entry.Holders = poolOwners(snap)
+			uses = append(uses, poolUse{victim: key, comm: p.Comm, failures: fd.Count, calls: callsOf(fd.Classes), snap: snap})
+		}
+		p.Patterns = append(p.Patterns, entry)
 	}
 	slices.SortFunc(p.Patterns, func(a, b PatternEntry) int {
 		return cmp.Or(cmp.Compare(b.Count, a.Count), strings.Compare(a.Pattern, b.Pattern))
@@ -253,7 +381,7 @@ func buildProcess(key event.ProcKey, st event.ProcStats, fails map[event.Class]u
 	for _, e := range pe.examples {
 		p.Examples = append(p.Examples, NewRecord(e, attrib.Classify(e.Class, st)))
 	}
-	return p
+	return builtProcess{p: p, uses: uses, program: pe.program, ppid: pe.info.PPID}
 }
 
 func errnoName(e unix.Errno) string {
@@ -277,6 +405,8 @@ func (r Report) WriteText(w io.Writer) error {
 	esc := term.Escape
 	var b strings.Builder
 	fmt.Fprintf(&b, "portsleuth report: started %s, %.1fs, backend %s\n", esc(r.Started), r.DurationSeconds, esc(r.Backend))
+	// Who starved whom comes first: the process that fails is often not the cause.
+	writeCulprits(&b, r.Culprits)
 	if r.LostEvents > 0 {
 		fmt.Fprintf(&b, "ring buffer full: %d events dropped (counts below are exact; examples may be missing)\n", r.LostEvents)
 	}
@@ -295,55 +425,100 @@ func (r Report) WriteText(w io.Writer) error {
 	if len(r.Processes) == 0 {
 		b.WriteString("\nno failed bind() or connect() calls\n")
 	}
-	for i, p := range r.Processes {
-		fmt.Fprintf(&b, "\n%d. pid %d %s: %d failures", i+1, p.PID, esc(p.Comm), p.Failures)
-		for _, name := range slices.Sorted(maps.Keys(p.Errors)) {
-			fmt.Fprintf(&b, ", %s %d", esc(name), p.Errors[name])
-		}
-		b.WriteString("\n")
-		if p.Cmdline != "" {
-			fmt.Fprintf(&b, "   cmdline:  %s\n", esc(p.Cmdline))
-		}
-		fmt.Fprintf(&b, "   netns:    %d", p.Netns)
-		if p.Cgroup != "" {
-			fmt.Fprintf(&b, "   cgroup: %s", esc(p.Cgroup))
-		}
-		if p.ContainerID != "" {
-			// Cut first (%.12s counts runes), then escape: an escape is never cut in half.
-			fmt.Fprintf(&b, "   container: %s", esc(fmt.Sprintf("%.12s", p.ContainerID)))
-		}
-		b.WriteString("\n")
-		fmt.Fprintf(&b, "   binds:    %d ok, %d failed, %d other errors; %d bound port 0, %d of them connected\n",
-			p.Binds.OK, p.Binds.Failed, p.Binds.OtherErrors, p.Port0Binds.OK, p.Port0Binds.Connected)
-		fmt.Fprintf(&b, "   connects: %d ok, %d failed, %d other errors\n", p.Connects.OK, p.Connects.Failed, p.Connects.OtherErrors)
-		if p.Listens.Failed > 0 {
-			fmt.Fprintf(&b, "   listens:  %d ok, %d failed\n", p.Listens.OK, p.Listens.Failed)
-		}
-		if s := p.Sysctls; s != nil {
-			reserved := "unknown"
-			if s.ReservedPorts != nil {
-				reserved = fmt.Sprintf("%q", *s.ReservedPorts)
-			}
-			fmt.Fprintf(&b, "   sysctls:  ip_local_port_range %d-%d (%d ports), reserved %s, tcp_tw_reuse %d, ip_autobind_reuse %d (from %s)\n",
-				s.PortRange[0], s.PortRange[1], s.Ports(), reserved, s.TCPTwReuse, s.AutobindReuse, esc(s.Source))
-		}
-		for _, pat := range p.Patterns {
-			fmt.Fprintf(&b, "   pattern %s (%d)\n", esc(pat.Pattern), pat.Count)
-			fmt.Fprintf(&b, "     evidence: %s\n", esc(pat.Evidence))
-			fmt.Fprintf(&b, "     fix:      %s\n", esc(pat.Advice))
-			if ps := pat.Pressure; ps != nil {
-				fmt.Fprintf(&b, "     pressure: %s\n", ps.Text())
-			}
-		}
-		for _, e := range p.Examples {
-			fmt.Fprintf(&b, "   e.g. %s\n", e.Text())
-		}
-		if p.EventsMissed > 0 {
-			fmt.Fprintf(&b, "   (%d failures counted whose events the ring buffer dropped)\n", p.EventsMissed)
+	for i, entry := range textEntries(r.Processes) {
+		if len(entry) == 1 {
+			writeProcess(&b, i+1, entry[0])
+		} else {
+			writeProgramRuns(&b, i+1, entry)
 		}
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// outside labels a process that is not of the traced command's tree.
+func outside(p Process) string {
+	if p.InCommand != nil && !*p.InCommand {
+		return " (outside the traced command)"
+	}
+	return ""
+}
+
+func writeProcess(b *strings.Builder, n int, p Process) {
+	esc := term.Escape
+	fmt.Fprintf(b, "\n%d. pid %d %s: %d failures", n, p.PID, esc(p.Comm), p.Failures)
+	writeErrors(b, p.Errors)
+	b.WriteString(outside(p) + "\n")
+	if p.Cmdline != "" {
+		fmt.Fprintf(b, "   cmdline:  %s\n", esc(p.Cmdline))
+	}
+	writePlace(b, fmt.Sprint(p.Netns), p.Cgroup, p.ContainerID)
+	writeCalls(b, p.Binds, p.Connects, p.Listens, p.Port0Binds)
+	writeSysctls(b, p.Sysctls)
+	for _, pat := range p.Patterns {
+		writePattern(b, pat, "")
+	}
+	for _, e := range p.Examples {
+		fmt.Fprintf(b, "   e.g. %s\n", e.Text())
+	}
+	if p.EventsMissed > 0 {
+		fmt.Fprintf(b, "   (%d failures counted whose events the ring buffer dropped)\n", p.EventsMissed)
+	}
+}
+
+func writeErrors(b *strings.Builder, errs map[string]uint64) {
+	for _, name := range slices.Sorted(maps.Keys(errs)) {
+		fmt.Fprintf(b, ", %s %d", term.Escape(name), errs[name])
+	}
+}
+
+func writePlace(b *strings.Builder, netns, cgroup, containerID string) {
+	esc := term.Escape
+	fmt.Fprintf(b, "   netns:    %s", netns)
+	if cgroup != "" {
+		fmt.Fprintf(b, "   cgroup: %s", esc(cgroup))
+	}
+	if containerID != "" {
+		// Cut first (%.12s counts runes), then escape: an escape is never cut in half.
+		fmt.Fprintf(b, "   container: %s", esc(fmt.Sprintf("%.12s", containerID)))
+	}
+	b.WriteString("\n")
+}
+
+func writeCalls(b *strings.Builder, binds, connects, listens Counts, port0 Port0) {
+	fmt.Fprintf(b, "   binds:    %d ok, %d failed, %d other errors; %d bound port 0, %d of them connected\n",
+		binds.OK, binds.Failed, binds.OtherErrors, port0.OK, port0.Connected)
+	fmt.Fprintf(b, "   connects: %d ok, %d failed, %d other errors\n", connects.OK, connects.Failed, connects.OtherErrors)
+	if listens.Failed > 0 {
+		fmt.Fprintf(b, "   listens:  %d ok, %d failed\n", listens.OK, listens.Failed)
+	}
+}
+
+func writeSysctls(b *strings.Builder, s *netns.Sysctls) {
+	if s == nil {
+		return
+	}
+	reserved := "unknown"
+	if s.ReservedPorts != nil {
+		reserved = fmt.Sprintf("%q", *s.ReservedPorts)
+	}
+	fmt.Fprintf(b, "   sysctls:  ip_local_port_range %d-%d (%d ports), reserved %s, tcp_tw_reuse %d, ip_autobind_reuse %d (from %s)\n",
+		s.PortRange[0], s.PortRange[1], s.Ports(), reserved, s.TCPTwReuse, s.AutobindReuse, term.Escape(s.Source))
+}
+
+// writePattern writes one pattern; from names the process whose evidence it
+// is, when the entry stands for several.
+func writePattern(b *strings.Builder, pat PatternEntry, from string) {
+	esc := term.Escape
+	fmt.Fprintf(b, "   pattern %s (%d)\n", esc(pat.Pattern), pat.Count)
+	fmt.Fprintf(b, "     evidence%s: %s\n", from, esc(pat.Evidence))
+	fmt.Fprintf(b, "     fix:      %s\n", esc(pat.Advice))
+	if ps := pat.Pressure; ps != nil {
+		fmt.Fprintf(b, "     pressure: %s\n", ps.Text())
+	}
+	if len(pat.Holders) > 0 {
+		fmt.Fprintf(b, "     holders:  %s\n", holdersText(pat.Holders))
+	}
 }
 
 // sortedClasses orders failure classes so every output is deterministic.
@@ -365,4 +540,27 @@ func b2i(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// portHolders lists the processes holding the port a bind() or listen()
+// wanted, one entry each, with the master of a prefork worker.
+func portHolders(hs []event.Holder) []pressure.Owner {
+	var out []pressure.Owner
+	for _, h := range hs {
+		if i := slices.IndexFunc(out, func(o pressure.Owner) bool { return o.PID == int(h.PID) }); i >= 0 {
+			out[i].Sockets++
+			continue
+		}
+		o := pressure.Owner{PID: int(h.PID), Comm: h.Comm, Sockets: 1, Master: int(h.Master)}
+		switch h.State {
+		case "TIME_WAIT":
+			o.TimeWait = 1
+		case "ESTABLISHED":
+			o.Established = 1
+		default:
+			o.BindOwner = 1
+		}
+		out = append(out, o)
+	}
+	return out
 }

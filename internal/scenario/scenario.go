@@ -80,6 +80,8 @@ var Scenarios = map[string]func(*Result) error{
 	"many-sockets":            manySockets,
 	"fan-out":                 fanOut,
 	"pid-reuse":               pidReuse,
+	"starve":                  starve,
+	"crash-loop":              crashLoop,
 }
 
 // Names returns the scenario names, sorted.

@@ -1,0 +1,204 @@
+package scenario
+
+import (
+	"fmt"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Starve sizes: the culprit holds StarveHeld ports through bind() before
+// connect(); the victim then tries StarveTries plain connects.
+const (
+	StarveHeld  = 60
+	StarveTries = 10
+)
+
+// starve is cross-process starvation: a forked child (the culprit) binds
+// StarveHeld sockets to 127.0.0.1:0 and connects them to :8080, holding
+// their ports for every destination; then this process (the victim) makes
+// plain connects to :8081, and all but the ports left fail EADDRNOTAVAIL.
+// Extra["culprit"] is the child's pid, Extra["netns"] the namespace.
+func starve(r *Result) error {
+	for _, port := range []int{ListenPort, ListenPort2} {
+		if _, err := r.listen("127.0.0.1", port); err != nil {
+			return err
+		}
+	}
+	sa, salen := rawSockaddr4([4]byte{127, 0, 0, 1}, 0)
+	dst, dstlen := rawSockaddr4([4]byte{127, 0, 0, 1}, ListenPort)
+	c := &rawBindConnect{sa: sa, salen: salen, dst: dst, dstlen: dstlen, n: StarveHeld}
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
+		return err
+	}
+	c.ready = uintptr(fds[1])
+	pid, err := rawFork(c)
+	if err != nil {
+		return err
+	}
+	unix.Close(fds[1])
+	defer func() {
+		unix.Kill(pid, unix.SIGKILL)
+		var ws unix.WaitStatus
+		unix.Wait4(pid, &ws, 0, nil)
+	}()
+	// The child writes one byte per connection it holds, then waits to be killed.
+	held := 0
+	buf := make([]byte, StarveHeld)
+	for held < StarveHeld {
+		n, err := unix.Read(fds[0], buf)
+		if err != nil || n == 0 {
+			break
+		}
+		held += n
+	}
+	unix.Close(fds[0])
+	if held != StarveHeld {
+		return fmt.Errorf("the culprit held %d connections, want %d", held, StarveHeld)
+	}
+	for i := 0; i < StarveTries; i++ {
+		fd, err := tcpSocket()
+		if err != nil {
+			return err
+		}
+		_ = r.connect(fd, "127.0.0.1", ListenPort2) // counted; kept open, like a client pool
+	}
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+		return err
+	}
+	r.Extra = map[string]int{"culprit": pid, "held": held, "netns": int(st.Ino)}
+	linger()
+	return nil
+}
+
+// linger keeps the namespace and its sockets a moment after the failures, as
+// an incident's would be: the agent reads events within its 200 ms tick, and
+// looks at the namespace then.
+func linger() { time.Sleep(time.Second) }
+
+// rawBindConnect is the starving child: n sockets bound to sa (port 0) and
+// connected to dst, one byte to ready per connection, then pause.
+type rawBindConnect struct {
+	sa, dst       unsafe.Pointer
+	salen, dstlen uintptr
+	n             int
+	ready         uintptr
+}
+
+//go:nosplit
+func (c *rawBindConnect) run() {
+	one := [1]byte{1}
+	for i := 0; i < c.n; i++ {
+		fd, _, e := syscall.RawSyscall(syscall.SYS_SOCKET, syscall.AF_INET, syscall.SOCK_STREAM, 0)
+		if e != 0 {
+			break
+		}
+		if _, _, e := syscall.RawSyscall(syscall.SYS_BIND, fd, uintptr(c.sa), c.salen); e != 0 {
+			break
+		}
+		if _, _, e := syscall.RawSyscall(syscall.SYS_CONNECT, fd, uintptr(c.dst), c.dstlen); e != 0 {
+			break
+		}
+		syscall.RawSyscall(syscall.SYS_WRITE, c.ready, uintptr(unsafe.Pointer(&one[0])), 1)
+	}
+	syscall.RawSyscall(syscall.SYS_CLOSE, c.ready, 0, 0)
+	for {
+		syscall.RawSyscall(syscall.SYS_PAUSE, 0, 0, 0)
+	}
+}
+
+// CrashLoopRuns is how many times the crash-looping server fails to start.
+const CrashLoopRuns = 3
+
+// crashLoop is a server that fails to bind its port and exits at once, again
+// and again, while another process holds the port: a forked child listens
+// on :8080, then CrashLoopRuns forked children each bind :8080, fail
+// EADDRINUSE and exit within microseconds. Extra["holder"] is the listener.
+func crashLoop(r *Result) error {
+	sa, salen := rawSockaddr4([4]byte{127, 0, 0, 1}, ListenPort)
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
+		return err
+	}
+	holder, err := rawFork(&rawListener{sa: sa, salen: salen, ready: uintptr(fds[1])})
+	if err != nil {
+		return err
+	}
+	unix.Close(fds[1])
+	defer func() {
+		unix.Kill(holder, unix.SIGKILL)
+		var ws unix.WaitStatus
+		unix.Wait4(holder, &ws, 0, nil)
+	}()
+	buf := make([]byte, 1)
+	if n, err := unix.Read(fds[0], buf); err != nil || n != 1 {
+		return fmt.Errorf("the holder did not start listening: %v", err)
+	}
+	unix.Close(fds[0])
+	failed := 0
+	for i := 0; i < CrashLoopRuns; i++ {
+		pid, err := rawFork(&rawBindOnce{sa: sa, salen: salen})
+		if err != nil {
+			return err
+		}
+		var ws unix.WaitStatus
+		if _, err := unix.Wait4(pid, &ws, 0, nil); err != nil {
+			return err
+		}
+		if ws.Exited() && ws.ExitStatus() == int(unix.EADDRINUSE) {
+			failed++
+		}
+	}
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+		return err
+	}
+	r.Extra = map[string]int{"holder": holder, "failed": failed, "netns": int(st.Ino)}
+	linger()
+	return nil
+}
+
+// rawListener listens on sa, says so on ready, then pauses.
+type rawListener struct {
+	sa    unsafe.Pointer
+	salen uintptr
+	ready uintptr
+}
+
+//go:nosplit
+func (l *rawListener) run() {
+	one := [1]byte{1}
+	fd, _, e := syscall.RawSyscall(syscall.SYS_SOCKET, syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if e == 0 {
+		_, _, e = syscall.RawSyscall(syscall.SYS_BIND, fd, uintptr(l.sa), l.salen)
+	}
+	if e == 0 {
+		_, _, e = syscall.RawSyscall(syscall.SYS_LISTEN, fd, 16, 0)
+	}
+	if e == 0 {
+		syscall.RawSyscall(syscall.SYS_WRITE, l.ready, uintptr(unsafe.Pointer(&one[0])), 1)
+	}
+	syscall.RawSyscall(syscall.SYS_CLOSE, l.ready, 0, 0)
+	for {
+		syscall.RawSyscall(syscall.SYS_PAUSE, 0, 0, 0)
+	}
+}
+
+// rawBindOnce binds sa once and exits with the errno (0 on success).
+type rawBindOnce struct {
+	sa    unsafe.Pointer
+	salen uintptr
+}
+
+//go:nosplit
+func (b *rawBindOnce) run() {
+	fd, _, e := syscall.RawSyscall(syscall.SYS_SOCKET, syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if e == 0 {
+		_, _, e = syscall.RawSyscall(syscall.SYS_BIND, fd, uintptr(b.sa), b.salen)
+	}
+	syscall.RawSyscall(syscall.SYS_EXIT_GROUP, uintptr(e), 0, 0)
+}
