@@ -38,6 +38,11 @@ type PatternCount struct {
 // goneKey groups processes /proc could not name: the kernel's comm, argv[0]
 // of its copy of the command line, and the cgroup.
 func goneKey(p Process) string {
+	if p.Comm == "" && p.Cmdline == "" {
+		// Nothing names it: it is a program of its own, not one of every
+		// unnamed process.
+		return fmt.Sprintf("unnamed:%d:%d", p.PID, p.StartNs)
+	}
 	return "gone:" + p.Comm + "\x00" + argv0(p.Cmdline) + "\x00" + p.Cgroup
 }
 

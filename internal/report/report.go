@@ -446,7 +446,7 @@ func outside(p Process) string {
 
 func writeProcess(b *strings.Builder, n int, p Process) {
 	esc := term.Escape
-	fmt.Fprintf(b, "\n%d. pid %d %s: %d failures", n, p.PID, esc(p.Comm), p.Failures)
+	fmt.Fprintf(b, "\n%d. pid %d %s: %d failures", n, p.PID, cmp.Or(esc(p.Comm), "(name unknown)"), p.Failures)
 	writeErrors(b, p.Errors)
 	b.WriteString(outside(p) + "\n")
 	if p.Cmdline != "" {
