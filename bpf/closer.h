@@ -15,10 +15,12 @@
 #define AF_INET6 10
 #endif
 
-/* An LRU: the oldest closes go first, and a TIME_WAIT lasts a minute. */
+/* An LRU: the oldest closes go first, and a TIME_WAIT lasts a minute. Past
+ * its size, a TIME_WAIT's closer is forgotten and the socket is counted as
+ * no process's (the report shows those apart). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 131072);
 	__type(key, struct ps_tuple);
 	__type(value, struct ps_closer);
 } closers SEC(".maps");

@@ -124,6 +124,8 @@ struct ps_proc_stats {
 enum ps_meta_flag {
 	/* The process descends (by fork) from the command `report -- CMD` runs. */
 	PS_META_IN_COMMAND = 1 << 0,
+	/* Set last: the record is complete (a name can be empty). */
+	PS_META_FILLED = 1 << 1,
 };
 
 /* Process identity recorded at its first failure, for processes gone before
@@ -176,6 +178,7 @@ struct ps_sock {
 	__u64 tw_jiffies;   /* TIME_WAIT: jiffies until it goes */
 	__u8 laddr[16];
 	__u8 raddr[16];
+	__u64 closer_start_ns; /* and its start time: the pid may belong to another process now */
 	__u32 closer_pid;   /* TIME_WAIT: the process that closed first, 0 if unknown */
 	__u16 lport;
 	__u16 rport;

@@ -66,6 +66,7 @@ static __always_inline void closer_of(struct ps_sock *r, struct sock_common *skc
 	if (!c)
 		return;
 	r->closer_pid = c->pid;
+	r->closer_start_ns = c->start_ns;
 	__builtin_memcpy(r->closer_comm, c->comm, sizeof(r->closer_comm));
 }
 

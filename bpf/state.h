@@ -442,6 +442,7 @@ static __always_inline void record_meta(struct who *w, __u64 netns)
 			len = sizeof(meta->args) - 1;
 		bpf_probe_read_user(meta->args, len & (sizeof(meta->args) - 1), (void *)start);
 	}
+	meta->flags |= PS_META_FILLED;
 }
 
 static __always_inline __u64 socket_ino(struct socket *sock)

@@ -22,21 +22,22 @@ type PortsPsCloser struct {
 }
 
 type PortsPsSock struct {
-	_          structs.HostLayout
-	Ino        uint64
-	TwJiffies  uint64
-	Laddr      [16]uint8
-	Raddr      [16]uint8
-	CloserPid  uint32
-	Lport      uint16
-	Rport      uint16
-	Family     uint8
-	Proto      uint8
-	State      uint8
-	BindOwner  uint8
-	Options    uint8
-	Pad        [3]uint8
-	CloserComm [16]int8
+	_             structs.HostLayout
+	Ino           uint64
+	TwJiffies     uint64
+	Laddr         [16]uint8
+	Raddr         [16]uint8
+	CloserStartNs uint64
+	CloserPid     uint32
+	Lport         uint16
+	Rport         uint16
+	Family        uint8
+	Proto         uint8
+	State         uint8
+	BindOwner     uint8
+	Options       uint8
+	Pad           [3]uint8
+	CloserComm    [16]int8
 }
 
 type PortsPsTuple struct {

@@ -117,6 +117,7 @@ type PortsleuthPsMetaFlag uint32
 
 const (
 	PortsleuthPsMetaFlagPS_META_IN_COMMAND PortsleuthPsMetaFlag = 1
+	PortsleuthPsMetaFlagPS_META_FILLED     PortsleuthPsMetaFlag = 2
 )
 
 type PortsleuthPsNetns struct {

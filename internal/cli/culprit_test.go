@@ -136,3 +136,37 @@ func TestCrashLoopNamesTheHolder(t *testing.T) {
 		t.Errorf("%d failed starts in the report, want %d", runs, scenario.CrashLoopRuns)
 	}
 }
+
+// TIME_WAIT sockets have no owner: they are counted for the process that
+// closed the connections, although it has exited (the image-server incident:
+// short-lived clients that close first starve the next ones).
+func TestTimeWaitCountedForTheCloser(t *testing.T) {
+	r, res, raw := traceScenarioRaw(t, "closer-exhaustion")
+	free := scenario.RangeSize - scenario.CloserConnections
+	checkCulprit(t, r, res, "connect-port-exhaustion", "EADDRNOTAVAIL", scenario.StarveTries-free)
+	var c struct {
+		Culprits []struct {
+			PID       int  `json:"pid"`
+			Exited    bool `json:"exited"`
+			PortsHeld struct {
+				TimeWait int `json:"time_wait"`
+			} `json:"ports_held"`
+			Victims []struct {
+				PID int `json:"pid"`
+			} `json:"victims"`
+		} `json:"culprits"`
+	}
+	if err := json.Unmarshal(raw, &c); err != nil {
+		t.Fatal(err)
+	}
+	for _, cu := range c.Culprits {
+		if cu.PID != res.Extra["closer"] {
+			continue
+		}
+		if !cu.Exited || cu.PortsHeld.TimeWait != scenario.CloserConnections || len(cu.Victims) == 0 || cu.Victims[0].PID != res.PID {
+			t.Errorf("the closer %+v; want exited, holding %d TIME_WAIT, victim pid %d", cu, scenario.CloserConnections, res.PID)
+		}
+		return
+	}
+	t.Errorf("the closer, pid %d, is not among the culprits", res.Extra["closer"])
+}

@@ -15,6 +15,7 @@ import (
 	"github.com/portsleuth/portsleuth/gen"
 	"github.com/portsleuth/portsleuth/internal/event"
 	"github.com/portsleuth/portsleuth/internal/netns"
+	"github.com/portsleuth/portsleuth/internal/procinfo"
 )
 
 // ports is a set of port numbers.
@@ -38,7 +39,15 @@ type connPool struct {
 	est, tw, other int
 	notOwned       int // sockets whose port no bind() owner holds
 	twMin, twMax   uint64
-	owners         map[int]*holding // pid 0: sockets no process has open
+	owners         map[ownerKey]*holding // pid 0: sockets no process has open
+}
+
+// ownerKey is a process holding sockets: a live one by pid (start 0), a
+// closer that has exited by pid and start time, so a pid reused since is
+// another owner.
+type ownerKey struct {
+	pid   int
+	start uint64
 }
 
 // holding is how one process holds ports of one pool.
@@ -69,11 +78,11 @@ func (h *holding) add(state string, bindOwned, connected, wildcard bool) {
 	}
 }
 
-func holdingOf(m map[int]*holding, pid int) *holding {
-	h := m[pid]
+func holdingOf(m map[ownerKey]*holding, k ownerKey) *holding {
+	h := m[k]
 	if h == nil {
 		h = &holding{}
-		m[pid] = h
+		m[k] = h
 	}
 	return h
 }
@@ -92,10 +101,12 @@ type aggregate struct {
 	query *HolderQuery
 	// held: per protocol and local address, who holds the range's ports;
 	// bindOwners: per process, its bind()-owned TCP sockets in the range.
-	held       map[string]map[netip.Addr]map[int]*holding
-	bindOwners map[int]*holding
-	// closerComm names the processes that closed TIME_WAIT connections.
-	closerComm map[int]string
+	held       map[string]map[netip.Addr]map[ownerKey]*holding
+	bindOwners map[ownerKey]*holding
+	// closerComm names the exited processes that closed TIME_WAIT connections.
+	closerComm map[ownerKey]string
+	// closerLive remembers whether a closer is still the process its pid names.
+	closerLive map[ownerKey]bool
 }
 
 func newAggregate(sys netns.Sysctls, reserved map[int]bool, owners Inodes) *aggregate {
@@ -104,10 +115,11 @@ func newAggregate(sys netns.Sysctls, reserved map[int]bool, owners Inodes) *aggr
 		bound: map[string]map[netip.Addr]*ports{"tcp": {}, "udp": {}},
 		pools: map[poolKey]*connPool{},
 		procs: map[int]int{},
-		held:  map[string]map[netip.Addr]map[int]*holding{"tcp": {}, "udp": {}},
+		held:  map[string]map[netip.Addr]map[ownerKey]*holding{"tcp": {}, "udp": {}},
 
-		bindOwners: map[int]*holding{},
-		closerComm: map[int]string{},
+		bindOwners: map[ownerKey]*holding{},
+		closerComm: map[ownerKey]string{},
+		closerLive: map[ownerKey]bool{},
 	}
 }
 
@@ -123,10 +135,11 @@ func (a *aggregate) add(r *gen.PortsPsSock) {
 		if pid != 0 {
 			a.procs[pid]++
 		}
-	} else if r.CloserPid != 0 {
+	}
+	who := ownerKey{pid: pid}
+	if r.Ino == 0 && r.CloserPid != 0 {
 		// A TIME_WAIT is the closing process's doing.
-		pid = int(r.CloserPid)
-		a.closerComm[pid] = event.CString(r.CloserComm[:])
+		who = a.closer(int(r.CloserPid), r.CloserStartNs, event.CString(r.CloserComm[:]))
 	}
 	proto := "tcp"
 	if r.Proto == unix.IPPROTO_UDP {
@@ -160,12 +173,12 @@ func (a *aggregate) add(r *gen.PortsPsSock) {
 	if a.inRange(r.Lport) {
 		byAddr := a.held[proto][local]
 		if byAddr == nil {
-			byAddr = map[int]*holding{}
+			byAddr = map[ownerKey]*holding{}
 			a.held[proto][local] = byAddr
 		}
-		holdingOf(byAddr, pid).add(state, r.BindOwner != 0, connected, local.IsUnspecified())
+		holdingOf(byAddr, who).add(state, r.BindOwner != 0, connected, local.IsUnspecified())
 		if proto == "tcp" && r.BindOwner != 0 {
-			holdingOf(a.bindOwners, pid).add(state, true, connected, local.IsUnspecified())
+			holdingOf(a.bindOwners, who).add(state, true, connected, local.IsUnspecified())
 		}
 	}
 	if proto != "tcp" {
@@ -181,7 +194,7 @@ func (a *aggregate) add(r *gen.PortsPsSock) {
 	k := poolKey{local, addrOf(r.Family, r.Raddr), r.Rport}
 	p := a.pools[k]
 	if p == nil {
-		p = &connPool{owners: map[int]*holding{}, twMin: math.MaxUint64}
+		p = &connPool{owners: map[ownerKey]*holding{}, twMin: math.MaxUint64}
 		a.pools[k] = p
 	}
 	switch state {
@@ -198,7 +211,7 @@ func (a *aggregate) add(r *gen.PortsPsSock) {
 		p.notOwned++
 	}
 	// Every socket of the 4-tuple space by state; bind-owned ones noted apart.
-	h := holdingOf(p.owners, pid)
+	h := holdingOf(p.owners, who)
 	h.add(state, false, true, false)
 	if r.BindOwner != 0 {
 		h.bindOwner++
@@ -207,14 +220,14 @@ func (a *aggregate) add(r *gen.PortsPsSock) {
 
 // bindPoolOwners lists who holds the ports bind(addr, 0) needs free: owners
 // on addr and on its wildcard, or, for the wildcard, on every address of its family.
-func (a *aggregate) bindPoolOwners(proto string, addr netip.Addr, n int, comm func(int) string) []Owner {
-	sum := map[int]*holding{}
+func (a *aggregate) bindPoolOwners(proto string, addr netip.Addr, n int, comm func(ownerKey) string) []Owner {
+	sum := map[ownerKey]*holding{}
 	for local, byPID := range a.held[proto] {
 		if local != addr && local != wildcardOf(addr) && !(addr.IsUnspecified() && local.Is4() == addr.Is4()) {
 			continue
 		}
-		for pid, h := range byPID {
-			s := holdingOf(sum, pid)
+		for k, h := range byPID {
+			s := holdingOf(sum, k)
 			s.sockets += h.sockets
 			s.bindOwner += h.bindOwner
 			s.est += h.est
@@ -230,18 +243,18 @@ func (a *aggregate) bindPoolOwners(proto string, addr netip.Addr, n int, comm fu
 // connectPoolOwners lists who holds a connect pool: its own sockets, by
 // process, and the bind()-owned ports the processes hold elsewhere in the
 // range, which connect() skips for every destination.
-func (a *aggregate) connectPoolOwners(p *connPool, n int, comm func(int) string) []Owner {
-	sum := map[int]*holding{}
-	for pid, h := range p.owners {
+func (a *aggregate) connectPoolOwners(p *connPool, n int, comm func(ownerKey) string) []Owner {
+	sum := map[ownerKey]*holding{}
+	for k, h := range p.owners {
 		c := *h
 		c.bindOwner = 0 // only those outside this pool: set below
-		sum[pid] = &c
+		sum[k] = &c
 	}
-	for pid, h := range a.bindOwners {
-		s := holdingOf(sum, pid)
+	for k, h := range a.bindOwners {
+		s := holdingOf(sum, k)
 		// Its bind-owned ports outside this pool; those inside are in the states above.
 		s.bindOwner = h.bindOwner
-		if in := p.owners[pid]; in != nil {
+		if in := p.owners[k]; in != nil {
 			s.bindOwner -= in.bindOwner
 		}
 		s.bindConn, s.bindConnAny = h.bindConn, h.bindConnAny
@@ -250,27 +263,42 @@ func (a *aggregate) connectPoolOwners(p *connPool, n int, comm func(int) string)
 }
 
 // ownersOf ranks holdings by ports held, most first, and keeps n.
-func ownersOf(m map[int]*holding, n int, comm func(int) string) []Owner {
+func ownersOf(m map[ownerKey]*holding, n int, comm func(ownerKey) string) []Owner {
 	owners := make([]Owner, 0, len(m))
-	for pid, h := range m {
+	for k, h := range m {
 		if h.sockets == 0 && h.bindOwner == 0 {
 			continue
 		}
-		owners = append(owners, Owner{PID: pid, Sockets: h.sockets, BindOwner: h.bindOwner,
+		owners = append(owners, Owner{PID: k.pid, Start: k.start, Exited: k.start != 0, Sockets: h.sockets, BindOwner: h.bindOwner,
 			Established: h.est, TimeWait: h.tw, Other: h.other,
-			BindConnected: h.bindConn, BindConnectedAny: h.bindConnAny})
+			BindConnected: h.bindConn, BindConnectedAny: h.bindConnAny,
+			Comm: comm(k)})
 	}
 	held := func(o Owner) int { return o.BindOwner + o.Established + o.TimeWait + o.Other }
 	slices.SortFunc(owners, func(x, y Owner) int {
-		return cmp.Or(cmp.Compare(held(y), held(x)), cmp.Compare(y.Sockets, x.Sockets), cmp.Compare(x.PID, y.PID))
+		return cmp.Or(cmp.Compare(held(y), held(x)), cmp.Compare(y.Sockets, x.Sockets), cmp.Compare(x.PID, y.PID), cmp.Compare(x.Start, y.Start))
 	})
 	if len(owners) > n {
 		owners = owners[:n]
 	}
-	for i := range owners {
-		owners[i].Comm = comm(owners[i].PID)
-	}
 	return owners
+}
+
+// closer is the owner a TIME_WAIT is counted for: the live process its pid
+// names if that is still the closer, else the exited closer itself.
+func (a *aggregate) closer(pid int, start uint64, comm string) ownerKey {
+	k := ownerKey{pid, start}
+	live, seen := a.closerLive[k]
+	if !seen {
+		st, err := procinfo.StartTime(uint32(pid))
+		live = err == nil && procinfo.SameStart(start, st)
+		a.closerLive[k] = live
+	}
+	if live {
+		return ownerKey{pid: pid}
+	}
+	a.closerComm[k] = comm
+	return k
 }
 
 // overlaps says whether an owner on b takes the port from a bind() to a:
@@ -325,14 +353,14 @@ func (a *aggregate) result(topN int, hz float64) Namespace {
 	}
 	capacity := a.usable(nil)
 	ns.BindOwnedPorts = capacity - a.usable(&a.bindOwned)
-	comm := func(pid int) string {
-		if c, ok := a.closerComm[pid]; ok {
+	comm := func(k ownerKey) string {
+		if c, ok := a.closerComm[k]; ok {
 			return c
 		}
-		if pid == 0 {
+		if k.pid == 0 {
 			return ""
 		}
-		return a.owners.Comm(pid)
+		return a.owners.Comm(k.pid)
 	}
 
 	for _, proto := range []string{"tcp", "udp"} {
@@ -383,7 +411,7 @@ func (a *aggregate) result(topN int, hz float64) Namespace {
 	slices.SortFunc(ns.ConnectPools, func(x, y ConnectPool) int {
 		return cmp.Or(cmp.Compare(y.PercentUsed, x.PercentUsed), strings.Compare(x.Local+x.Dest, y.Local+y.Dest))
 	})
-	ns.Top = top(a.procs, topN, comm)
+	ns.Top = top(a.procs, topN, func(pid int) string { return comm(ownerKey{pid: pid}) })
 	ns.Verdict = verdict(ns)
 	return ns
 }

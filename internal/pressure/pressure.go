@@ -99,6 +99,10 @@ type Owner struct {
 	BindConnectedAny int `json:"bind_connected_any,omitempty"`
 	// Master is the process it is a prefork worker of, when the report named one.
 	Master int `json:"master,omitempty"`
+	// Exited: it closed the connections of its TIME_WAITs and is gone (its
+	// pid may belong to another process now); Start tells it apart.
+	Exited bool   `json:"exited,omitempty"`
+	Start  uint64 `json:"start_ns,omitempty"`
 }
 
 // Scanner holds the loaded iterators; one serves every namespace.

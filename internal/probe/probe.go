@@ -374,13 +374,16 @@ func (t *Tracer) Snapshot() (event.Snapshot, error) {
 	for it.Next(&pk, &st) {
 		s.Procs[procKey(pk)] = statsOf(&st)
 	}
-	if err := it.Err(); err != nil {
+	// Call counters are an LRU that every process on the host enters: on a
+	// busy host an eviction can abort the walk. What was read stands; the
+	// failure counts below are read whole.
+	if err := it.Err(); err != nil && !errors.Is(err, ebpf.ErrIterationAborted) {
 		return s, fmt.Errorf("reading proc_stats: %w", err)
 	}
 	var meta gen.PortsleuthPsProcMeta
 	it = t.maps.ProcMeta.Iterate()
 	for it.Next(&pk, &meta) {
-		if meta.Comm[0] == 0 {
+		if meta.Flags&uint32(gen.PortsleuthPsMetaFlagPS_META_FILLED) == 0 {
 			continue // created, not filled in yet: the next read has it
 		}
 		s.Meta[procKey(pk)] = event.ProcMeta{

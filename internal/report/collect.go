@@ -213,8 +213,8 @@ func (c *Collector) noteAncestors(pid, ppid uint32) {
 func (c *Collector) notePressure(p *procEvents, class event.Class, snap *pressure.Snapshot) {
 	p.pressure[class] = snap
 	for _, o := range poolOwners(snap) {
-		if o.PID <= 0 || len(c.holders) >= maxHolderProcs {
-			continue
+		if o.PID <= 0 || o.Exited || len(c.holders) >= maxHolderProcs {
+			continue // an exited closer's pid is not its own any more
 		}
 		pid := uint32(o.PID)
 		if _, seen := c.holders[pid]; seen {

@@ -18,7 +18,11 @@ import (
 type Culprit struct {
 	// PID 0 stands for sockets no process has open (among them TIME_WAIT
 	// sockets whose closer was not seen).
-	PID         uint32 `json:"pid"`
+	PID uint32 `json:"pid"`
+	// StartNs and Exited: a process that closed connections (its TIME_WAITs)
+	// and is gone; its pid may name another process since.
+	StartNs     uint64 `json:"start_ns,omitempty"`
+	Exited      bool   `json:"exited,omitempty"`
 	Comm        string `json:"comm"`
 	Cmdline     string `json:"cmdline"`
 	Netns       uint64 `json:"netns"`
@@ -226,6 +230,7 @@ func callsOf(classes map[event.Class]uint64) []Call {
 // culpritAcc gathers one owner's holdings over every victim's snapshot.
 type culpritAcc struct {
 	pid                   int
+	start                 uint64 // an exited closer's start time; 0 for a live process
 	comm                  string
 	pools                 map[poolKey]*HeldPool
 	bindConn, bindConnAny int
@@ -236,7 +241,7 @@ type culpritAcc struct {
 // most ports first. procs name culprits that failed themselves and whose
 // identity the collector did not capture.
 func buildCulprits(uses []poolUse, c *Collector, procs []Process) []Culprit {
-	accs := map[int]*culpritAcc{}
+	accs := map[event.ProcKey]*culpritAcc{}
 	for _, u := range uses {
 		pool, ok := heldPoolOf(u.snap)
 		if !ok {
@@ -247,10 +252,11 @@ func buildCulprits(uses []poolUse, c *Collector, procs []Process) []Culprit {
 			if held.Total() == 0 {
 				continue
 			}
-			a := accs[o.PID]
+			k := event.ProcKey{PID: uint32(o.PID), Start: o.Start}
+			a := accs[k]
 			if a == nil {
-				a = &culpritAcc{pid: o.PID, comm: o.Comm, pools: map[poolKey]*HeldPool{}, victims: map[event.ProcKey]*Victim{}}
-				accs[o.PID] = a
+				a = &culpritAcc{pid: o.PID, start: o.Start, comm: o.Comm, pools: map[poolKey]*HeldPool{}, victims: map[event.ProcKey]*Victim{}}
+				accs[k] = a
 			}
 			a.hold(pool, held)
 			a.bindConn, a.bindConnAny = max(a.bindConn, o.BindConnected), max(a.bindConnAny, o.BindConnectedAny)
@@ -270,10 +276,10 @@ func buildCulprits(uses []poolUse, c *Collector, procs []Process) []Culprit {
 	// holding four.
 	byProgram := map[string]int{}
 	for _, cu := range culprits {
-		byProgram[cu.Program+"\x00"+cu.Cgroup] += cu.PortsHeld.Total()
+		byProgram[cu.group] += cu.PortsHeld.Total()
 	}
 	slices.SortFunc(culprits, func(x, y Culprit) int {
-		return cmp.Or(cmp.Compare(byProgram[y.Program+"\x00"+y.Cgroup], byProgram[x.Program+"\x00"+x.Cgroup]),
+		return cmp.Or(cmp.Compare(byProgram[y.group], byProgram[x.group]),
 			cmp.Compare(y.PortsHeld.Total(), x.PortsHeld.Total()), cmp.Compare(x.PID, y.PID))
 	})
 	return culprits
@@ -310,7 +316,8 @@ func (a *culpritAcc) victim(u poolUse) {
 }
 
 func (a *culpritAcc) culprit(c *Collector, procs map[uint32]*Process) Culprit {
-	cu := Culprit{PID: uint32(a.pid), Comm: a.comm, Patterns: []string{}, Pools: []HeldPool{}, Victims: []Victim{}}
+	cu := Culprit{PID: uint32(a.pid), StartNs: a.start, Exited: a.start != 0, Comm: a.comm,
+		Patterns: []string{}, Pools: []HeldPool{}, Victims: []Victim{}}
 	// Per namespace the pool it held most of: pools of one namespace share the range's ports.
 	most := map[uint64]PortsHeld{}
 	for _, p := range a.pools {
@@ -346,6 +353,14 @@ func (a *culpritAcc) culprit(c *Collector, procs map[uint32]*Process) Culprit {
 // else from its own entry among the failing processes.
 func (cu *Culprit) identify(c *Collector, procs map[uint32]*Process) {
 	cu.group = fmt.Sprintf("pid:%d", cu.PID)
+	if cu.Exited {
+		// Gone: what its pid names now is another process. Its closes group by name.
+		cu.group = "exited:" + cu.Comm
+		if len(cu.Pools) > 0 {
+			cu.Netns = cu.Pools[0].Netns
+		}
+		return
+	}
 	if cu.PID == 0 {
 		cu.Comm = noProcess
 		if len(cu.Pools) > 0 {
@@ -442,6 +457,9 @@ func culpritName(g []Culprit) string {
 	}
 	var s strings.Builder
 	fmt.Fprintf(&s, "%s (pid %d", first.Comm, first.PID)
+	if first.Exited {
+		s.WriteString(", exited")
+	}
 	if len(g) > 1 {
 		fmt.Fprintf(&s, ", %d processes of %s", len(g), cmp.Or(first.Program, first.Comm))
 	}

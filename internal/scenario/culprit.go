@@ -202,3 +202,92 @@ func (b *rawBindOnce) run() {
 	}
 	syscall.RawSyscall(syscall.SYS_EXIT_GROUP, uintptr(e), 0, 0)
 }
+
+// CloserConnections is how many connections the closer scenario's child
+// opens and closes first.
+const CloserConnections = 60
+
+// closerExhaustion is the image-server incident in small: a short-lived
+// client (a forked child) opens CloserConnections connections and closes
+// each first, so the TIME_WAITs are its, and exits; then this process's
+// plain connects to the same destination find the pool taken by those
+// TIME_WAITs (tcp_tw_reuse=0) and fail. Extra["closer"] is the child's pid.
+func closerExhaustion(r *Result) error {
+	if err := Sysctl("tcp_tw_reuse", "0"); err != nil {
+		return err
+	}
+	lfd, err := r.listen("127.0.0.1", ListenPort)
+	if err != nil {
+		return err
+	}
+	dst, dstlen := rawSockaddr4([4]byte{127, 0, 0, 1}, ListenPort)
+	pid, err := rawFork(&rawConnectClose{dst: dst, dstlen: dstlen, n: CloserConnections})
+	if err != nil {
+		return err
+	}
+	// The server side closes only after the client's FIN: the client keeps
+	// the TIME_WAIT, as a client that closes first does.
+	buf := make([]byte, 16)
+	for i := 0; i < CloserConnections; i++ {
+		fd, _, err := unix.Accept4(lfd, unix.SOCK_CLOEXEC)
+		if err != nil {
+			return fmt.Errorf("accepting the closer's connection %d: %w", i, err)
+		}
+		for {
+			n, err := unix.Read(fd, buf)
+			if n <= 0 || err != nil {
+				break
+			}
+		}
+		unix.Close(fd)
+	}
+	var ws unix.WaitStatus
+	if _, err := unix.Wait4(pid, &ws, 0, nil); err != nil {
+		return err
+	}
+	if !ws.Exited() || ws.ExitStatus() != CloserConnections {
+		return fmt.Errorf("the closer ended with %v, want %d connections closed", ws, CloserConnections)
+	}
+	for i := 0; i < StarveTries; i++ {
+		fd, err := tcpSocket()
+		if err != nil {
+			return err
+		}
+		if r.connect(fd, "127.0.0.1", ListenPort) == nil {
+			if afd, _, err := unix.Accept4(lfd, unix.SOCK_CLOEXEC); err == nil {
+				defer unix.Close(afd)
+			}
+		}
+	}
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+		return err
+	}
+	r.Extra = map[string]int{"closer": pid, "netns": int(st.Ino)}
+	linger()
+	return nil
+}
+
+// rawConnectClose connects n sockets to dst, closing each at once, and exits
+// with how many it closed after a connect that succeeded.
+type rawConnectClose struct {
+	dst    unsafe.Pointer
+	dstlen uintptr
+	n      int
+}
+
+//go:nosplit
+func (c *rawConnectClose) run() {
+	closed := uintptr(0)
+	for i := 0; i < c.n; i++ {
+		fd, _, e := syscall.RawSyscall(syscall.SYS_SOCKET, syscall.AF_INET, syscall.SOCK_STREAM, 0)
+		if e != 0 {
+			break
+		}
+		if _, _, e := syscall.RawSyscall(syscall.SYS_CONNECT, fd, uintptr(c.dst), c.dstlen); e == 0 {
+			closed++
+		}
+		syscall.RawSyscall(syscall.SYS_CLOSE, fd, 0, 0)
+	}
+	syscall.RawSyscall(syscall.SYS_EXIT_GROUP, closed, 0, 0)
+}

@@ -82,6 +82,7 @@ var Scenarios = map[string]func(*Result) error{
 	"pid-reuse":               pidReuse,
 	"starve":                  starve,
 	"crash-loop":              crashLoop,
+	"closer-exhaustion":       closerExhaustion,
 }
 
 // Names returns the scenario names, sorted.
