@@ -145,7 +145,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 		}
 		if now.Sub(lastForget) >= forgetEvery {
 			lastForget = now
-			if err := forgetGone(t, forgetter, now); err != nil {
+			if err := forgetGone(t, forgetter, now, col, c.deltas); err != nil {
 				log.Error("forgetting processes gone", "err", err)
 			}
 		}
@@ -185,13 +185,20 @@ func openListener(addr string) (net.Listener, error) {
 	return ln, nil
 }
 
-// forgetGone deletes the kernel records of processes gone and folded.
-func forgetGone(t *probe.Tracer, f *metrics.Forgetter, now time.Time) error {
+// forgetGone deletes the kernel records of processes gone and folded, and
+// what both readers remember of them.
+func forgetGone(t *probe.Tracer, f *metrics.Forgetter, now time.Time, col *metrics.Collector, d *metrics.Deltas) error {
 	snap, err := t.Snapshot()
 	if err != nil {
 		return fmt.Errorf("reading counters: %w", err)
 	}
-	return t.Forget(f.Observe(snap, metrics.Alive, now))
+	gone := f.Observe(snap, metrics.Alive, now)
+	if err := t.Forget(gone); err != nil {
+		return err
+	}
+	col.Forget(gone)
+	d.Forget(gone)
+	return nil
 }
 
 // startServeTracer never picks the syscall tracepoints unless asked: a

@@ -201,6 +201,14 @@ func (c *Collector) commLabel(comm string, now time.Time) string {
 	return name
 }
 
+// Forget drops what the totals' increments remember of processes whose
+// kernel records were deleted (see Deltas.Forget).
+func (c *Collector) Forget(gone map[event.ProcKey]bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.deltas.Forget(gone)
+}
+
 // Describe sends every descriptor.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.failuresDesc, c.callsDesc, c.lostDesc, c.blockedDesc, c.untrackedDesc,

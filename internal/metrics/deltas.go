@@ -69,6 +69,19 @@ func (d *Deltas) Next(s event.Snapshot) (inc event.Snapshot, cumulative event.Sn
 	return inc, s
 }
 
+// Forget drops what it remembers of processes whose kernel records were
+// deleted: should one fail again, its new record counts in full.
+func (d *Deltas) Forget(gone map[event.ProcKey]bool) {
+	for k := range d.fails {
+		if gone[k.proc] {
+			delete(d.fails, k)
+		}
+	}
+	for k := range gone {
+		delete(d.procs, k)
+	}
+}
+
 // delta is the increment from last to now; a smaller value means the entry
 // was recreated, and all of it is new.
 func delta(last, now uint64) uint64 {

@@ -42,3 +42,20 @@ func TestDeltasKeyDeleted(t *testing.T) {
 		t.Errorf("reused pid: increments %v %v, want +1 for the new process only", inc.Failures, inc.Procs)
 	}
 }
+
+// A process forgotten (its record deleted) that fails again: its new record
+// counts in full, even past the old count (without Forget, 7 after 5 would
+// have been read as 2 new).
+func TestDeltasForgetCountsARecreatedRecordInFull(t *testing.T) {
+	src := newFakeSource()
+	d := NewDeltas()
+	k := event.ProcKey{PID: 7, Start: 7000}
+	src.fail(7, "svc", bindInUse, 5)
+	d.Next(src.snap)
+	d.Forget(map[event.ProcKey]bool{k: true})
+	src.snap.Failures[k] = map[event.Class]uint64{bindInUse: 7}
+	inc, _ := d.Next(src.snap)
+	if got := inc.Failures[k][bindInUse]; got != 7 {
+		t.Errorf("increment after Forget: %d, want 7", got)
+	}
+}

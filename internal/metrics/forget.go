@@ -3,6 +3,9 @@ package metrics
 import (
 	"errors"
 	"io/fs"
+	"os"
+	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -90,11 +93,31 @@ func countsOf(snap event.Snapshot) map[event.ProcKey]counts {
 	return cur
 }
 
+// initialPidNS says whether this process sees the host's pids (the kernel
+// records them as the initial pid namespace numbers them): /proc/self/status
+// lists one NSpid only there.
+var initialPidNS = sync.OnceValue(func() bool {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "NSpid:"); ok {
+			return len(strings.Fields(rest)) == 1
+		}
+	}
+	return true // kernels before 4.1 have no NSpid line
+})
+
 // Alive says whether the process k still runs: its pid exists and started
 // when k did. A pid that is gone, or reused by a later process, is not alive.
 // When /proc can't tell (any other error), the process counts as alive: a
 // record kept a little longer costs less than counts lost.
 func Alive(k event.ProcKey) bool {
+	if !initialPidNS() {
+		// The kernel's pids are not the ones our /proc shows: never forget.
+		return true
+	}
 	st, err := procinfo.StartTime(k.PID)
 	if err != nil {
 		return !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ESRCH)

@@ -44,7 +44,7 @@ func Create(path string, force bool) (*File, error) {
 	if err != nil {
 		return nil, err
 	}
-	dir, err := os.OpenFile(dirName, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	dir, err := openDir(dirName)
 	if err != nil {
 		return nil, fmt.Errorf("opening directory of %s: %w", path, err)
 	}
@@ -249,4 +249,77 @@ func (o *File) Abort() {
 		o.tmp = ""
 	}
 	o.dir.Close()
+}
+
+// openDir opens the output's directory without following a symbolic link
+// that someone else controls: every link on the way must belong to root or
+// to us (a user's link in a directory they own could otherwise send root's
+// file anywhere). The resolved path is then opened with no link followed
+// at all, so a link planted after the check fails the open.
+func openDir(dir string) (*os.File, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	resolved, err := resolveTrusted(abs)
+	if err != nil {
+		return nil, err
+	}
+	fd, err := unix.Openat2(unix.AT_FDCWD, resolved, &unix.OpenHow{
+		Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_NO_SYMLINKS,
+	})
+	if errors.Is(err, unix.ENOSYS) {
+		// Before 5.6: the check above is what stands.
+		fd, err = unix.Open(resolved, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	}
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: resolved, Err: err}
+	}
+	return os.NewFile(uintptr(fd), resolved), nil
+}
+
+// maxLinks bounds the links one path may go through, as the kernel does.
+const maxLinks = 40
+
+// resolveTrusted resolves an absolute path one component at a time and
+// refuses a symbolic link owned by anyone but root or this process's user.
+func resolveTrusted(path string) (string, error) {
+	out := "/"
+	rest := strings.Split(path, "/")
+	for links := 0; len(rest) > 0; {
+		name := rest[0]
+		rest = rest[1:]
+		switch name {
+		case "", ".":
+			continue
+		case "..":
+			out = filepath.Dir(out)
+			continue
+		}
+		next := filepath.Join(out, name)
+		var st unix.Stat_t
+		if err := unix.Lstat(next, &st); err != nil {
+			return "", &os.PathError{Op: "lstat", Path: next, Err: err}
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFLNK {
+			out = next
+			continue
+		}
+		if st.Uid != 0 && int(st.Uid) != os.Geteuid() {
+			return "", fmt.Errorf("%s is a symbolic link owned by uid %d: portsleuth does not write through links others control", next, st.Uid)
+		}
+		if links++; links > maxLinks {
+			return "", &os.PathError{Op: "resolve", Path: path, Err: unix.ELOOP}
+		}
+		target, err := os.Readlink(next)
+		if err != nil {
+			return "", err
+		}
+		if filepath.IsAbs(target) {
+			out = "/"
+		}
+		rest = append(strings.Split(target, "/"), rest...)
+	}
+	return out, nil
 }

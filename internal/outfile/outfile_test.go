@@ -277,3 +277,44 @@ func TestAbortLeavesNothing(t *testing.T) {
 	}
 	onlyEntries(t, dir, "done.txt", "kept.txt")
 }
+
+// A link in the directory part of the path, owned by another user in a
+// directory that user controls, is not followed: it could send root's file
+// into /etc. Root's own links are followed.
+func TestDirectoryLinkOfAnotherUserRefused(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: plants a link owned by another user (uid 65534)")
+	}
+	home := t.TempDir() // not sticky: the user's own directory
+	victimDir := t.TempDir()
+	link := filepath.Join(home, "out")
+	if err := os.Symlink(victimDir, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Lchown(link, nobody, nobody); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Create(filepath.Join(link, "r.json"), true); err == nil || !strings.Contains(err.Error(), "owned by uid 65534") {
+		t.Fatalf("Create through another user's directory link: %v, want a refusal naming the link's owner", err)
+	}
+	if ents, _ := os.ReadDir(victimDir); len(ents) != 0 {
+		t.Errorf("the link's target got %d entries", len(ents))
+	}
+	// The same link owned by root is followed.
+	if err := os.Lchown(link, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	f, err := Create(filepath.Join(link, "r.json"), false)
+	if err != nil {
+		t.Fatalf("Create through root's link: %v", err)
+	}
+	if _, err := f.Write([]byte("{}\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(victimDir, "r.json")); err != nil {
+		t.Errorf("through root's link: %v", err)
+	}
+}
