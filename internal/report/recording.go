@@ -225,13 +225,42 @@ var requiredKeys = []string{"schema", "procs", "failures", "events"}
 // recordingDecoder decodes a recording one entry at a time.
 type recordingDecoder struct {
 	dec    *json.Decoder
+	er     *entryReader
 	rec    Recording
 	seen   map[string]bool
 	schema *int // nil until decoded
 }
 
+// maxEntryBytes bounds one entry of a recording (an event is about a
+// kilobyte): the decoder holds an entry whole, so one giant string must not
+// make it hold the file.
+const maxEntryBytes = 1 << 20
+
+var errEntryTooLarge = fmt.Errorf("an entry is larger than %d bytes", maxEntryBytes)
+
+// entryReader fails once the decoder reads more than maxEntryBytes past the
+// start of the entry it decodes (mark, its input offset then).
+type entryReader struct {
+	r    io.Reader
+	read int64
+	mark int64
+}
+
+func (e *entryReader) Read(p []byte) (int, error) {
+	if e.read-e.mark > maxEntryBytes {
+		return 0, errEntryTooLarge
+	}
+	n, err := e.r.Read(p)
+	e.read += int64(n)
+	return n, err
+}
+
+// entry marks where the next entry starts.
+func (d *recordingDecoder) entry() { d.er.mark = d.dec.InputOffset() }
+
 func decodeRecording(r io.Reader) (Recording, error) {
-	d := &recordingDecoder{dec: json.NewDecoder(r), seen: map[string]bool{}}
+	er := &entryReader{r: r}
+	d := &recordingDecoder{dec: json.NewDecoder(er), er: er, seen: map[string]bool{}}
 	d.dec.DisallowUnknownFields()
 	if err := d.object(); err != nil {
 		return Recording{}, err
@@ -308,22 +337,22 @@ func (d *recordingDecoder) field(key string) error {
 		d.schema = &r.Schema
 		return nil
 	case "procs":
-		return decodeArray(d.dec, key, MaxRecordEntries, func(p ProcRecord) error {
+		return decodeArray(d.dec, d.entry, key, MaxRecordEntries, func(p ProcRecord) error {
 			r.Procs = append(r.Procs, p)
 			return checkPID(p.PID)
 		})
 	case "failures":
-		return decodeArray(d.dec, key, MaxRecordEntries, func(f FailureCount) error {
+		return decodeArray(d.dec, d.entry, key, MaxRecordEntries, func(f FailureCount) error {
 			r.Failures = append(r.Failures, f)
 			return cmp.Or(checkPID(f.PID), checkClass(f.Class))
 		})
 	case "unattributed":
-		return decodeArray(d.dec, key, MaxRecordEntries, func(c ClassCount) error {
+		return decodeArray(d.dec, d.entry, key, MaxRecordEntries, func(c ClassCount) error {
 			r.Unattributed = append(r.Unattributed, c)
 			return checkClass(c.Class)
 		})
 	case "events":
-		return decodeArray(d.dec, key, MaxRecordedEvents, func(e event.Event) error {
+		return decodeArray(d.dec, d.entry, key, MaxRecordedEvents, func(e event.Event) error {
 			r.Events = append(r.Events, e)
 			return cmp.Or(checkPID(e.PID), checkClass(e.Class))
 		})
@@ -343,6 +372,7 @@ func (d *recordingDecoder) field(key string) error {
 }
 
 func (d *recordingDecoder) value(key string, v any) error {
+	d.entry()
 	if err := d.dec.Decode(v); err != nil {
 		return fmt.Errorf("field %q: %w", key, jsonErr(err))
 	}
@@ -376,6 +406,7 @@ func (d *recordingDecoder) netns() error {
 			return fmt.Errorf("field \"netns\": more than %d entries", MaxRecordEntries)
 		}
 		var s netns.Sysctls
+		d.entry()
 		if err := d.dec.Decode(&s); err != nil {
 			return fmt.Errorf("field \"netns\" %d: %w", ino, jsonErr(err))
 		}
@@ -390,7 +421,7 @@ func (d *recordingDecoder) netns() error {
 
 // decodeArray decodes a JSON array (or null) one element at a time, so only
 // the kept entries are in memory, never the array's text.
-func decodeArray[T any](dec *json.Decoder, key string, max int, add func(T) error) error {
+func decodeArray[T any](dec *json.Decoder, entry func(), key string, max int, add func(T) error) error {
 	tok, err := dec.Token()
 	if err != nil {
 		return fmt.Errorf("field %q: %w", key, jsonErr(err))
@@ -406,6 +437,7 @@ func decodeArray[T any](dec *json.Decoder, key string, max int, add func(T) erro
 			return fmt.Errorf("field %q: more than %d entries", key, max)
 		}
 		var v T
+		entry()
 		if err := dec.Decode(&v); err != nil {
 			return fmt.Errorf("field %q entry %d: %w", key, i, jsonErr(err))
 		}

@@ -321,3 +321,15 @@ func TestLoadRecordingLargeMemory(t *testing.T) {
 		t.Errorf("LoadRecording peaked at %d MB RSS", loaded>>20)
 	}
 }
+
+// One giant string in one entry is refused as soon as the entry passes
+// maxEntryBytes: the decoder would otherwise hold it whole (and its copy).
+func TestLoadRecordingEntryBound(t *testing.T) {
+	var b strings.Builder
+	b.WriteString(`{"schema": 2, "procs": [], "failures": [], "events": [{"pid": 1, "comm": "`)
+	b.WriteString(strings.Repeat("x", 8*maxEntryBytes))
+	b.WriteString(`", "class": {"op": "bind", "proto": "tcp", "family": "ipv4", "errno": 98}}]}`)
+	if msg := loadErr(t, writeFile(t, b.String())); !strings.Contains(msg, "an entry is larger than") {
+		t.Errorf("got %q", msg)
+	}
+}
