@@ -586,22 +586,52 @@ const maxHoldersShown = 5
 
 // holdersText names a pool's owners, e.g. "pid 812 (socat) 48 bind-owned".
 func holdersText(owners []pressure.Owner) string {
+	// Processes of one name together: 60 socat processes are one line, not 60.
+	type group struct {
+		first pressure.Owner
+		procs int
+		held  PortsHeld
+	}
+	var groups []*group
+	at := map[string]*group{}
+	for _, o := range owners {
+		key := fmt.Sprintf("pid:%d:%d", o.PID, o.Start)
+		if o.PID != 0 && o.Comm != "" {
+			key = "comm:" + o.Comm
+		}
+		g := at[key]
+		if g == nil {
+			g = &group{first: o}
+			at[key] = g
+			groups = append(groups, g)
+		}
+		g.procs++
+		h := heldBy(o)
+		g.held.BindOwner += h.BindOwner
+		g.held.Established += h.Established
+		g.held.TimeWait += h.TimeWait
+		g.held.Other += h.Other
+	}
+	slices.SortStableFunc(groups, func(x, y *group) int { return cmp.Compare(y.held.Total(), x.held.Total()) })
 	var parts []string
-	for i, o := range owners {
+	for i, g := range groups {
 		if i == maxHoldersShown {
-			parts = append(parts, fmt.Sprintf("and %d more", len(owners)-i))
+			parts = append(parts, fmt.Sprintf("and %d more", len(groups)-i))
 			break
 		}
+		o := g.first
 		who := noProcess
-		if o.PID != 0 {
+		switch {
+		case o.PID != 0 && g.procs > 1:
+			who = fmt.Sprintf("%s (%d processes)", term.Escape(o.Comm), g.procs)
+		case o.PID != 0:
 			who = fmt.Sprintf("pid %d (%s)", o.PID, term.Escape(o.Comm))
 		}
-		h := heldBy(o)
 		var what []string
 		for _, f := range []struct {
 			n    int
 			name string
-		}{{h.BindOwner, "bind-owned"}, {h.Established, "established"}, {h.TimeWait, "TIME_WAIT"}, {h.Other, "other"}} {
+		}{{g.held.BindOwner, "bind-owned"}, {g.held.Established, "established"}, {g.held.TimeWait, "TIME_WAIT"}, {g.held.Other, "other"}} {
 			if f.n > 0 {
 				what = append(what, fmt.Sprintf("%d %s", f.n, f.name))
 			}
