@@ -624,6 +624,8 @@ func holdersText(owners []pressure.Owner) string {
 		switch {
 		case o.PID != 0 && g.procs > 1:
 			who = fmt.Sprintf("%s (%d processes)", term.Escape(o.Comm), g.procs)
+		case o.PID != 0 && o.Master != 0:
+			who = fmt.Sprintf("pid %d (%s, a worker of pid %d)", o.PID, term.Escape(o.Comm), o.Master)
 		case o.PID != 0:
 			who = fmt.Sprintf("pid %d (%s)", o.PID, term.Escape(o.Comm))
 		}
