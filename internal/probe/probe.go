@@ -36,6 +36,9 @@ type Options struct {
 	// Command follows the process tree of the command this process is about
 	// to start (report -- CMD): every process forked from it is marked.
 	Command bool
+	// FailEntries sizes the per-(process, class) failure table; 0 keeps its
+	// size (65,536). Tests shrink it to reach its bound cheaply.
+	FailEntries uint32
 }
 
 // Tracer owns the loaded programs, their links and the ring-buffer reader.
@@ -237,6 +240,9 @@ func (t *Tracer) seedTree(opts Options) error {
 func configure(spec *ebpf.CollectionSpec, opts Options) error {
 	if !opts.Command {
 		delete(spec.Programs, forkProgram)
+	}
+	if opts.FailEntries != 0 {
+		spec.Maps["fail_counts"].MaxEntries = opts.FailEntries
 	}
 	if err := spec.Variables[gen.PortsleuthVarTargetPid].Set(opts.PID); err != nil {
 		return fmt.Errorf("setting target_pid: %w", err)

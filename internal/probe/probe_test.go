@@ -17,6 +17,7 @@ import (
 
 	"github.com/portsleuth/portsleuth/gen"
 	"github.com/portsleuth/portsleuth/internal/event"
+	"github.com/portsleuth/portsleuth/internal/scenario"
 )
 
 func start(t *testing.T) *Tracer {
@@ -503,5 +504,53 @@ func TestReusedPidIsAnotherProcess(t *testing.T) {
 	}
 	if snap.Meta[event.ProcKey{PID: prev.Pid, Start: 1}].Comm != "previous" {
 		t.Errorf("the previous owner's record was overwritten: %+v", snap.Meta)
+	}
+}
+
+// Past the failure table's bound nothing is lost: a failure that finds the
+// table full is counted by class alone. The table is shrunk to 64 entries
+// here; 200 processes fail once each, in a class no other test makes, so
+// the processes' counts plus the class-only count must be exactly 200
+// whatever else fails on the host meanwhile.
+func TestFailuresPastTheTableAreCountedByClass(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: loads BPF programs and forks into a network namespace")
+	}
+	b, err := ParseBackend(cmp.Or(os.Getenv("PORTSLEUTH_TEST_BACKEND"), "auto"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const table, procs = 64, 200
+	tr, err := Start(Options{Backend: b, FailEntries: table})
+	if err != nil {
+		t.Fatalf("starting the tracer: %v", err)
+	}
+	defer tr.Close()
+	var failed int
+	inNetns(t, func() error {
+		var err error
+		failed, err = scenario.ForkUDP6Failures(procs)
+		return err
+	})
+	if failed != procs {
+		t.Fatalf("%d of %d children failed EADDRNOTAVAIL as planned", failed, procs)
+	}
+	tr.Flush()
+	snap, err := tr.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	class := event.Class{Op: event.Bind, Proto: "udp", Family: "ipv6", Errno: unix.EADDRNOTAVAIL, Port0: true}
+	var attributed, entries uint64
+	for _, classes := range snap.Failures {
+		entries += uint64(len(classes))
+		attributed += classes[class]
+	}
+	unattributed := snap.Unattributed[class]
+	if attributed+unattributed != procs {
+		t.Errorf("%d failures counted for processes and %d by class alone, want %d in all", attributed, unattributed, procs)
+	}
+	if unattributed == 0 || entries > table {
+		t.Errorf("%d table entries, %d failures by class alone: the %d-entry table was never full", entries, unattributed, table)
 	}
 }

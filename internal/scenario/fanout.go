@@ -260,3 +260,45 @@ func (b *rawNetnsBinds) run() {
 	}
 	syscall.RawSyscall(syscall.SYS_EXIT_GROUP, failed, 0, 0)
 }
+
+// ForkUDP6Failures forks n processes, each failing one bind of a UDP socket
+// to [2001:db8::2]:0 (documentation space: on no interface) with
+// EADDRNOTAVAIL, a failure class no other scenario makes. It returns how
+// many failed as expected. Call it from a locked thread in a namespace of
+// its own.
+func ForkUDP6Failures(n int) (int, error) {
+	sa := &unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: [16]byte{0x20, 0x01, 0x0d, 0xb8, 15: 2}}
+	b := &rawBindOnceFamily{family: unix.AF_INET6, sotype: unix.SOCK_DGRAM, sa: unsafe.Pointer(sa), salen: unsafe.Sizeof(*sa)}
+	ok := 0
+	for i := 0; i < n; i++ {
+		pid, err := rawFork(b)
+		if err != nil {
+			return ok, err
+		}
+		var ws unix.WaitStatus
+		if _, err := unix.Wait4(pid, &ws, 0, nil); err != nil {
+			return ok, err
+		}
+		if ws.Exited() && ws.ExitStatus() == int(unix.EADDRNOTAVAIL) {
+			ok++
+		}
+	}
+	return ok, nil
+}
+
+// rawBindOnceFamily binds a new socket of its family and type to sa once
+// and exits with the errno (0 on success).
+type rawBindOnceFamily struct {
+	family, sotype uintptr
+	sa             unsafe.Pointer
+	salen          uintptr
+}
+
+//go:nosplit
+func (b *rawBindOnceFamily) run() {
+	fd, _, e := syscall.RawSyscall(syscall.SYS_SOCKET, b.family, b.sotype, 0)
+	if e == 0 {
+		_, _, e = syscall.RawSyscall(syscall.SYS_BIND, fd, uintptr(b.sa), b.salen)
+	}
+	syscall.RawSyscall(syscall.SYS_EXIT_GROUP, uintptr(e), 0, 0)
+}
