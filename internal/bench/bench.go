@@ -26,6 +26,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/portsleuth/portsleuth/internal/pressure"
+	"github.com/portsleuth/portsleuth/internal/outfile"
 	"github.com/portsleuth/portsleuth/internal/probe"
 	"github.com/portsleuth/portsleuth/internal/scenario"
 )
@@ -292,11 +293,15 @@ func storm(b probe.Backend, n int, profile string) (stormResult, error) {
 	child.Env = append(os.Environ(), StormEnv+"="+strconv.Itoa(n))
 	child.Stderr = os.Stderr
 	if profile != "" {
-		f, err := os.Create(profile)
+		f, err := outfile.Create(profile, true)
 		if err != nil {
 			return res, err
 		}
-		defer f.Close()
+		defer func() {
+			if err := f.Commit(); err != nil {
+				fmt.Fprintf(os.Stderr, "bench: writing the profile: %v\n", err)
+			}
+		}()
 		if err := pprof.StartCPUProfile(f); err != nil {
 			return res, err
 		}

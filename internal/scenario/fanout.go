@@ -188,7 +188,7 @@ func pidReuse(r *Result) error {
 	}
 	for try := 0; try < 50; try++ {
 		// Another process may take the pid first on a busy host: try again.
-		if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(pid-1)), 0); err != nil {
+		if err := writeProc("/proc/sys/kernel/ns_last_pid", strconv.Itoa(pid-1)); err != nil {
 			return fmt.Errorf("setting ns_last_pid: %w", err)
 		}
 		again, err := rawFork(&second)

@@ -157,7 +157,7 @@ func Isolate() error {
 
 // Sysctl writes net.ipv4.NAME in the calling thread's network namespace.
 func Sysctl(name, value string) error {
-	if err := os.WriteFile("/proc/sys/net/ipv4/"+name, []byte(value), 0); err != nil {
+	if err := writeProc("/proc/sys/net/ipv4/"+name, value); err != nil {
 		return fmt.Errorf("setting net.ipv4.%s=%s: %w", name, value, err)
 	}
 	return nil
@@ -233,4 +233,17 @@ func (r *Result) connectAccepted(lfd, port int) (client, server int, err error) 
 
 func tcpSocket() (int, error) {
 	return unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+}
+
+// writeProc writes a /proc/sys file, which exists: nothing is created.
+func writeProc(path, value string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(value); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
