@@ -140,8 +140,10 @@ const (
 	// MaxRecordingBytes bounds the file; checked by fstat and while reading,
 	// so a file that grows under us cannot exceed it.
 	MaxRecordingBytes = 256 << 20
-	// MaxRecordEntries bounds procs, failures, unattributed and netns each.
-	MaxRecordEntries = 1 << 20
+	// MaxRecordEntries bounds procs, failures, unattributed and netns each:
+	// twice the kernel's per-process tables (65,536 entries each), more than
+	// --record ever writes, so a larger file is not a recording of ours.
+	MaxRecordEntries = 1 << 17
 )
 
 // errTooLarge is returned by the reader once the file passes MaxRecordingBytes.

@@ -229,7 +229,10 @@ func TestCountsSaturate(t *testing.T) {
 // largeRecording writes a recording of about size bytes straight to disk
 // (so the test's own memory stays out of the measurement): procs with stats
 // and command lines, four failure classes each.
-func largeRecording(t *testing.T, size int64) (string, int) {
+// largeRecording writes a recording of about size bytes (0: the most
+// entries a recording may have), with classes failures per process, and
+// returns its path and how many procs and failures it holds.
+func largeRecording(t *testing.T, size int64, classes int) (string, int, int) {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "large.json")
 	f, err := os.Create(p)
@@ -237,10 +240,13 @@ func largeRecording(t *testing.T, size int64) (string, int) {
 		t.Fatal(err)
 	}
 	w := bufio.NewWriter(f)
-	cmdline := "/usr/bin/worker --config /etc/worker/" + strings.Repeat("x", 200)
+	cmdline := "/usr/bin/worker --config /etc/worker/" + strings.Repeat("x", 80)
 	// Sized first, from one proc's share, so the file is a single pass.
-	per := int64(len(cmdline)) + 4*150 + 300
+	per := int64(len(cmdline)) + int64(classes)*150 + 300
 	n := int(size / per)
+	if size == 0 {
+		n = MaxRecordEntries / classes
+	}
 	fmt.Fprint(w, `{"schema": 2, "procs": [`)
 	for i := range n {
 		sep := map[bool]string{true: ",", false: ""}[i > 0]
@@ -249,7 +255,7 @@ func largeRecording(t *testing.T, size int64) (string, int) {
 	}
 	fmt.Fprint(w, `], "failures": [`)
 	for i := range n {
-		for e := range 4 {
+		for e := range classes {
 			sep := map[bool]string{true: ",", false: ""}[i > 0 || e > 0]
 			fmt.Fprintf(w, `%s{"pid": %d, "start_ns": %d, "class": {"op": "bind", "proto": "tcp", "family": "ipv4", "errno": %d, "port0": false, "any_addr": true}, "count": 3}`,
 				sep, i%pidMax+1, i, 98+e)
@@ -262,7 +268,7 @@ func largeRecording(t *testing.T, size int64) (string, int) {
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
-	return p, n
+	return p, n, n * classes
 }
 
 // vmHWM is the process's peak resident set, in bytes.
@@ -291,18 +297,27 @@ func TestLoadRecordingLargeMemory(t *testing.T) {
 	if testing.Short() {
 		t.Skip("writes a 200 MB recording")
 	}
-	path, n := largeRecording(t, 200<<20)
+	// A 200 MB file holds more entries than any recording portsleuth writes:
+	// refused once past the bound, with the memory of the bound.
+	path, n, failures := largeRecording(t, 200<<20, 4)
 	fi, err := os.Stat(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	runtime.GC()
-	debug.FreeOSMemory()
-	// Writing 5 to clear_refs resets VmHWM, so the peak is this replay's.
-	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
-		t.Skipf("cannot reset the peak RSS: %v", err)
+	base := resetHWM(t)
+	if _, err := LoadRecording(path); err == nil || !strings.Contains(err.Error(), "more than") {
+		t.Fatalf("a %d MB recording of %d procs: %v, want refused past the entry bound", fi.Size()>>20, n, err)
 	}
-	base := vmHWM(t)
+	refused := vmHWM(t)
+	t.Logf("recording %d MB (%d procs, %d failures): refused; peak RSS %d MB before, %d MB after", fi.Size()>>20, n, failures, base>>20, refused>>20)
+	if refused > 400<<20 {
+		t.Errorf("refusing it peaked at %d MB RSS", refused>>20)
+	}
+
+	// The largest recording portsleuth writes loads and replays.
+	path, n, failures = largeRecording(t, 0, 1)
+	fi, _ = os.Stat(path)
+	base = resetHWM(t)
 	rec, err := LoadRecording(path)
 	if err != nil {
 		t.Fatal(err)
@@ -310,16 +325,27 @@ func TestLoadRecordingLargeMemory(t *testing.T) {
 	loaded := vmHWM(t)
 	r := Build(rec.Snapshot(), NewOfflineCollector(), Filter{}, "replay", time.Unix(0, 0), 0)
 	peak := vmHWM(t)
-	if len(rec.Procs) != n || len(rec.Failures) != 4*n || len(r.Processes) != n {
+	if len(rec.Procs) != n || len(rec.Failures) != failures || len(r.Processes) != n {
 		t.Fatalf("loaded %d procs, %d failures, built %d processes; want %d, %d, %d",
-			len(rec.Procs), len(rec.Failures), len(r.Processes), n, 4*n, n)
+			len(rec.Procs), len(rec.Failures), len(r.Processes), n, failures, n)
 	}
 	t.Logf("recording %d MB (%d procs, %d failures): peak RSS %d MB before, %d MB after LoadRecording, %d MB after Snapshot+Build",
-		fi.Size()>>20, n, 4*n, base>>20, loaded>>20, peak>>20)
-	// Generous: the old whole-file read peaked at 1.2 GB for this size.
+		fi.Size()>>20, n, failures, base>>20, loaded>>20, peak>>20)
 	if loaded > 600<<20 {
 		t.Errorf("LoadRecording peaked at %d MB RSS", loaded>>20)
 	}
+}
+
+// resetHWM frees what it can and resets the peak RSS (writing 5 to
+// clear_refs), so the next vmHWM is what came after; it returns the RSS now.
+func resetHWM(t *testing.T) uint64 {
+	t.Helper()
+	runtime.GC()
+	debug.FreeOSMemory()
+	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
+		t.Skipf("cannot reset the peak RSS: %v", err)
+	}
+	return vmHWM(t)
 }
 
 // One giant string in one entry is refused as soon as the entry passes
