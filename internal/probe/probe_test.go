@@ -456,7 +456,7 @@ func mine(s event.Snapshot) event.ProcKey {
 func TestReusedPidIsAnotherProcess(t *testing.T) {
 	tr := start(t)
 	prev := gen.PortsleuthPsProcKey{Pid: uint32(os.Getpid()), StartNs: 1}
-	var stale gen.PortsleuthPsProcMeta
+	stale := gen.PortsleuthPsProcMeta{Flags: uint32(gen.PortsleuthPsMetaFlagPS_META_FILLED)}
 	for i, c := range []byte("previous") {
 		stale.Comm[i] = int8(c)
 	}
