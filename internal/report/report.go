@@ -361,7 +361,9 @@ func buildProcess(key event.ProcKey, st event.ProcStats, fails map[event.Class]u
 		}
 		entry := PatternEntry{
 			Pattern: string(fd.Pattern), Count: fd.Count, Evidence: fd.Evidence(), Advice: fd.Advice(),
-			Pressure: snap,
+		}
+		if lackOfPort(fd.Pattern) {
+			entry.Pressure = snap // a named port's story is its holder, not a pool
 		}
 		if fd.Pattern == attrib.PortInUse {
 			entry.Holders = portHolders(fd.Holders)
