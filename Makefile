@@ -78,6 +78,10 @@ deps:
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+		case " $$missing " in *" nginx "*) \
+			echo "stopping the nginx service the package may have started (the tests run their own)"; \
+			systemctl disable --now nginx >/dev/null 2>&1 || service nginx stop >/dev/null 2>&1 || true ;; \
+		esac; \
 	fi
 
 clean:
