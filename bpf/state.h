@@ -309,11 +309,13 @@ static __always_inline struct ps_proc_stats *proc_stats_of(__u32 pid, __u64 star
 }
 
 /* Adds one to key k of a counter hash: 1 when this created the entry, 0
- * when it existed, negative when the map is full. */
-static __always_inline long count_in(void *map, struct ps_fail_key *k)
+ * when it existed, negative when the map is full. The helper's error is an
+ * int: compared as one, since not every kernel sign-extends it into the
+ * 64-bit return register (6.1 handed -E2BIG back as a large positive). */
+static __always_inline int count_in(void *map, struct ps_fail_key *k)
 {
 	__u64 one = 1, *n = bpf_map_lookup_elem(map, k);
-	long err;
+	int err;
 
 	if (n) {
 		__sync_fetch_and_add(n, 1);
@@ -334,7 +336,7 @@ static __always_inline long count_in(void *map, struct ps_fail_key *k)
 /* Counts a failure; 1 when it is the first of its (process, class). */
 static __always_inline int count_failure(struct ps_fail_key *k)
 {
-	long r = count_in(&fail_counts, k);
+	int r = count_in(&fail_counts, k);
 
 	if (r >= 0)
 		return r;

@@ -548,7 +548,20 @@ func TestFailuresPastTheTableAreCountedByClass(t *testing.T) {
 	}
 	unattributed := snap.Unattributed[class]
 	if attributed+unattributed != procs {
-		t.Errorf("%d failures counted for processes and %d by class alone, want %d in all", attributed, unattributed, procs)
+		var bindsFailed uint64
+		for _, st := range snap.Procs {
+			bindsFailed += st.BindsFailed
+		}
+		events := 0
+		for {
+			tr.SetDeadline(time.Now())
+			if _, err := tr.Read(); err != nil {
+				break
+			}
+			events++
+		}
+		t.Errorf("%d failures counted for processes and %d by class alone, want %d in all (by class alone: %v; lost %d; binds failed %d; events %d)",
+			attributed, unattributed, procs, snap.Unattributed, snap.Lost, bindsFailed, events)
 	}
 	if unattributed == 0 || entries > table {
 		t.Errorf("%d table entries, %d failures by class alone: the %d-entry table was never full", entries, unattributed, table)
