@@ -141,7 +141,7 @@ func crashLoop(r *Result) error {
 	unix.Close(fds[0])
 	failed := 0
 	for i := 0; i < CrashLoopRuns; i++ {
-		pid, err := rawFork(&rawBindOnce{sa: sa, salen: salen})
+		pid, err := rawFork(&rawBindOnceFamily{family: unix.AF_INET, sotype: unix.SOCK_STREAM, sa: sa, salen: salen})
 		if err != nil {
 			return err
 		}
@@ -186,21 +186,6 @@ func (l *rawListener) run() {
 	for {
 		syscall.RawSyscall(syscall.SYS_PAUSE, 0, 0, 0)
 	}
-}
-
-// rawBindOnce binds sa once and exits with the errno (0 on success).
-type rawBindOnce struct {
-	sa    unsafe.Pointer
-	salen uintptr
-}
-
-//go:nosplit
-func (b *rawBindOnce) run() {
-	fd, _, e := syscall.RawSyscall(syscall.SYS_SOCKET, syscall.AF_INET, syscall.SOCK_STREAM, 0)
-	if e == 0 {
-		_, _, e = syscall.RawSyscall(syscall.SYS_BIND, fd, uintptr(b.sa), b.salen)
-	}
-	syscall.RawSyscall(syscall.SYS_EXIT_GROUP, uintptr(e), 0, 0)
 }
 
 // CloserConnections is how many connections the closer scenario's child
