@@ -1,7 +1,10 @@
 package scenario
 
 import (
+	"bufio"
 	"fmt"
+	"os"
+	"strings"
 	"syscall"
 	"time"
 	"unsafe"
@@ -196,7 +199,11 @@ const CloserConnections = 60
 // client (a forked child) opens CloserConnections connections and closes
 // each first, so the TIME_WAITs are its, and exits; then this process's
 // plain connects to the same destination find the pool taken by those
-// TIME_WAITs (tcp_tw_reuse=0) and fail. Extra["closer"] is the child's pid.
+// TIME_WAITs (tcp_tw_reuse=0) and fail. Extra["closer"] is the child's pid,
+// Extra["time_wait"] the TIME_WAITs the kernel holds at the end: loopback can
+// still, rarely, answer a closed connection's last ACK with a RST (seen with
+// tcp_send_reset from a listener, reason TCP_FLAGS), which ends a TIME_WAIT
+// early, so the count is measured, not assumed.
 func closerExhaustion(r *Result) error {
 	if err := Sysctl("tcp_tw_reuse", "0"); err != nil {
 		return err
@@ -210,13 +217,20 @@ func closerExhaustion(r *Result) error {
 	if err != nil {
 		return err
 	}
-	// The server side closes only after the client's FIN: the client keeps
-	// the TIME_WAIT, as a client that closes first does.
+	// The server greets each connection and closes only after the client's
+	// FIN: the client keeps the TIME_WAIT, as a client that closes first
+	// does. The client closes only once it has read the greeting, so the
+	// handshake is complete on both sides: a FIN that overtakes the
+	// handshake's last ACK (they can leave from different CPUs when the
+	// child migrates) can be answered by a RST, which kills the TIME_WAIT.
 	buf := make([]byte, 16)
 	for i := 0; i < CloserConnections; i++ {
 		fd, _, err := unix.Accept4(lfd, unix.SOCK_CLOEXEC)
 		if err != nil {
 			return fmt.Errorf("accepting the closer's connection %d: %w", i, err)
+		}
+		if _, err := unix.Write(fd, []byte{'+'}); err != nil {
+			return fmt.Errorf("greeting the closer's connection %d: %w", i, err)
 		}
 		for {
 			n, err := unix.Read(fd, buf)
@@ -248,17 +262,50 @@ func closerExhaustion(r *Result) error {
 	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
 		return err
 	}
-	r.Extra = map[string]int{"closer": pid, "netns": int(st.Ino)}
+	tw, err := timeWaitsTo(ListenPort)
+	if err != nil {
+		return err
+	}
+	r.Extra = map[string]int{"closer": pid, "netns": int(st.Ino), "time_wait": tw}
 	linger()
 	return nil
 }
 
-// rawConnectClose connects n sockets to dst, closing each at once, and exits
-// with how many it closed after a connect that succeeded.
+// timeWaitsTo counts this namespace's TIME_WAIT sockets (state 06 in
+// /proc/net/tcp; a FIN_WAIT2 orphan shows as 05) connected to
+// 127.0.0.1:port from the ephemeral range: what the kernel itself holds,
+// whatever became of individual connections.
+func timeWaitsTo(port int) (int, error) {
+	f, err := os.Open("/proc/thread-self/net/tcp")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	n := 0
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fl := strings.Fields(sc.Text())
+		if len(fl) < 4 || fl[3] != "06" {
+			continue
+		}
+		var lport, rport int
+		_, err1 := fmt.Sscanf(fl[1][strings.IndexByte(fl[1], ':')+1:], "%X", &lport)
+		_, err2 := fmt.Sscanf(fl[2][strings.IndexByte(fl[2], ':')+1:], "%X", &rport)
+		if err1 == nil && err2 == nil && rport == port && lport >= PortRange[0] && lport <= PortRange[1] {
+			n++
+		}
+	}
+	return n, sc.Err()
+}
+
+// rawConnectClose connects n sockets to dst, closing each once the server's
+// one-byte greeting has arrived, and exits with how many it closed after a
+// connect and read that succeeded.
 type rawConnectClose struct {
 	dst    unsafe.Pointer
 	dstlen uintptr
 	n      int
+	buf    [1]byte
 }
 
 //go:nosplit
@@ -270,7 +317,9 @@ func (c *rawConnectClose) run() {
 			break
 		}
 		if _, _, e := syscall.RawSyscall(syscall.SYS_CONNECT, fd, uintptr(c.dst), c.dstlen); e == 0 {
-			closed++
+			if n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&c.buf[0])), 1); e == 0 && n == 1 {
+				closed++
+			}
 		}
 		syscall.RawSyscall(syscall.SYS_CLOSE, fd, 0, 0)
 	}
