@@ -5,18 +5,22 @@
  *
  * None of these hooks sees a return value, so outcomes are inferred:
  * - a bind that reached bind4/6 succeeded if post_bind4/6 ran for its socket.
- *   It failed if the socket is bound again, connected or released first, or
- *   when the sweeper (Go, through a test run of ps_sweep) finds it older than
- *   a second. The errno is then worked out from what the hook saw: EINVAL for
- *   a socket already bound, EACCES for a privileged port without
- *   CAP_NET_BIND_SERVICE, EADDRNOTAVAIL for an address on no interface of the
- *   namespace, else EADDRINUSE;
- * - a TCP connect failed to find a source port (EADDRNOTAVAIL) when its socket
- *   went SYN_SENT -> CLOSE inside the call, in the caller's context, with no
- *   socket error set: that is tcp_v{4,6}_connect's own failure path. Any other
- *   way out of SYN_SENT means a port was found.
+ *   It failed if the socket is bound again or released first, or when the
+ *   kernel's own sweep (a bpf_timer) finds it older than a second. The errno
+ *   is then worked out from what the hook saw: EINVAL for a socket already
+ *   bound, EACCES for a privileged port without CAP_NET_BIND_SERVICE,
+ *   EADDRNOTAVAIL for an address on no interface of the namespace, else
+ *   EADDRINUSE;
+ * - a TCP connect is followed by its socket's state alone: CLOSE -> SYN_SENT
+ *   inside the call starts it, and it failed to find a source port
+ *   (EADDRNOTAVAIL) when the socket went SYN_SENT -> CLOSE in the caller's
+ *   context, with no socket error and without ever entering the established
+ *   hash: that is tcp_v{4,6}_connect's own failure path. Any other way out
+ *   of SYN_SENT means a port was found. Its state lives in socket-local
+ *   storage, so the success path touches no shared table.
  * Blind spots, said in the backend's notes: listen(), UDP connect()'s autobind
- * (EAGAIN), and binds another cgroup program refused (EPERM). */
+ * (EAGAIN), TCP connects that fail before any port work (no route), and binds
+ * another cgroup program refused (EPERM). */
 #ifndef PORTSLEUTH_CGROUP_H
 #define PORTSLEUTH_CGROUP_H
 
@@ -24,43 +28,75 @@
 
 #define TCP_SYN_SENT 2
 #define TCP_CLOSE 7
-#define TCP_LISTEN 10
 #define IFF_UP 1
 #define IFF_LOOPBACK 8
 #define IFA_F_OPTIMISTIC 0x04
 #define IFA_F_TENTATIVE 0x40
 #define CAP_NET_BIND_SERVICE 10
+#define CLOCK_MONOTONIC 1
 
-/* pending.kind */
-#define PENDING_BIND 1    /* a bind, until post_bind or a failure */
-#define PENDING_CONNECT 2 /* a TCP connect, until its socket leaves SYN_SENT */
-#define PORT0_BOUND 3     /* not a call: a TCP socket a port-0 bind gave a port */
-
-/* A bind or connect whose outcome is not known yet, or a port-0 mark. */
+/* A bind whose outcome is not known yet: until post_bind, or a failure. */
 struct pending {
-	__u64 ts;         /* bpf_ktime_get_ns() at the hook */
+	__u64 ts;         /* bpf_ktime_get_coarse_ns() at the hook: ages of a second need no finer clock */
 	__u64 id;         /* the caller's pid_tgid */
 	__u64 task;       /* its task_struct: read (comm, cgroup) only if the call failed */
 	__u64 start_ns;   /* its process's start time: the outcome may be learnt elsewhere */
 	/* What the hook saw cheaply (ctx fields, the socket's port); the rest
 	 * (state, netns, options, inode) is read only if the call failed. */
 	struct call c;
-	__u8 kind;        /* PENDING_BIND, PENDING_CONNECT, PORT0_BOUND */
-	__u8 bound;       /* bind: the socket already had a port (EINVAL) */
-	__u8 privileged;  /* bind: port below ip_unprivileged_port_start, caller without CAP_NET_BIND_SERVICE */
-	__u8 syn_sent;    /* connect: the socket went CLOSE -> SYN_SENT in the call */
-	__u8 port0;       /* connect: on a socket a port-0 bind had bound */
-	__u8 _pad[3];
+	__u8 bound;       /* the socket already had a port (EINVAL) */
+	__u8 privileged;  /* port below ip_unprivileged_port_start, caller without CAP_NET_BIND_SERVICE */
+	__u8 _pad[6];
 };
 
-/* Keyed by the struct sock's address: one call at a time holds a socket, so
- * one entry per socket. A socket's release removes its entry. */
+/* Keyed by the struct sock's address: one bind at a time holds a socket, so
+ * one entry per socket. Binds are the only calls kept here; an entry lives
+ * from bind4 to post_bind when the bind succeeds. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
 	__type(value, struct pending);
 } pending_calls SEC(".maps");
+
+/* How many entries pending_calls holds: a socket's release looks there only
+ * when some bind is pending anywhere (a global variable costs no helper). */
+__u64 pending_binds = 0;
+
+/* A TCP connect from CLOSE -> SYN_SENT (inside connect(), the caller's
+ * context) to the socket's next state, keyed by the struct sock's address.
+ * Socket-local storage would go with the socket, but creating it costs
+ * more than an insert and a delete in a preallocated table (measured). */
+struct conn {
+	__u64 id;         /* the caller's pid_tgid */
+	__u64 start_ns;   /* its process's start time */
+	__u64 port0;      /* the socket's port came from a port-0 bind */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct conn);
+} conns SEC(".maps");
+
+/* The kernel's sweep of binds that never learnt their outcome: armed by the
+ * first pending bind, it fires every SWEEP_EVERY_NS while any bind is
+ * pending and decides those older than SWEEP_AGE_NS. */
+#define SWEEP_EVERY_NS 250000000ULL
+#define SWEEP_AGE_NS 1000000000ULL
+
+struct sweep_timer {
+	struct bpf_timer t;
+	__u64 armed;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sweep_timer);
+} sweep_timers SEC(".maps");
 
 /* Index 0: calls not tracked because a pending table was full (their outcome
  * is not counted: Go reports the number). */
@@ -226,9 +262,9 @@ static __always_inline int bind_errno(struct pending *p)
 	return EADDRINUSE;
 }
 
-/* Reads what a failure's report needs and the hooks skipped: only failures
- * pay for it. The socket is still alive: a pending call is decided before
- * its socket's release completes. */
+/* Reads what a failed bind's report needs and the hook skipped: only
+ * failures pay for it. The socket is still alive: a pending bind is decided
+ * before its socket's release completes. */
 static __always_inline void pending_fill(struct pending *p, struct who *w)
 {
 	struct sock *sk = (struct sock *)p->c.sk;
@@ -236,20 +272,13 @@ static __always_inline void pending_fill(struct pending *p, struct who *w)
 	p->c.state = BPF_CORE_READ(sk, __sk_common.skc_state);
 	p->c.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 	p->c.options = sock_options(sk);
-	if (!p->c.sock_ino)
-		p->c.sock_ino = socket_ino(BPF_CORE_READ(sk, sk_socket));
-	if (p->c.op == PS_OP_CONNECT && p->c.lport) {
-		sock_bound_laddr(sk, p->c.family, p->c.laddr);
-		if (!is_zero16(p->c.laddr))
-			p->c.flags &= ~PS_F_ANYADDR;
-	}
+	p->c.sock_ino = socket_ino(BPF_CORE_READ(sk, sk_socket));
 	who_of(w, (struct task_struct *)p->task);
 	w->id = p->id;
 	w->start_ns = p->start_ns;
 }
 
-/* Counts a bind that succeeded (post_bind marks a TCP socket that a port-0
- * bind gave a port, for the connect that may follow). */
+/* Counts a bind that succeeded. */
 static __always_inline void bind_ok(__u64 id, __u64 start_ns, __u16 flags)
 {
 	struct ps_proc_stats *s = proc_stats_of(id >> 32, start_ns);
@@ -272,73 +301,18 @@ static __always_inline void bind_failed(struct pending *p)
 		finish_bind(s, &p->c, &w, -bind_errno(p));
 }
 
-/* Counts a connect whose socket left SYN_SENT without the failure path (or
- * never reached it: an "other" error such as no route). */
-static __always_inline void connect_ok(__u64 id, __u64 start_ns, __u8 syn_sent, __u8 port0)
+/* Decides the pending bind of socket key, found at p, as failed: the socket
+ * moved on without post_bind. Whoever deletes the entry decides it (the
+ * hooks and the sweep race). buf is the caller's stack (a per-CPU buffer
+ * could be reused by a program that preempts or interrupts this one). */
+static __always_inline int settle(__u64 key, struct pending *p, struct pending *buf)
 {
-	struct ps_proc_stats *s = proc_stats_of(id >> 32, start_ns);
-
-	if (!s)
-		return;
-	if (port0)
-		__sync_fetch_and_add(&s->port0_bind_connects, 1);
-	if (syn_sent)
-		__sync_fetch_and_add(&s->connects_ok, 1);
-	else
-		__sync_fetch_and_add(&s->connects_other, 1);
-}
-
-/* A connect that found no port. p is a copy the caller owns. */
-static __always_inline void connect_failed(struct pending *p)
-{
-	struct ps_proc_stats *s = proc_stats_of(p->id >> 32, p->start_ns);
-	struct who w = {};
-
-	if (!s)
-		return;
-	if (p->port0)
-		__sync_fetch_and_add(&s->port0_bind_connects, 1);
-	pending_fill(p, &w);
-	__sync_fetch_and_add(&s->connects_failed, 1);
-	record_failure(&p->c, &w, EADDRNOTAVAIL);
-}
-
-/* Decides the entry of socket key, found at p, as if the socket moved on:
- * a pending bind failed, a pending connect found its port (or never tried),
- * a mark is dropped. Whoever deletes the entry decides it: the hooks and the
- * sweeper race. buf is the caller's stack (a per-CPU buffer could be reused
- * by a program that preempts or interrupts this one). */
-static __always_inline void settle(__u64 key, struct pending *p, struct pending *buf)
-{
-	__u8 kind = p->kind, syn_sent = p->syn_sent, port0 = p->port0;
-	__u64 id = p->id, start_ns = p->start_ns;
-
-	if (kind == PENDING_BIND)
-		__builtin_memcpy(buf, p, sizeof(*buf));
+	__builtin_memcpy(buf, p, sizeof(*buf));
 	if (bpf_map_delete_elem(&pending_calls, &key))
-		return;
-	if (kind == PENDING_BIND)
-		bind_failed(buf);
-	else if (kind == PENDING_CONNECT)
-		connect_ok(id, start_ns, syn_sent, port0);
-}
-
-/* Starts a pending call with only what costs nothing: the context's fields. */
-static __always_inline void pending_begin(struct pending *p, __u64 id, struct sock *sk, __u8 op, __u8 source,
-					  __u8 family, __u32 proto)
-{
-	__builtin_memset(p, 0, sizeof(*p));
-	p->ts = bpf_ktime_get_ns();
-	p->id = id;
-	struct task_struct *task = (void *)bpf_get_current_task();
-
-	p->task = (__u64)task;
-	p->start_ns = BPF_CORE_READ(task, group_leader, start_time);
-	p->c.sk = (__u64)sk;
-	p->c.op = op;
-	p->c.source = source;
-	p->c.family = family;
-	p->c.proto = proto;
+		return 0;
+	__sync_fetch_and_add(&pending_binds, -1);
+	bind_failed(buf);
+	return 1;
 }
 
 static __always_inline void ctx_addr(struct bpf_sock_addr *ctx, __u8 family, __u8 *addr)
@@ -365,25 +339,57 @@ static __always_inline int sock_no_port(struct sock *sk)
 	return BPF_CORE_READ_BITFIELD_PROBED(old, bind_address_no_port);
 }
 
-/* Settles whatever socket key had pending (the socket moved on) and says
- * whether it carried a port-0 mark, which the caller may take over. */
-static __always_inline int settle_key(__u64 key, struct pending *buf)
-{
-	struct pending *p = bpf_map_lookup_elem(&pending_calls, &key);
+static long sweep_one(struct bpf_map *map, __u64 *key, struct pending *p, __u64 *now);
 
-	if (!p)
-		return 0;
-	if (p->kind == PORT0_BOUND)
-		return 1;
-	settle(key, p, buf);
+/* The sweep: decides every bind pending longer than SWEEP_AGE_NS, then
+ * fires again while binds are pending. The object is built for BPF v1
+ * (atomic add only): disarming is an atomic add, a full barrier, before the
+ * count is read; sweep_arm adds to the count before it reads armed. One of
+ * the two sees the other's write, so a bind pended meanwhile is never left
+ * without a sweep (both may arm: starting an armed timer again is harmless). */
+static int sweep_fire(void *map, __u32 *key, struct sweep_timer *st)
+{
+	__u64 now = bpf_ktime_get_coarse_ns();
+
+	bpf_for_each_map_elem(&pending_calls, sweep_one, &now, 0);
+	__sync_fetch_and_add(&st->armed, -1);
+	if (pending_binds) {
+		st->armed = 1;
+		bpf_timer_start(&st->t, SWEEP_EVERY_NS, 0);
+	}
 	return 0;
+}
+
+static long sweep_one(struct bpf_map *map, __u64 *key, struct pending *p, __u64 *now)
+{
+	struct pending buf;
+
+	if (*now - p->ts >= SWEEP_AGE_NS)
+		settle(*key, p, &buf);
+	return 0;
+}
+
+/* Arms the sweep unless it is armed: called after a bind was pended (and
+ * counted in pending_binds). */
+static __always_inline void sweep_arm(void)
+{
+	__u32 zero = 0;
+	struct sweep_timer *st = bpf_map_lookup_elem(&sweep_timers, &zero);
+
+	if (!st || st->armed)
+		return;
+	st->armed = 1;
+	bpf_timer_init(&st->t, &sweep_timers, CLOCK_MONOTONIC); /* -EBUSY once done: fine */
+	bpf_timer_set_callback(&st->t, sweep_fire);
+	bpf_timer_start(&st->t, SWEEP_EVERY_NS, 0);
 }
 
 static __always_inline int cg_bind(struct bpf_sock_addr *ctx, __u8 family)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	struct pending buf, *p = &buf;
+	struct pending buf, *p = &buf, *old;
 	__u32 proto = ctx->protocol;
+	struct task_struct *task;
 	struct sock *sk;
 	__u64 key;
 
@@ -391,10 +397,20 @@ static __always_inline int cg_bind(struct bpf_sock_addr *ctx, __u8 family)
 		return 1;
 	sk = sock_addr_of(ctx->sk);
 	key = (__u64)sk;
-	/* A mark means the socket is bound: this bind fails EINVAL below. */
-	settle_key(key, p);
-	pending_begin(p, id, sk, PS_OP_BIND, PS_SRC_CGROUP_BIND, family, proto);
-	p->kind = PENDING_BIND;
+	/* A bind still pending on this socket failed: it is binding again. */
+	if (pending_binds && (old = bpf_map_lookup_elem(&pending_calls, &key)))
+		settle(key, old, p);
+	__builtin_memset(p, 0, sizeof(*p));
+	task = (void *)bpf_get_current_task();
+	p->ts = bpf_ktime_get_coarse_ns();
+	p->id = id;
+	p->task = (__u64)task;
+	p->start_ns = BPF_CORE_READ(task, group_leader, start_time);
+	p->c.sk = key;
+	p->c.op = PS_OP_BIND;
+	p->c.source = PS_SRC_CGROUP_BIND;
+	p->c.family = family;
+	p->c.proto = proto;
 	p->c.lport = bpf_ntohs((__u16)ctx->user_port);
 	ctx_addr(ctx, family, p->c.laddr);
 	if (p->c.lport == 0)
@@ -406,7 +422,7 @@ static __always_inline int cg_bind(struct bpf_sock_addr *ctx, __u8 family)
 		struct net *net = BPF_CORE_READ(sk, __sk_common.skc_net.net);
 
 		p->privileged = p->c.lport < BPF_CORE_READ_BITFIELD_PROBED(net, ipv4.sysctl_ip_prot_sock) &&
-				!may_bind_service((void *)p->task);
+				!may_bind_service(task);
 	} else if (!p->bound && sock_no_port(sk)) {
 		/* IP_BIND_ADDRESS_NO_PORT with port 0 skips get_port and
 		 * post_bind: only the address checks can fail it, now. */
@@ -428,15 +444,17 @@ static __always_inline int cg_bind(struct bpf_sock_addr *ctx, __u8 family)
 		}
 		return 1;
 	}
-	if (bpf_map_update_elem(&pending_calls, &key, p, BPF_ANY))
+	if (bpf_map_update_elem(&pending_calls, &key, p, BPF_NOEXIST)) {
 		percpu_inc(&untracked);
+		return 1;
+	}
+	__sync_fetch_and_add(&pending_binds, 1);
+	sweep_arm();
 	return 1;
 }
 
 /* post_bind runs once get_port gave the socket its port: the bind succeeded
- * (the hooks allow everything, so nothing can undo it after). A TCP socket
- * bound to port 0 keeps its entry, turned into a mark, for the connect that
- * may follow; the rest is dropped. */
+ * (the hooks allow everything, so nothing can undo it after). */
 static __always_inline int cg_post_bind(struct bpf_sock *ctx)
 {
 	__u64 key = (__u64)ctx; /* only a key here: no read needs it as a number */
@@ -444,57 +462,36 @@ static __always_inline int cg_post_bind(struct bpf_sock *ctx)
 	__u64 id, start_ns;
 	__u16 flags;
 
-	if (!p || p->kind != PENDING_BIND)
+	if (!p)
 		return 1;
 	id = p->id;
 	start_ns = p->start_ns;
 	flags = p->c.flags;
-	if ((flags & PS_F_PORT0) && p->c.proto == IPPROTO_TCP) {
-		/* The socket's lock is held: no hook of it runs now. */
-		p->kind = PORT0_BOUND;
-	} else if (bpf_map_delete_elem(&pending_calls, &key)) {
-		return 1; /* the sweeper decided it */
-	}
+	if (bpf_map_delete_elem(&pending_calls, &key))
+		return 1; /* the sweep decided it */
+	__sync_fetch_and_add(&pending_binds, -1);
 	bind_ok(id, start_ns, flags);
 	return 1;
 }
 
-static __always_inline int cg_connect(struct bpf_sock_addr *ctx, __u8 family)
+/* TCP connects are followed through their socket's state (cg_sock_state).
+ * A UDP connect only sets the destination: its autobind failures (EAGAIN)
+ * stay unseen, the rest succeeds. */
+static __always_inline int cg_connect(struct bpf_sock_addr *ctx)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct pending buf, *p = &buf;
-	__u32 proto = ctx->protocol;
-	struct sock *sk;
-	__u64 key;
-	int port0;
+	__u64 id;
+	struct ps_proc_stats *s;
 
-	if (!traced_pid(id) || (proto != IPPROTO_TCP && proto != IPPROTO_UDP))
+	if (ctx->protocol != IPPROTO_UDP)
 		return 1;
-	sk = sock_addr_of(ctx->sk);
-	key = (__u64)sk;
-	port0 = settle_key(key, p);
-	pending_begin(p, id, sk, PS_OP_CONNECT, PS_SRC_CGROUP_CONNECT, family, proto);
-	p->kind = PENDING_CONNECT;
-	p->port0 = port0;
-	p->c.dport = bpf_ntohs((__u16)ctx->user_port);
-	ctx_addr(ctx, family, p->c.daddr);
-	p->c.flags = PS_F_ANYADDR; /* until a failure reads the bound address */
-	if (!port0) {
-		p->c.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
-		if (p->c.lport == 0)
-			p->c.flags |= PS_F_PORT0;
-	} else {
-		p->c.lport = 1; /* bound; the real port is read if the call fails */
-	}
-	/* UDP: no state change tells the outcome; autobind failures (EAGAIN)
-	 * stay unseen, the rest succeeds. */
-	if (proto != IPPROTO_TCP) {
-		connect_ok(id, p->start_ns, 1, 0);
+	id = bpf_get_current_pid_tgid();
+	if (!traced_pid(id))
 		return 1;
-	}
-	/* Replaces a port-0 mark in place. */
-	if (bpf_map_update_elem(&pending_calls, &key, p, BPF_ANY))
-		percpu_inc(&untracked);
+	struct task_struct *task = (void *)bpf_get_current_task();
+
+	s = proc_stats_of(id >> 32, BPF_CORE_READ(task, group_leader, start_time));
+	if (s)
+		__sync_fetch_and_add(&s->connects_ok, 1);
 	return 1;
 }
 
@@ -525,97 +522,149 @@ int cg_post_bind6(struct bpf_sock *ctx)
 SEC("cgroup/connect4")
 int cg_connect4(struct bpf_sock_addr *ctx)
 {
-	return cg_connect(ctx, AF_INET);
+	return cg_connect(ctx);
 }
 
 SEC("cgroup/connect6")
 int cg_connect6(struct bpf_sock_addr *ctx)
 {
-	return cg_connect(ctx, AF_INET6);
+	return cg_connect(ctx);
 }
 
 /* The socket's last reference is going (close, exit): a bind still pending
- * on it failed; a connect still pending found its port (or never tried). */
+ * on it failed. */
 SEC("cgroup/sock_release")
 int cg_sock_release(struct bpf_sock *ctx)
 {
 	__u64 key = (__u64)ctx;
-	struct pending *p = bpf_map_lookup_elem(&pending_calls, &key), buf;
+	struct pending *p, buf;
 
+	if (!pending_binds)
+		return 1;
+	p = bpf_map_lookup_elem(&pending_calls, &key);
 	if (p)
 		settle(key, p, &buf);
 	return 1;
 }
 
-/* TCP state changes, host-wide; only a socket with a pending connect (or a
- * port-0 mark, when it starts listening) costs more than three compares. */
+/* CLOSE -> SYN_SENT inside connect(): remembers who connects, and whether a
+ * port-0 bind gave the socket its port (bound, with no port asked for).
+ * sk and the current task are BTF pointers here: plain loads, no helper. */
+static __always_inline void conn_begin(struct sock *sk)
+{
+	__u64 id = bpf_get_current_pid_tgid(), key = (__u64)sk;
+	struct task_struct *task;
+	struct conn c;
+
+	if (!traced_pid(id))
+		return;
+	task = bpf_get_current_task_btf();
+	c.id = id;
+	c.start_ns = task->group_leader->start_time;
+	c.port0 = sk->__sk_common.skc_num != 0 && !(BPF_CORE_READ_BITFIELD(sk, sk_userlocks) & SOCK_BINDPORT_LOCK);
+	if (bpf_map_update_elem(&conns, &key, &c, BPF_ANY))
+		percpu_inc(&untracked);
+}
+
+/* tcp_v{4,6}_connect's failure path: SYN_SENT -> CLOSE in the caller's
+ * context, no socket error, and the socket never entered the established
+ * hash (it would be hashed once a port was found; the tracepoint comes
+ * before the unhash). */
+static __always_inline int conn_no_port(struct sock *sk, struct conn *c, int newstate)
+{
+	return newstate == TCP_CLOSE && bpf_get_current_pid_tgid() == c->id && sk->sk_err == 0 &&
+	       !sk->__sk_common.skc_nulls_node.pprev;
+}
+
+/* The failure's call as the other backends see it, read from the socket:
+ * the destination is still set, the bound address only if bind() set it. */
+static __always_inline void conn_failed(struct sock *sk, struct conn *c, struct ps_proc_stats *s)
+{
+	struct call call = {};
+	struct who w = {};
+
+	call.op = PS_OP_CONNECT;
+	call.source = PS_SRC_CGROUP_CONNECT;
+	call.proto = IPPROTO_TCP;
+	call.family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	call.state = TCP_CLOSE;
+	call.sk = (__u64)sk;
+	call.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	call.options = sock_options(sk);
+	call.sock_ino = socket_ino(BPF_CORE_READ(sk, sk_socket));
+	call.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	call.dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (call.family == AF_INET)
+		bpf_core_read(call.daddr, 4, &sk->__sk_common.skc_daddr);
+	else
+		bpf_core_read(call.daddr, 16, &sk->__sk_common.skc_v6_daddr);
+	sock_bound_laddr(sk, call.family, call.laddr);
+	if (call.lport == 0)
+		call.flags |= PS_F_PORT0;
+	if (is_zero16(call.laddr))
+		call.flags |= PS_F_ANYADDR;
+	who_of(&w, (struct task_struct *)bpf_get_current_task());
+	w.id = c->id;
+	w.start_ns = c->start_ns;
+	__sync_fetch_and_add(&s->connects_failed, 1);
+	record_failure(&call, &w, EADDRNOTAVAIL);
+}
+
+/* The first state after SYN_SENT decides the connect: whoever deletes the
+ * entry counts it. */
+static __always_inline void conn_end(struct sock *sk, int newstate)
+{
+	__u64 key = (__u64)sk;
+	struct conn *p = bpf_map_lookup_elem(&conns, &key), c;
+	struct ps_proc_stats *s;
+
+	if (!p)
+		return;
+	c = *p;
+	if (bpf_map_delete_elem(&conns, &key))
+		return;
+	s = proc_stats_of(c.id >> 32, c.start_ns);
+	if (!s)
+		return;
+	if (c.port0)
+		__sync_fetch_and_add(&s->port0_bind_connects, 1);
+	if (conn_no_port(sk, &c, newstate))
+		conn_failed(sk, &c, s);
+	else
+		__sync_fetch_and_add(&s->connects_ok, 1);
+}
+
+/* TCP state changes, host-wide. Three compares for every transition that
+ * neither starts nor ends a connect nor closes a connection first. */
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(cg_sock_state, struct sock *sk, int oldstate, int newstate)
 {
-	__u64 key = (__u64)sk, id, start_ns;
-	struct pending *p, buf;
-	__u8 syn_sent, port0;
-
-	if (newstate == TCP_FIN_WAIT1 && oldstate == TCP_ESTABLISHED) {
-		record_closer(sk);
-		return 0;
+	if (oldstate == TCP_ESTABLISHED) {
+		if (newstate == TCP_FIN_WAIT1)
+			record_closer(sk);
+	} else if (oldstate == TCP_CLOSE) {
+		if (newstate == TCP_SYN_SENT)
+			conn_begin(sk);
+	} else if (oldstate == TCP_SYN_SENT) {
+		conn_end(sk, newstate);
 	}
-	if (newstate != TCP_LISTEN && oldstate != TCP_SYN_SENT && newstate != TCP_SYN_SENT)
-		return 0;
-	p = bpf_map_lookup_elem(&pending_calls, &key);
-	if (!p)
-		return 0;
-	if (newstate == TCP_LISTEN) {
-		/* A port-0 bind that listens: no connect will follow. */
-		if (p->kind == PORT0_BOUND)
-			bpf_map_delete_elem(&pending_calls, &key);
-		return 0;
-	}
-	if (p->kind != PENDING_CONNECT)
-		return 0;
-	id = bpf_get_current_pid_tgid();
-	if (newstate == TCP_SYN_SENT) {
-		if (oldstate == TCP_CLOSE && id == p->id)
-			p->syn_sent = 1;
-		return 0;
-	}
-	/* tcp_v{4,6}_connect's failure path: no port (sport still 0), or the
-	 * bound port's 4-tuple is taken; no socket error, the caller's context. */
-	if (newstate == TCP_CLOSE && p->syn_sent && id == p->id && BPF_CORE_READ(sk, sk_err) == 0 &&
-	    (p->c.lport || BPF_CORE_READ(sk, __sk_common.skc_num) == 0)) {
-		__builtin_memcpy(&buf, p, sizeof(buf));
-		if (bpf_map_delete_elem(&pending_calls, &key) == 0) {
-			if (buf.port0)
-				buf.c.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
-			connect_failed(&buf);
-		}
-		return 0;
-	}
-	/* A port was found: the connection is under way, refused, or done. */
-	id = p->id;
-	start_ns = p->start_ns;
-	syn_sent = p->syn_sent;
-	port0 = p->port0;
-	if (bpf_map_delete_elem(&pending_calls, &key) == 0)
-		connect_ok(id, start_ns, syn_sent, port0);
 	return 0;
 }
 
-/* Run by Go (BPF_PROG_TEST_RUN, never attached) for each pending call it
- * found old enough: args[0] is the socket key, args[1] the minimum age in ns,
- * checked again here against the kernel's clock (a second normally; 0 once
- * the traced calls are known to have returned). Marks are not calls: they
- * stay until their socket's release. */
+/* Run by Go (BPF_PROG_TEST_RUN, never attached) for each pending bind once
+ * the traced calls are known to have returned, or at the end of a session:
+ * args[0] is the socket key, args[1] the latest start (coarse monotonic ns)
+ * of a bind to decide. Go reads the clock: tracing programs may not read the
+ * coarse one. The kernel's own sweep covers the rest. */
 SEC("raw_tp")
 int ps_sweep(struct bpf_raw_tracepoint_args *ctx)
 {
 	__u64 key = ctx->args[0];
 	struct pending *p = bpf_map_lookup_elem(&pending_calls, &key), buf;
 
-	if (!p || p->kind == PORT0_BOUND || bpf_ktime_get_ns() - p->ts < ctx->args[1])
+	if (!p || p->ts > ctx->args[1])
 		return 0;
-	settle(key, p, &buf);
-	return 1;
+	return settle(key, p, &buf);
 }
 
 #endif

@@ -151,17 +151,6 @@ struct ps_netns {
 	__u8 ip_nonlocal_bind;
 };
 
-/* A TCP connection in a network namespace; ports in host order. */
-struct ps_tuple {
-	__u64 netns;
-	__u8 laddr[16];
-	__u8 raddr[16];
-	__u16 lport;
-	__u16 rport;
-	__u8 family;
-	__u8 _pad[3];
-};
-
 /* The process that closed a connection first: its side keeps the TIME_WAIT,
  * which has no file and no owner once it exists. Recorded in that process's
  * own context at the close (ESTABLISHED -> FIN_WAIT1). */

@@ -54,15 +54,16 @@ static __always_inline __u64 sock_ino(struct sock *sk)
 	return BPF_CORE_READ(sock, file, f_inode, i_ino);
 }
 
-/* Names the process that closed a TIME_WAIT's connection, if the tracer saw it. */
+/* Names the process that closed a TIME_WAIT's connection, if the tracer
+ * saw it: the TIME_WAIT socket keeps the closed socket's cookie. */
 static __always_inline void closer_of(struct ps_sock *r, struct sock_common *skc)
 {
-	struct ps_tuple k = {};
+	__u64 cookie = BPF_CORE_READ(skc, skc_cookie.counter);
 	struct ps_closer *c;
 
-	if (tuple_of(skc, &k))
+	if (!cookie)
 		return;
-	c = bpf_map_lookup_elem(&closers, &k);
+	c = bpf_map_lookup_elem(&closers, &cookie);
 	if (!c)
 		return;
 	r->closer_pid = c->pid;

@@ -15,6 +15,7 @@
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
 #define SOCK_BINDADDR_LOCK 4
+#define SOCK_BINDPORT_LOCK 8
 #define TCP_TIME_WAIT 6
 #define TCP_NEW_SYN_RECV 12
 
@@ -346,6 +347,23 @@ static __always_inline int count_failure(struct ps_fail_key *k)
 	return 0;
 }
 
+/* The namespace's ephemeral port range (ip_local_port_range). */
+static __always_inline void port_range(struct net *net, __u16 *lo, __u16 *hi)
+{
+	/* Field matching is by name and type: the old int[2] only matches before 6.3. */
+	struct local_ports___old *lp = (void *)&net->ipv4.ip_local_ports;
+
+	if (bpf_core_field_exists(lp->range)) {
+		*lo = BPF_CORE_READ(lp, range[0]);
+		*hi = BPF_CORE_READ(lp, range[1]);
+	} else {
+		__u32 r = BPF_CORE_READ(net, ipv4.ip_local_ports.range);
+
+		*lo = r & 0xffff;
+		*hi = r >> 16;
+	}
+}
+
 /* Reads the namespace's port sysctls from struct net at its first failure: a
  * short-lived namespace is gone before Go could look. */
 static __always_inline void snapshot_netns(struct sock *sk, __u64 inum)
@@ -355,18 +373,7 @@ static __always_inline void snapshot_netns(struct sock *sk, __u64 inum)
 
 	if (bpf_map_lookup_elem(&netns_info, &inum))
 		return;
-	/* Field matching is by name and type: the old int[2] only matches before 6.3. */
-	struct local_ports___old *lp = (void *)&net->ipv4.ip_local_ports;
-
-	if (bpf_core_field_exists(lp->range)) {
-		ns.port_lo = BPF_CORE_READ(lp, range[0]);
-		ns.port_hi = BPF_CORE_READ(lp, range[1]);
-	} else {
-		__u32 r = BPF_CORE_READ(net, ipv4.ip_local_ports.range);
-
-		ns.port_lo = r & 0xffff;
-		ns.port_hi = r >> 16;
-	}
+	port_range(net, &ns.port_lo, &ns.port_hi);
 	ns.tcp_tw_reuse = BPF_CORE_READ(net, ipv4.sysctl_tcp_tw_reuse);
 	ns.tcp_timestamps = BPF_CORE_READ(net, ipv4.sysctl_tcp_timestamps);
 	ns.ip_nonlocal_bind = BPF_CORE_READ(net, ipv4.sysctl_ip_nonlocal_bind);
@@ -484,22 +491,28 @@ static __always_inline void record_holder(struct ps_event *e, struct sock *h, __
 #define TCP_FIN_WAIT1 4
 
 /* Remembers the process that is closing an established connection (the
- * caller's context: close() or shutdown()), for its TIME_WAIT to come. */
+ * caller's context: close() or shutdown()), for its TIME_WAIT to come. Only
+ * for a local port in the ephemeral range, the pool TIME_WAITs starve: a
+ * server's accepted connections keep its listening port. For tp_btf
+ * programs only: sk and the current task are BTF pointers (plain loads). */
 static __always_inline void record_closer(struct sock *sk)
 {
-	struct task_struct *task = (void *)bpf_get_current_task();
-	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
-	struct ps_tuple k = {};
+	struct task_struct *leader;
 	struct ps_closer v = {};
+	__u16 port = sk->__sk_common.skc_num, lo, hi;
+	__u64 cookie;
 
-	if (tuple_of(&sk->__sk_common, &k))
+	port_range(sk->__sk_common.skc_net.net, &lo, &hi);
+	if (port < lo || port > hi)
 		return;
 	v.pid = bpf_get_current_pid_tgid() >> 32;
 	if (!v.pid)
 		return; /* a kernel thread: no process to name */
-	v.start_ns = BPF_CORE_READ(leader, start_time);
+	leader = bpf_get_current_task_btf()->group_leader;
+	v.start_ns = leader->start_time;
 	bpf_probe_read_kernel_str(v.comm, sizeof(v.comm), &leader->comm);
-	bpf_map_update_elem(&closers, &k, &v, BPF_ANY);
+	cookie = bpf_get_socket_cookie(sk);
+	bpf_map_update_elem(&closers, &cookie, &v, BPF_ANY);
 }
 
 /* A global function: the verifier checks it once per program instead of at

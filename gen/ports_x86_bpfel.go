@@ -40,17 +40,6 @@ type PortsPsSock struct {
 	CloserComm    [16]int8
 }
 
-type PortsPsTuple struct {
-	_      structs.HostLayout
-	Netns  uint64
-	Laddr  [16]uint8
-	Raddr  [16]uint8
-	Lport  uint16
-	Rport  uint16
-	Family uint8
-	Pad    [3]uint8
-}
-
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.

@@ -36,6 +36,13 @@ type PortsleuthCall struct {
 	Pad       [3]uint8
 }
 
+type PortsleuthConn struct {
+	_       structs.HostLayout
+	Id      uint64
+	StartNs uint64
+	Port0   uint64
+}
+
 type PortsleuthPending struct {
 	_          structs.HostLayout
 	Ts         uint64
@@ -43,12 +50,9 @@ type PortsleuthPending struct {
 	Task       uint64
 	StartNs    uint64
 	C          PortsleuthCall
-	Kind       uint8
 	Bound      uint8
 	Privileged uint8
-	SynSent    uint8
-	Port0      uint8
-	Pad        [3]uint8
+	Pad        [6]uint8
 }
 
 type PortsleuthPsCloser struct {
@@ -196,15 +200,13 @@ const (
 	PortsleuthPsSourcePS_SRC_CGROUP_CONNECT    PortsleuthPsSource = 8
 )
 
-type PortsleuthPsTuple struct {
-	_      structs.HostLayout
-	Netns  uint64
-	Laddr  [16]uint8
-	Raddr  [16]uint8
-	Lport  uint16
-	Rport  uint16
-	Family uint8
-	Pad    [3]uint8
+type PortsleuthSweepTimer struct {
+	_ structs.HostLayout
+	T struct {
+		_      structs.HostLayout
+		Opaque [2]uint64
+	}
+	Armed uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -213,6 +215,7 @@ type PortsleuthPsTuple struct {
 const (
 	PortsleuthMapCalls                       = "calls"
 	PortsleuthMapClosers                     = "closers"
+	PortsleuthMapConns                       = "conns"
 	PortsleuthMapEvents                      = "events"
 	PortsleuthMapFailCounts                  = "fail_counts"
 	PortsleuthMapFailOverflow                = "fail_overflow"
@@ -222,6 +225,7 @@ const (
 	PortsleuthMapProcMeta                    = "proc_meta"
 	PortsleuthMapProcStats                   = "proc_stats"
 	PortsleuthMapSockState                   = "sock_state"
+	PortsleuthMapSweepTimers                 = "sweep_timers"
 	PortsleuthMapTree                        = "tree"
 	PortsleuthMapUntracked                   = "untracked"
 	PortsleuthProgCgBind4                    = "cg_bind4"
@@ -279,6 +283,7 @@ const (
 	PortsleuthVarInetFlagsBindNoPortBit      = "inet_flags_bind_no_port_bit"
 	PortsleuthVarInetFlagsFreebindBit        = "inet_flags_freebind_bit"
 	PortsleuthVarInetFlagsTransparentBit     = "inet_flags_transparent_bit"
+	PortsleuthVarPendingBinds                = "pending_binds"
 	PortsleuthVarTargetPid                   = "target_pid"
 )
 
@@ -378,6 +383,7 @@ type PortsleuthProgramSpecs struct {
 type PortsleuthMapSpecs struct {
 	Calls        *ebpf.MapSpec `ebpf:"calls"`
 	Closers      *ebpf.MapSpec `ebpf:"closers"`
+	Conns        *ebpf.MapSpec `ebpf:"conns"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	FailCounts   *ebpf.MapSpec `ebpf:"fail_counts"`
 	FailOverflow *ebpf.MapSpec `ebpf:"fail_overflow"`
@@ -387,6 +393,7 @@ type PortsleuthMapSpecs struct {
 	ProcMeta     *ebpf.MapSpec `ebpf:"proc_meta"`
 	ProcStats    *ebpf.MapSpec `ebpf:"proc_stats"`
 	SockState    *ebpf.MapSpec `ebpf:"sock_state"`
+	SweepTimers  *ebpf.MapSpec `ebpf:"sweep_timers"`
 	Tree         *ebpf.MapSpec `ebpf:"tree"`
 	Untracked    *ebpf.MapSpec `ebpf:"untracked"`
 }
@@ -404,6 +411,7 @@ type PortsleuthVariableSpecs struct {
 	InetFlagsBindNoPortBit  *ebpf.VariableSpec `ebpf:"inet_flags_bind_no_port_bit"`
 	InetFlagsFreebindBit    *ebpf.VariableSpec `ebpf:"inet_flags_freebind_bit"`
 	InetFlagsTransparentBit *ebpf.VariableSpec `ebpf:"inet_flags_transparent_bit"`
+	PendingBinds            *ebpf.VariableSpec `ebpf:"pending_binds"`
 	TargetPid               *ebpf.VariableSpec `ebpf:"target_pid"`
 }
 
@@ -429,6 +437,7 @@ func (o *PortsleuthObjects) Close() error {
 type PortsleuthMaps struct {
 	Calls        *ebpf.Map `ebpf:"calls"`
 	Closers      *ebpf.Map `ebpf:"closers"`
+	Conns        *ebpf.Map `ebpf:"conns"`
 	Events       *ebpf.Map `ebpf:"events"`
 	FailCounts   *ebpf.Map `ebpf:"fail_counts"`
 	FailOverflow *ebpf.Map `ebpf:"fail_overflow"`
@@ -438,6 +447,7 @@ type PortsleuthMaps struct {
 	ProcMeta     *ebpf.Map `ebpf:"proc_meta"`
 	ProcStats    *ebpf.Map `ebpf:"proc_stats"`
 	SockState    *ebpf.Map `ebpf:"sock_state"`
+	SweepTimers  *ebpf.Map `ebpf:"sweep_timers"`
 	Tree         *ebpf.Map `ebpf:"tree"`
 	Untracked    *ebpf.Map `ebpf:"untracked"`
 }
@@ -446,6 +456,7 @@ func (m *PortsleuthMaps) Close() error {
 	return _PortsleuthClose(
 		m.Calls,
 		m.Closers,
+		m.Conns,
 		m.Events,
 		m.FailCounts,
 		m.FailOverflow,
@@ -455,6 +466,7 @@ func (m *PortsleuthMaps) Close() error {
 		m.ProcMeta,
 		m.ProcStats,
 		m.SockState,
+		m.SweepTimers,
 		m.Tree,
 		m.Untracked,
 	)
@@ -473,6 +485,7 @@ type PortsleuthVariables struct {
 	InetFlagsBindNoPortBit  *ebpf.Variable `ebpf:"inet_flags_bind_no_port_bit"`
 	InetFlagsFreebindBit    *ebpf.Variable `ebpf:"inet_flags_freebind_bit"`
 	InetFlagsTransparentBit *ebpf.Variable `ebpf:"inet_flags_transparent_bit"`
+	PendingBinds            *ebpf.Variable `ebpf:"pending_binds"`
 	TargetPid               *ebpf.Variable `ebpf:"target_pid"`
 }
 

@@ -35,6 +35,7 @@ func main() {
 	pflag.IntVar(&o.StormSize, "storm", 1000000, "failing binds in the storm")
 	pflag.StringVar(&o.StormProfile, "storm-cpuprofile", "", "write a CPU profile of the agent during the storm here")
 	pflag.BoolVar(&o.StormOnly, "storm-only", false, "measure only launch, the storm and RSS")
+	pflag.BoolVar(&o.BPFOnly, "bpf-only", false, "measure only the BPF time per program and backend (the first table)")
 	pflag.Parse()
 	if err := bench.Run(os.Stdout, o); err != nil {
 		fmt.Fprintln(os.Stderr, "portsleuth-bench:", err)

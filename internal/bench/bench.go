@@ -44,6 +44,8 @@ type Options struct {
 	StormProfile string
 	// Only runs just the storm (with launch and RSS), skipping the loops.
 	StormOnly bool
+	// BPFOnly prints only the first table: BPF time per program and backend.
+	BPFOnly bool
 }
 
 // row is one line of the table.
@@ -55,16 +57,7 @@ func Run(w io.Writer, o Options) error {
 		return errors.New("bench needs root (BPF and network namespaces)")
 	}
 	var rows []row
-	add := func(what, value, goal string, ok bool) {
-		v := "ok"
-		if !ok {
-			v = "MISSES GOAL"
-		}
-		if goal == "" {
-			v = ""
-		}
-		rows = append(rows, row{what, value, goal, v})
-	}
+	add := func(what, value, goal string, ok bool) { rows = append(rows, verdictRow(what, value, goal, ok)) }
 
 	// Loops run on one locked thread inside a fresh namespace; the agent
 	// traces host-wide, as it would in production.
@@ -95,22 +88,68 @@ func Run(w io.Writer, o Options) error {
 		}
 	}
 
+	loops := []struct {
+		name    string
+		fn      func(int) (time.Duration, error)
+		n       int
+		goal    float64 // wall-clock slowdown, percent
+		bpfGoal float64 // BPF ns per iteration, serve's default backend
+	}{
+		{"connect+close loop", lp.connectClose, o.Loops, 3, 400},
+		{"bind+connect loop", lp.bindConnect, o.Loops, 3, 1000},
+		{"getppid loop (unrelated syscalls)", lp.getppid, o.Syscalls, 1, 0},
+	}
+
+	// First what the programs themselves cost, from the kernel's run-time
+	// statistics: the steady figure on a noisy machine.
+	var bpfRows []row
+	for _, b := range available {
+		if o.StormOnly {
+			break
+		}
+		for _, l := range loops[:2] {
+			for _, floor := range []bool{false, true} {
+				if floor && b != serveDefault {
+					continue
+				}
+				prof, err := programProfile(b, floor, l.fn, l.n)
+				if err != nil {
+					return fmt.Errorf("program profile on %s: %w", b, err)
+				}
+				for _, p := range prof {
+					what := fmt.Sprintf("  %s", p.name)
+					v := fmt.Sprintf("%.0f ns (%.1f runs)", p.nsPerLoop, p.runsPerLoop)
+					goal, ok := "", true
+					if p.total {
+						what = fmt.Sprintf("%s, %s: all programs", l.name, b)
+						v = fmt.Sprintf("%.0f ns = +%.1f%% of the loop", p.nsPerLoop, p.shareOfRest)
+						if b == serveDefault && !floor {
+							goal, ok = fmt.Sprintf("<= %.0f ns", l.bpfGoal), p.nsPerLoop <= l.bpfGoal
+						}
+						if floor {
+							what = fmt.Sprintf("%s, %s: empty programs (the statistics' own cost)", l.name, b)
+						}
+					} else if floor {
+						continue // the total says it
+					}
+					bpfRows = append(bpfRows, verdictRow(what, v, goal, ok))
+				}
+			}
+		}
+	}
+
+	if o.BPFOnly {
+		fmt.Fprintf(w, "portsleuth bench (%s, %d CPUs; loops %d iterations)\n\n", kernelRelease(), runtime.NumCPU(), o.Loops)
+		table(w, bpfRows)
+		return nil
+	}
 	for _, b := range available {
 		if o.StormOnly {
 			break
 		}
 		lowOverhead := b == serveDefault
-		for _, l := range []struct {
-			name string
-			fn   func(int) (time.Duration, error)
-			n    int
-			goal float64
-		}{
-			{"connect+close loop", lp.connectClose, o.Loops, 3},
-			{"bind+connect loop", lp.bindConnect, o.Loops, 3},
-			{"getppid loop (unrelated syscalls)", lp.getppid, o.Syscalls, 1},
-		} {
-			base, with, slow, err := sideBySide(b, o.Rounds, func() (time.Duration, error) { return l.fn(l.n) })
+		for _, l := range loops {
+			base, with, slow, err := sideBySide(func() (io.Closer, error) { return probe.Start(probe.Options{Backend: b}) }, o.Rounds, func() (time.Duration, error) { return l.fn(l.n) })
 			if err != nil {
 				return fmt.Errorf("%s on %s: %w", l.name, b, err)
 			}
@@ -120,20 +159,16 @@ func Run(w io.Writer, o Options) error {
 				goal = fmt.Sprintf("<= %.0f%%", l.goal)
 			}
 			add(fmt.Sprintf("%s, %s", l.name, b), value, goal, slow <= l.goal)
-		}
-		if lowOverhead {
-			// The profile behind the loop figures: where the BPF time goes.
-			prof, err := programProfile(b, lp, o.Loops)
+			if !lowOverhead || l.bpfGoal == 0 {
+				continue
+			}
+			// The same hooks with empty programs: this design's floor.
+			base, with, slow, err = sideBySide(func() (io.Closer, error) { return probe.StartFloor(b) }, o.Rounds, func() (time.Duration, error) { return l.fn(l.n) })
 			if err != nil {
-				return fmt.Errorf("program profile on %s: %w", b, err)
+				return fmt.Errorf("%s on %s's floor: %w", l.name, b, err)
 			}
-			for _, p := range prof {
-				v := fmt.Sprintf("%.0f ns (%.1f runs)", p.nsPerLoop, p.runsPerLoop)
-				if p.shareOfRest != 0 {
-					v = fmt.Sprintf("%.0f ns = +%.1f%% on this loop", p.nsPerLoop, p.shareOfRest)
-				}
-				add(fmt.Sprintf("  BPF time per bind+connect, %s", p.name), v, "", true)
-			}
+			add(fmt.Sprintf("  the same, empty programs on %s's hooks (floor)", b),
+				fmt.Sprintf("%+.1f%% (%.0f -> %.0f ns/op)", slow, perOp(base, l.n), perOp(with, l.n)), "", true)
 		}
 	}
 
@@ -171,13 +206,33 @@ func Run(w io.Writer, o Options) error {
 		add(fmt.Sprintf("ports: scan a namespace of %d sockets", ps.sockets), fmt.Sprintf("%s, RSS +%.1f MiB", ps.wall.Round(time.Millisecond), float64(ps.rssGrowth)/(1<<20)), "", true)
 	}
 
-	fmt.Fprintf(w, "portsleuth bench (%s, %d CPUs; loops %d iterations, %d syscalls; loop thread CPU time, fastest of %d ABBA pairs)\n\n",
-		kernelRelease(), runtime.NumCPU(), o.Loops, o.Syscalls, o.Rounds)
-	fmt.Fprintf(w, "%-58s %-42s %-28s %s\n", "measurement", "value", "goal", "")
-	for _, r := range rows {
-		fmt.Fprintf(w, "%-58s %-42s %-28s %s\n", r.what, r.value, r.goal, r.verdict)
+	fmt.Fprintf(w, "portsleuth bench (%s, %d CPUs; loops %d iterations, %d syscalls)\n\n", kernelRelease(), runtime.NumCPU(), o.Loops, o.Syscalls)
+	if len(bpfRows) > 0 {
+		fmt.Fprintf(w, "BPF time per loop iteration, by program (kernel run-time statistics, which add a clock read per run: upper bounds)\n")
+		table(w, bpfRows)
+		fmt.Fprintln(w)
 	}
+	fmt.Fprintf(w, "Wall clock and agent (loop thread CPU time, fastest of %d ABBA pairs)\n", o.Rounds)
+	table(w, rows)
 	return nil
+}
+
+func table(w io.Writer, rows []row) {
+	fmt.Fprintf(w, "%-62s %-42s %-28s %s\n", "measurement", "value", "goal", "")
+	for _, r := range rows {
+		fmt.Fprintf(w, "%-62s %-42s %-28s %s\n", r.what, r.value, r.goal, r.verdict)
+	}
+}
+
+func verdictRow(what, value, goal string, ok bool) row {
+	v := "ok"
+	if !ok {
+		v = "MISSES GOAL"
+	}
+	if goal == "" {
+		v = ""
+	}
+	return row{what, value, goal, v}
 }
 
 func perOp(d time.Duration, n int) float64 { return float64(d.Nanoseconds()) / float64(n) }
@@ -186,18 +241,19 @@ func perOp(d time.Duration, n int) float64 { return float64(d.Nanoseconds()) / f
 // order so neither side always goes first, and returns the fastest run of
 // each side and the slowdown between them in percent. On a shared machine
 // interference only ever adds time, so the minimum is the stable estimate.
-func sideBySide(b probe.Backend, rounds int, measure func() (time.Duration, error)) (time.Duration, time.Duration, float64, error) {
+func sideBySide(start func() (io.Closer, error), rounds int, measure func() (time.Duration, error)) (time.Duration, time.Duration, float64, error) {
 	var base, with []time.Duration
 	attached := func() (time.Duration, error) {
-		t, err := probe.Start(probe.Options{Backend: b})
+		c, err := start()
 		if err != nil {
 			return 0, err
 		}
-		stop := drain(t)
+		if t, ok := c.(*probe.Tracer); ok {
+			stop := drain(t)
+			defer stop()
+		}
 		d, err := measure()
-		stop()
-		t.Close()
-		return d, err
+		return d, errors.Join(err, c.Close())
 	}
 	for i := 0; i < rounds; i++ {
 		var a, w time.Duration
@@ -447,38 +503,50 @@ func firstLine(s string) string {
 type progCost struct {
 	name                   string
 	nsPerLoop, runsPerLoop float64
+	total                  bool    // the sum over programs
 	shareOfRest            float64 // the total only: percent added to the loop's own time
 }
 
-// programProfile runs the bind+connect loop once with the agent attached
-// and the kernel's BPF run-time statistics on, and splits the BPF time per
-// loop by program: the profile that explains the loop slowdown. The
-// statistics add a clock read per run, so these are upper bounds.
-func programProfile(b probe.Backend, lp *looper, n int) ([]progCost, error) {
+// programProfile runs a loop once with the agent attached and the kernel's
+// BPF run-time statistics on, and splits the BPF time per iteration by
+// program: the profile that explains the loop slowdown. The statistics add
+// a clock read per run, so these are upper bounds.
+func programProfile(b probe.Backend, floor bool, loop func(int) (time.Duration, error), n int) ([]progCost, error) {
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 	if err != nil {
 		return nil, fmt.Errorf("enabling BPF run-time stats: %w", err)
 	}
 	defer stats.Close()
-	t, err := probe.Start(probe.Options{Backend: b})
+	var attached interface {
+		ProgramStats() (map[string]*ebpf.ProgramStats, error)
+		Close() error
+	}
+	stop := func() {}
+	if floor {
+		attached, err = probe.StartFloor(b)
+	} else {
+		var t *probe.Tracer
+		if t, err = probe.Start(probe.Options{Backend: b}); err == nil {
+			attached, stop = t, drain(t)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
-	defer t.Close()
-	stop := drain(t)
-	loop, err := lp.bindConnect(n)
+	defer attached.Close()
+	d, err := loop(n)
 	stop()
 	if err != nil {
 		return nil, err
 	}
-	ps, err := t.ProgramStats()
+	ps, err := attached.ProgramStats()
 	if err != nil {
 		return nil, err
 	}
 	var out []progCost
 	var total float64
 	for name, st := range ps {
-		if st.RunCount*100 < uint64(n) { // not run, or rarely (the sweeper)
+		if st.RunCount*100 < uint64(n) { // not run, or rarely
 			continue
 		}
 		c := progCost{name: name, nsPerLoop: float64(st.Runtime.Nanoseconds()) / float64(n), runsPerLoop: float64(st.RunCount) / float64(n)}
@@ -487,6 +555,6 @@ func programProfile(b probe.Backend, lp *looper, n int) ([]progCost, error) {
 	}
 	slices.SortFunc(out, func(a, b progCost) int { return cmp.Compare(b.nsPerLoop, a.nsPerLoop) })
 	// What the programs alone add to the loop: its time without them.
-	rest := float64(loop.Nanoseconds())/float64(n) - total
-	return append(out, progCost{name: "all programs", nsPerLoop: total, shareOfRest: 100 * total / rest}), nil
+	rest := float64(d.Nanoseconds())/float64(n) - total
+	return append(out, progCost{name: "all programs", nsPerLoop: total, total: true, shareOfRest: 100 * total / rest}), nil
 }

@@ -166,12 +166,12 @@ func startBackend(spec *ebpf.CollectionSpec, b Backend) (_ *Tracer, err error) {
 			t.Close()
 			return nil, errors.New("the cgroup backend's sweeper program is missing")
 		}
-		// A sweeper the kernel can't run would leave failures pending forever.
+		// A session's end decides what is still pending through it.
 		if _, err := prog.Run(&ebpf.RunOptions{Context: []uint64{0, 0}}); err != nil {
 			t.Close()
 			return nil, fmt.Errorf("the kernel cannot test-run the cgroup backend's sweeper (raw_tp BPF_PROG_TEST_RUN): %w", err)
 		}
-		t.sweeper = startSweeper(prog, t.maps.PendingCalls)
+		t.sweeper = &sweeper{prog: prog, pending: t.maps.PendingCalls}
 	}
 	t.rd, err = ringbuf.NewReader(t.maps.Events)
 	if err != nil {
@@ -343,10 +343,7 @@ func (t *Tracer) program(name string) *ebpf.Program {
 // Close detaches every program and frees the maps.
 func (t *Tracer) Close() error {
 	var errs []error
-	if t.sweeper != nil {
-		t.sweeper.stop()
-		t.sweeper = nil
-	}
+	t.sweeper = nil
 	if t.rd != nil {
 		errs = append(errs, t.rd.Close())
 		t.rd = nil
@@ -519,13 +516,17 @@ func sysctlsOf(inum uint64, ns *gen.PortsleuthPsNetns) netns.Sysctls {
 // ProgramStats reads each program's run time and count. They stay zero unless
 // BPF stats are enabled (ebpf.EnableStats, or kernel.bpf_stats_enabled=1).
 func (t *Tracer) ProgramStats() (map[string]*ebpf.ProgramStats, error) {
-	out := make(map[string]*ebpf.ProgramStats, len(t.progs))
-	for i, p := range t.progs {
+	return programStats(t.progs, t.names)
+}
+
+func programStats(progs []*ebpf.Program, names []string) (map[string]*ebpf.ProgramStats, error) {
+	out := make(map[string]*ebpf.ProgramStats, len(progs))
+	for i, p := range progs {
 		st, err := p.Stats()
 		if err != nil {
-			return nil, fmt.Errorf("reading stats of %s: %w", t.names[i], err)
+			return nil, fmt.Errorf("reading stats of %s: %w", names[i], err)
 		}
-		out[t.names[i]] = st
+		out[names[i]] = st
 	}
 	return out, nil
 }

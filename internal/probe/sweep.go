@@ -1,7 +1,6 @@
 package probe
 
 import (
-	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -11,78 +10,48 @@ import (
 )
 
 // The cgroup backend learns that a bind failed from what happens next to its
-// socket (bound again, connected, released). A socket that sees nothing next
-// would keep its failure pending forever, so the sweeper decides every call
-// pending longer than sweepAge by a test run of ps_sweep, which does the same
-// accounting the hooks do, in the kernel.
-const (
-	sweepEvery = 250 * time.Millisecond
-	sweepAge   = time.Second
-	port0Bound = 3 // PORT0_BOUND in bpf/cgroup.h: a mark, not a call
-)
+// socket (bound again, released). A socket that sees nothing next would keep
+// its failure pending forever, so the kernel sweeps: a bpf_timer armed by
+// the first pending bind decides every bind pending longer than sweepAge
+// (bpf/cgroup.h, sweep_fire), with no help from here. What Go keeps is the
+// end of a session: deciding the calls still pending when it must report
+// now, by test runs of ps_sweep, which does the same accounting.
+const sweepAge = time.Second
 
 type sweeper struct {
 	prog    *ebpf.Program
 	pending *ebpf.Map
-	done    chan struct{}
-	wg      sync.WaitGroup
-}
-
-func startSweeper(prog *ebpf.Program, pending *ebpf.Map) *sweeper {
-	s := &sweeper{prog: prog, pending: pending, done: make(chan struct{})}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		tick := time.NewTicker(sweepEvery)
-		defer tick.Stop()
-		for {
-			select {
-			case <-s.done:
-				return
-			case <-tick.C:
-				s.sweep(sweepAge)
-			}
-		}
-	}()
-	return s
-}
-
-func (s *sweeper) stop() {
-	close(s.done)
-	s.wg.Wait()
 }
 
 // sweep decides the calls pending longer than age and says how many calls
 // are still pending. The kernel checks the age again, and deleting the entry
-// settles any race with a hook.
+// settles any race with a hook or the kernel's sweep.
 func (s *sweeper) sweep(age time.Duration) (left int) {
-	now := monotonicNow()
+	cutoff := coarseNow() - uint64(age)
 	var stale []uint64
 	var key uint64
 	var p gen.PortsleuthPending
 	it := s.pending.Iterate()
 	for it.Next(&key, &p) {
-		switch {
-		case p.Kind == port0Bound:
-		case now-p.Ts >= uint64(age):
+		if p.Ts <= cutoff {
 			stale = append(stale, key)
-		default:
+		} else {
 			left++
 		}
 	}
-	// An iteration cut short by concurrent deletes is retried next tick.
+	// An iteration cut short by concurrent deletes is retried by the caller.
 	for _, k := range stale {
-		if ret, err := s.prog.Run(&ebpf.RunOptions{Context: []uint64{k, uint64(age)}}); err != nil || ret == 0 {
+		if ret, err := s.prog.Run(&ebpf.RunOptions{Context: []uint64{k, cutoff}}); err != nil || ret == 0 {
 			left++ // not decided now (a hook took it first, or the run failed): next time
 		}
 	}
 	return left
 }
 
-// monotonicNow is bpf_ktime_get_ns()'s clock.
-func monotonicNow() uint64 {
+// coarseNow is bpf_ktime_get_coarse_ns()'s clock, which stamps pending binds.
+func coarseNow() uint64 {
 	var ts unix.Timespec
-	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &ts)
 	return uint64(ts.Nano())
 }
 
@@ -94,7 +63,7 @@ func (t *Tracer) Settle() {
 	if t.sweeper == nil {
 		return
 	}
-	deadline := time.Now().Add(sweepAge + sweepEvery)
+	deadline := time.Now().Add(sweepAge + 250*time.Millisecond)
 	for t.sweeper.sweep(sweepAge) > 0 && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
