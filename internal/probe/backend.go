@@ -46,8 +46,8 @@ func (b Backend) Inferred() []string {
 		return nil
 	}
 	return []string{
-		"errno of failed bind() and connect() calls: inferred (a bind that never reached post_bind failed; a connect failed when its socket went SYN_SENT -> CLOSE inside the call)",
-		"not seen: listen() failures, UDP connect() autobind failures (EAGAIN), binds refused by another cgroup BPF program",
+		"errno of failed bind() and connect() calls: inferred (a bind that never reached post_bind failed; a connect failed when its socket went SYN_SENT -> CLOSE inside the call without entering the established hash)",
+		"not seen: listen() failures, UDP connect() autobind failures (EAGAIN), TCP connects that fail before any port work (no route: not counted at all), binds refused by another cgroup BPF program",
 	}
 }
 

@@ -396,7 +396,7 @@ func TestCgroupLeavesNoPendingEntries(t *testing.T) {
 				return fmt.Errorf("bind of a held port: %v", err)
 			}
 			unix.Close(s)
-			// bind(0)+listen, kept open: the mark goes when it listens.
+			// bind(0)+listen, kept open.
 			s, _ = unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
 			if err := unix.Bind(s, any0); err != nil {
 				return err
@@ -424,6 +424,12 @@ func TestCgroupLeavesNoPendingEntries(t *testing.T) {
 	if left != 0 {
 		t.Errorf("%d pending entries of this process left", left)
 	}
+	var c gen.PortsleuthConn
+	for it := tr.maps.Conns.Iterate(); it.Next(&key, &c); {
+		if c.Id>>32 == uint64(os.Getpid()) {
+			t.Errorf("connect of socket %#x still followed: %+v", key, c)
+		}
+	}
 	snap, err := tr.Snapshot()
 	if err != nil {
 		t.Fatal(err)
@@ -431,6 +437,60 @@ func TestCgroupLeavesNoPendingEntries(t *testing.T) {
 	st := snap.Procs[mine(snap)]
 	if st.BindsFailed != 20 || st.Port0BindsOK != 40 || st.Port0BindConnects != 20 || st.ConnectsOK != 20 {
 		t.Errorf("counts %+v: want 20 failed binds, 40 port-0 binds, 20 of them connected, 20 connects ok", st)
+	}
+}
+
+// A failed bind whose socket then does nothing (kept open, never bound again)
+// is decided by the kernel's own sweep, with no help from Go: no Flush or
+// Settle here, only reads of the counters.
+func TestCgroupKernelSweepsPendingBinds(t *testing.T) {
+	tr := start(t)
+	if tr.Backend() != Cgroup {
+		t.Skipf("backend %s sees bind results (PORTSLEUTH_TEST_BACKEND=cgroup runs this)", tr.Backend())
+	}
+	var keep []int
+	defer func() {
+		for _, fd := range keep {
+			unix.Close(fd)
+		}
+	}()
+	const failing = 3
+	inNetns(t, func() error {
+		l, err := holdPort(lo8080)
+		if err != nil {
+			return err
+		}
+		keep = append(keep, l)
+		for i := 0; i < failing; i++ {
+			s, _ := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+			keep = append(keep, s)
+			if err := unix.Bind(s, lo8080); !errors.Is(err, unix.EADDRINUSE) {
+				return fmt.Errorf("bind of a held port: %v", err)
+			}
+		}
+		return nil
+	})
+	var st event.ProcStats
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		snap, err := tr.Snapshot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st = snap.Procs[mine(snap)]; st.BindsFailed == failing {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if st.BindsFailed != failing || st.BindsOK != 1 {
+		t.Fatalf("counts %+v: want %d failed binds decided by the kernel's sweep, 1 ok", st, failing)
+	}
+	var key uint64
+	var p gen.PortsleuthPending
+	for it := tr.maps.PendingCalls.Iterate(); it.Next(&key, &p); {
+		if p.Id>>32 == uint64(os.Getpid()) {
+			t.Errorf("a bind of this process is still pending: %+v", p)
+		}
 	}
 }
 
