@@ -248,11 +248,12 @@ func sideBySide(start func() (io.Closer, error), rounds int, measure func() (tim
 		if err != nil {
 			return 0, err
 		}
+		stop := func() {}
 		if t, ok := c.(*probe.Tracer); ok {
-			stop := drain(t)
-			defer stop()
+			stop = drain(t)
 		}
 		d, err := measure()
+		stop() // before Close: the drain reads the ring buffer
 		return d, errors.Join(err, c.Close())
 	}
 	for i := 0; i < rounds; i++ {

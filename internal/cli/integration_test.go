@@ -423,6 +423,9 @@ func TestWatchFoldsAStormWithoutLosingCount(t *testing.T) {
 
 	var lines, total uint64
 	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		if strings.Contains(line, `"type":"enrichment"`) {
+			continue // what enrichment found, not a failure
+		}
 		var r report.Record
 		if err := json.Unmarshal([]byte(line), &r); err != nil {
 			t.Fatalf("not a JSON record: %q", line)

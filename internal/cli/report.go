@@ -207,6 +207,8 @@ func traceReport(f *reportFlags, filter report.Filter, record io.Writer, stdout,
 	col.Enricher = pressure.NewEnricher()
 	col.Enricher.Closers = s.t.Closers()
 	defer col.Enricher.Close()
+	col.Queue = pressure.NewQueue(0, col.Enricher.Enrich, col.Attach)
+	defer col.Queue.Close() // before the enricher's Close: defers run last first
 	var events []event.Event
 	err = s.loop(ctx, func(e event.Event) {
 		col.Observe(&e)
@@ -224,18 +226,38 @@ func traceReport(f *reportFlags, filter report.Filter, record io.Writer, stdout,
 	if err != nil {
 		return report.Report{}, err
 	}
+	finishEnrichment(col, events) // after the counters: they match the events read
 	if record != nil {
 		if err := report.NewRecording(snap, events).Encode(record); err != nil {
 			return report.Report{}, fmt.Errorf("writing the recording: %w", err)
 		}
 	}
 	r := report.Build(snap, col, filter, string(s.t.Backend()), s.started, time.Since(s.started))
+	r.EnrichmentDropped = col.Queue.Dropped()
 	r.BackendNotes = s.t.Notes()
 	r.Inferred = s.t.Backend().Inferred()
 	if cmd != nil {
 		r.Command = &report.Command{Argv: f.argv, PID: cmd.c.Process.Pid, ExitCode: cmd.c.ProcessState.ExitCode()}
 	}
 	return r, nil
+}
+
+// drainWait bounds how long a report waits for the enrichment still queued
+// when tracing ends: a short `report -- CMD` gets its snapshots, and a
+// backlog cannot hold the report back for long.
+const drainWait = 2 * time.Second
+
+// finishEnrichment lets the queued enrichment land in col (what is still
+// queued after drainWait is dropped and counted), then stops it, and names
+// in the recorded events the holders it found for their ports.
+func finishEnrichment(col *report.Collector, recorded []event.Event) {
+	col.Queue.Drain(drainWait)
+	col.Queue.Close()
+	col.Seal()
+	for i := range recorded {
+		col.Queue.Fill(&recorded[i])
+		col.Owners.FillCached(&recorded[i])
+	}
 }
 
 // replayStarted stands in the text header for the start time a recording

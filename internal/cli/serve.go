@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -100,9 +101,16 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 		log.Warn("bpf program run time is not available", "err", err)
 	}
 
+	c := newCulpritLog(log, t, report.Filter{PID: uint32(f.pid), Comm: f.comm}, f.interval)
+	defer c.close()
+
 	col := metrics.NewCollector(t, string(t.Backend()), len(t.Backend().Inferred()) > 0)
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(col, collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), collectors.NewGoCollector())
+	reg.MustRegister(col, collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), collectors.NewGoCollector(),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "portsleuth_enrichment_dropped_total",
+			Help: "First failures of a kind (process, class) that got no pressure snapshot or holder lookup: the enrichment queue was full. Failure counts stay exact.",
+		}, func() float64 { return float64(c.queue.Dropped()) }))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError)}))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
@@ -125,17 +133,13 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	ctx, stop := runContext(f.duration)
 	defer stop()
 
-	c := &culpritLog{log: log, t: t, deltas: metrics.NewDeltas(), enricher: pressure.NewEnricher(), filter: report.Filter{PID: uint32(f.pid), Comm: f.comm}, interval: f.interval}
-	c.enricher.Closers = t.Closers()
-	defer c.enricher.Close()
-	c.col = c.newCollector()
 	// Records go only once both readers (col every updateEvery, c every
 	// --report-interval) have folded their last increment.
 	forgetter := metrics.NewForgetter(2 * max(updateEvery, f.interval))
 	lastForget := time.Now()
 	lastUpdate, lastReport := time.Now(), time.Now()
 	err = s.loop(ctx, func(e event.Event) {
-		c.col.Observe(&e)
+		c.col.Observe(&e) // c.col changes only on this goroutine
 	}, func(now time.Time) {
 		if now.Sub(lastUpdate) >= updateEvery {
 			lastUpdate = now
@@ -151,6 +155,9 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 		}
 		if now.Sub(lastReport) >= f.interval || ctx.Err() != nil {
 			lastReport = now
+			if ctx.Err() != nil {
+				c.queue.Drain(drainWait) // the last interval's snapshots
+			}
 			c.flush()
 		}
 	})
@@ -214,14 +221,40 @@ func startServeTracer(c *common) (*probe.Tracer, error) {
 
 // culpritLog writes one line per culprit per interval with its new failures.
 type culpritLog struct {
-	log      *slog.Logger
-	t        *probe.Tracer
-	deltas   *metrics.Deltas
+	log    *slog.Logger
+	t      *probe.Tracer
+	deltas *metrics.Deltas
+	// mu guards col against the enrichment worker, which attaches its
+	// results to the collector of the interval it finishes in.
+	mu       sync.Mutex
 	col      *report.Collector
 	enricher *pressure.Enricher
+	queue    *pressure.Queue
+	dropped  uint64 // the queue's drops already logged
 	filter   report.Filter
 	interval time.Duration
 	since    time.Time
+}
+
+func newCulpritLog(log *slog.Logger, t *probe.Tracer, filter report.Filter, interval time.Duration) *culpritLog {
+	c := &culpritLog{log: log, t: t, deltas: metrics.NewDeltas(), enricher: pressure.NewEnricher(), filter: filter, interval: interval}
+	c.enricher.Closers = t.Closers()
+	c.queue = pressure.NewQueue(0, c.enricher.Enrich, c.attach)
+	c.col = c.newCollector()
+	return c
+}
+
+// attach runs on the enrichment worker.
+func (c *culpritLog) attach(r pressure.Result) {
+	c.mu.Lock()
+	col := c.col
+	c.mu.Unlock()
+	col.Attach(r) // a sealed collector ignores it: its interval is over
+}
+
+func (c *culpritLog) close() {
+	c.queue.Close()
+	c.enricher.Close()
 }
 
 func (c *culpritLog) flush() {
@@ -234,7 +267,14 @@ func (c *culpritLog) flush() {
 	// New failures, classified with the process's whole history.
 	window := cum
 	window.Failures = inc.Failures
-	r := report.Build(window, c.col, c.filter, string(c.t.Backend()), c.since, time.Since(c.since))
+	// Examples and addresses start over each interval: memory stays bounded.
+	c.mu.Lock()
+	col := c.col
+	c.col = c.newCollector()
+	c.mu.Unlock()
+	col.Seal() // the worker may still hold it: from here on it only reads
+	r := report.Build(window, col, c.filter, string(c.t.Backend()), c.since, time.Since(c.since))
+	c.logDropped()
 	for _, p := range r.Processes {
 		if p.Failures == 0 {
 			continue
@@ -247,13 +287,23 @@ func (c *culpritLog) flush() {
 		c.log.Info("culprit", "pid", p.PID, "comm", p.Comm, "failures", p.Failures,
 			"patterns", strings.Join(patterns, ","), "process", p)
 	}
-	// Examples and addresses start over each interval: memory stays bounded.
-	c.col = c.newCollector()
 	c.since = time.Now()
+}
+
+// logDropped says how much enrichment the queue had no room for since the last flush.
+func (c *culpritLog) logDropped() {
+	n := c.queue.Dropped()
+	if n <= c.dropped {
+		return
+	}
+	c.log.Warn("enrichment queue full", "dropped", n-c.dropped, "dropped_total", n,
+		"effect", "culprit lines lack pressure snapshots or holders for these failures; counts stay exact")
+	c.dropped = n
 }
 
 func (c *culpritLog) newCollector() *report.Collector {
 	col := report.NewCollector()
 	col.Enricher = c.enricher
+	col.Queue = c.queue
 	return col
 }

@@ -5,13 +5,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/spf13/pflag"
 
+	"github.com/portsleuth/portsleuth/internal/attrib"
 	"github.com/portsleuth/portsleuth/internal/event"
 	"github.com/portsleuth/portsleuth/internal/pressure"
 	"github.com/portsleuth/portsleuth/internal/report"
+	"github.com/portsleuth/portsleuth/internal/term"
 	"github.com/portsleuth/portsleuth/internal/watch"
 )
 
@@ -51,38 +54,58 @@ func runWatch(args []string, stdout, stderr io.Writer) error {
 	enricher := pressure.NewEnricher()
 	enricher.Closers = s.t.Closers()
 	defer enricher.Close()
+	w.queue = pressure.NewQueue(0, enricher.Enrich, func(r pressure.Result) { w.enriched(r, owners) })
+	defer w.queue.Close() // before the enricher's Close: defers run last first
 	err = s.loop(ctx,
 		func(e event.Event) {
 			if c.comm != "" && e.Comm != c.comm {
 				return
 			}
-			owners.Fill(&e)
-			snap := enricher.Enrich(&e)
-			owners.Fill(&e) // the master of a holder the enricher found
+			// Only what is known already: the holder and the pressure
+			// snapshot found later follow on lines of their own.
+			w.queue.Fill(&e)
+			owners.FillCached(&e)
 			rec := report.NewRecord(e, s.classify(e))
-			rec.Pressure = snap
+			w.mu.Lock()
 			w.print(w.folder.Offer(rec, e.Time))
 			if s.t.Pending() == 0 {
 				w.out.Flush()
 			}
+			w.mu.Unlock()
+			w.queue.Submit(e)
 		},
 		func(now time.Time) {
+			if ctx.Err() != nil {
+				// The last failures' snapshots, before the last notices.
+				w.queue.Drain(drainWait)
+			}
+			w.mu.Lock()
+			defer w.mu.Unlock()
 			w.print(w.folder.Flush(now, ctx.Err() != nil))
 			w.reportLost(now)
+			w.reportDropped(now)
 			w.out.Flush()
 		})
 	if err != nil {
 		return err
 	}
+	w.queue.Close()
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	return w.out.Flush()
 }
 
 type watcher struct {
-	out    *bufio.Writer
-	json   bool
-	folder *watch.Folder
-	s      *session
-	lost   uint64
+	// mu serializes output: the reader prints failures, the enrichment
+	// worker prints what it found for them.
+	mu      sync.Mutex
+	out     *bufio.Writer
+	json    bool
+	folder  *watch.Folder
+	s       *session
+	queue   *pressure.Queue
+	lost    uint64
+	dropped uint64
 }
 
 func (w *watcher) print(recs []report.Record) {
@@ -94,6 +117,55 @@ func (w *watcher) print(recs []report.Record) {
 			fmt.Fprintln(w.out, r.Text())
 		}
 	}
+}
+
+// enrichment is a `watch -o json` line of its own ("type": "enrichment"):
+// what enrichment found for the failure of that process, op and errno
+// printed before it. The field names are a contract (see README).
+type enrichment struct {
+	Type     string             `json:"type"`
+	Time     string             `json:"time"`
+	PID      uint32             `json:"pid"`
+	Comm     string             `json:"comm"`
+	Op       string             `json:"op"`
+	Errno    string             `json:"errno"`
+	Addr     string             `json:"addr"`
+	Dest     string             `json:"dest,omitempty"`
+	Holder   *event.Holder      `json:"holder,omitempty"`
+	Pressure *pressure.Snapshot `json:"pressure,omitempty"`
+}
+
+// enriched runs on the enrichment worker: it prints the pressure snapshot
+// and the holder found for a failure already printed, each on its own line.
+func (w *watcher) enriched(r pressure.Result, owners *report.Owners) {
+	e := &r.Event
+	unnamed := e.Holder != nil && e.Holder.PID == 0
+	owners.Fill(e)
+	var holder *event.Holder
+	if e.Holder != nil && (r.HolderFound || unnamed && e.Holder.PID != 0) {
+		holder = e.Holder
+	}
+	if holder == nil && r.Snapshot == nil {
+		return
+	}
+	rec := report.NewRecord(*e, "")
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.json {
+		b, _ := json.Marshal(enrichment{Type: "enrichment", Time: rec.Time, PID: rec.PID, Comm: rec.Comm, Op: rec.Op,
+			Errno: rec.Errno, Addr: rec.Addr, Dest: rec.Dest, Holder: holder, Pressure: r.Snapshot})
+		w.out.Write(append(b, '\n'))
+	} else {
+		// The same words as the failure's own line: escaped, the names are the process's choice.
+		about := term.Escape(fmt.Sprintf("pid %d %s, %s %s", rec.PID, rec.Comm, rec.Op, rec.Errno))
+		if holder != nil {
+			fmt.Fprintf(w.out, "    holder (%s): held by %s\n", about, term.Escape(attrib.DescribeHolder(*holder)))
+		}
+		if r.Snapshot != nil {
+			fmt.Fprintf(w.out, "    pressure (%s): %s\n", about, r.Snapshot.Text())
+		}
+	}
+	w.out.Flush()
 }
 
 // reportLost shows drops as soon as they happen: nothing is silently lost.
@@ -110,5 +182,22 @@ func (w *watcher) reportLost(now time.Time) {
 		return
 	}
 	fmt.Fprintf(w.out, "%s ring buffer full: %d events dropped (%d in total); `portsleuth report` counts stay exact\n",
+		now.Format("15:04:05.000"), delta, n)
+}
+
+// reportDropped shows the enrichment the queue had no room for, like reportLost.
+func (w *watcher) reportDropped(now time.Time) {
+	n := w.queue.Dropped()
+	if n <= w.dropped {
+		return
+	}
+	delta := n - w.dropped
+	w.dropped = n
+	if w.json {
+		b, _ := json.Marshal(map[string]any{"time": now.UTC().Format(time.RFC3339Nano), "enrichment_dropped": delta, "enrichment_dropped_total": n})
+		w.out.Write(append(b, '\n'))
+		return
+	}
+	fmt.Fprintf(w.out, "%s enrichment queue full: %d failures shown without their pressure snapshot or holder (%d in total)\n",
 		now.Format("15:04:05.000"), delta, n)
 }

@@ -2,11 +2,10 @@ package pressure
 
 import (
 	"errors"
-
-	"github.com/cilium/ebpf"
 	"sync"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/portsleuth/portsleuth/internal/event"
@@ -88,12 +87,13 @@ func (en *Enricher) Close() error {
 
 // Enrich returns a snapshot for the first failure of e's class by e's
 // process (nil otherwise, or when the namespace is gone), and fills e.Holder
-// for a port in use when it is empty.
+// for a port in use when it is empty. It may walk /proc and scan a namespace
+// (~0.3 s per 100k sockets): call it through a Queue, never from the reader.
 func (en *Enricher) Enrich(e *event.Event) *Snapshot {
 	en.mu.Lock()
 	defer en.mu.Unlock()
-	portInUse := e.Class.Errno == unix.EADDRINUSE && !e.Class.Port0 && e.Class.Op != event.Connect
-	hk := holderKey{e.Netns, e.Class.Proto, e.Addr.Addr().String(), e.Addr.Port()}
+	portInUse := wantsHolder(e)
+	hk := holderKeyOf(e)
 	k := seenKey{e.Proc(), e.Class}
 	if en.seen[k] {
 		if portInUse && e.Holder == nil {
@@ -177,6 +177,15 @@ func (en *Enricher) Sysctls(ino uint64, pid, tid uint32) (netns.Sysctls, error) 
 	}
 	defer f.Close()
 	return netns.ReadFD(int(f.Fd()))
+}
+
+// wantsHolder says whether e is a failure for a named port some socket holds.
+func wantsHolder(e *event.Event) bool {
+	return e.Class.Errno == unix.EADDRINUSE && !e.Class.Port0 && e.Class.Op != event.Connect
+}
+
+func holderKeyOf(e *event.Event) holderKey {
+	return holderKey{e.Netns, e.Class.Proto, e.Addr.Addr().String(), e.Addr.Port()}
 }
 
 func firstHolder(hs []event.Holder) *event.Holder {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
+	"sync"
 
 	"github.com/portsleuth/portsleuth/internal/attrib"
 	"github.com/portsleuth/portsleuth/internal/event"
@@ -19,7 +20,16 @@ const MaxExamples = 5
 // and options behind each failure class, and the process's identity and
 // namespace sysctls captured at its first failure, while it is still alive.
 // Its memory is bounded per process; counts come from the kernel, not from here.
+//
+// Observe runs on the ring-buffer reader and reads only the failing
+// process's /proc entry; what is slow (pressure snapshots, holders, socket
+// owners, namespace sysctls) comes later through Queue and Attach, which
+// may run on another goroutine.
 type Collector struct {
+	// mu guards what Observe and Attach both touch; slow reads happen
+	// outside it, so the reader waits for a merge at most, never a scan.
+	mu     sync.Mutex
+	sealed bool
 	procs  map[event.ProcKey]*procEvents
 	netns  map[uint64]*netns.Sysctls
 	events uint64
@@ -29,8 +39,13 @@ type Collector struct {
 	Lookup func(pid uint32) (procinfo.Info, error)
 	// Owners finds the process holding a socket inode.
 	Owners *Owners
-	// Enricher takes pressure snapshots and finds holders; nil reads nothing.
+	// Enricher reads namespace sysctls through its namespace handles; nil
+	// reads them through the failing task.
 	Enricher *pressure.Enricher
+	// Queue, when set, gets each failure after Observe for enrichment, and
+	// names the holders already found; its results come back through Attach.
+	// Without it, Observe reads the namespace's sysctls itself.
+	Queue *pressure.Queue
 	// CgroupPath resolves a cgroup id for a process /proc no longer shows; nil offline.
 	CgroupPath func(id uint64) string
 	// Program and Master read a process's program and the master of a
@@ -61,12 +76,14 @@ const (
 )
 
 // Owners resolves socket inodes to the process that has them open, once per
-// inode (scanning /proc is not cheap), in bounded memory.
+// inode (scanning /proc is not cheap), in bounded memory. It is safe for
+// concurrent use: the reader asks FillCached, the enrichment worker Fill.
 type Owners struct {
 	// Lookup does the resolving; a test may replace it.
 	Lookup func(ino uint64) (uint32, string)
 	// Master names the master of a prefork worker; nil reads nothing.
 	Master  func(pid uint32) (uint32, error)
+	mu      sync.Mutex // held for the maps only, never across a lookup
 	cache   map[uint64]socketOwner
 	masters map[uint32]uint32
 }
@@ -83,36 +100,72 @@ const maxOwners = 4096
 func NewOwners() *Owners { return &Owners{Lookup: procinfo.SocketOwner, Master: procinfo.Master} }
 
 // Fill names the process behind e's port holder, if there is one, and the
-// master it is a worker of.
-func (o *Owners) Fill(e *event.Event) {
-	h := e.Holder
+// master it is a worker of. It may walk /proc: not for the reader.
+func (o *Owners) Fill(e *event.Event) { o.fill(e.Holder, true) }
+
+// FillCached names what an earlier Fill found, reading nothing.
+func (o *Owners) FillCached(e *event.Event) { o.fill(e.Holder, false) }
+
+func (o *Owners) fill(h *event.Holder, look bool) {
 	if h == nil {
 		return
 	}
 	if h.PID == 0 && h.SockIno != 0 {
-		if o.cache == nil || len(o.cache) >= maxOwners {
-			o.cache = map[uint64]socketOwner{}
+		so, ok := o.owner(h.SockIno)
+		if !ok && !look {
+			return
 		}
-		so, ok := o.cache[h.SockIno]
 		if !ok {
 			so.pid, so.comm = o.Lookup(h.SockIno)
-			o.cache[h.SockIno] = so
+			o.keepOwner(h.SockIno, so)
 		}
 		h.PID, h.Comm = so.pid, so.comm
 	}
 	if h.PID != 0 && h.Master == 0 && o.Master != nil {
-		if o.masters == nil || len(o.masters) >= maxOwners {
-			o.masters = map[uint32]uint32{}
+		m, ok := o.master(h.PID)
+		if !ok && !look {
+			return
 		}
-		m, ok := o.masters[h.PID]
 		if !ok {
 			if got, err := o.Master(h.PID); err == nil && got != h.PID {
 				m = got
 			}
-			o.masters[h.PID] = m
+			o.keepMaster(h.PID, m)
 		}
 		h.Master = m
 	}
+}
+
+func (o *Owners) owner(ino uint64) (socketOwner, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	so, ok := o.cache[ino]
+	return so, ok
+}
+
+func (o *Owners) keepOwner(ino uint64, so socketOwner) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.cache == nil || len(o.cache) >= maxOwners {
+		o.cache = map[uint64]socketOwner{}
+	}
+	o.cache[ino] = so
+}
+
+func (o *Owners) master(pid uint32) (uint32, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	m, ok := o.masters[pid]
+	return m, ok
+}
+
+func (o *Owners) keepMaster(pid, m uint32) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.masters == nil || len(o.masters) >= maxOwners {
+		o.masters = map[uint32]uint32{}
+	}
+	o.masters[pid] = m
 }
 
 type procEvents struct {
@@ -211,15 +264,29 @@ func (c *Collector) noteAncestors(pid, ppid uint32) {
 // notePressure keeps the snapshot of a class's first failure and names the
 // pool's owners now, while they still run.
 func (c *Collector) notePressure(p *procEvents, class event.Class, snap *pressure.Snapshot) {
-	p.pressure[class] = snap
+	c.keepPressure(p, class, snap, c.readOwners(c.newOwners(snap)))
+}
+
+// newOwners lists the pool owners of snap not named yet, within the bound.
+// The caller holds c.mu when another goroutine may Observe.
+func (c *Collector) newOwners(snap *pressure.Snapshot) []pressure.Owner {
+	var out []pressure.Owner
 	for _, o := range poolOwners(snap) {
-		if o.PID <= 0 || o.Exited || len(c.holders) >= maxHolderProcs {
+		if o.PID <= 0 || o.Exited || len(c.holders)+len(out) >= maxHolderProcs {
 			continue // an exited closer's pid is not its own any more
 		}
-		pid := uint32(o.PID)
-		if _, seen := c.holders[pid]; seen {
-			continue
+		if _, seen := c.holders[uint32(o.PID)]; !seen && !slices.ContainsFunc(out, func(n pressure.Owner) bool { return n.PID == o.PID }) {
+			out = append(out, o)
 		}
+	}
+	return out
+}
+
+// readOwners reads /proc for each owner; it touches no collector state.
+func (c *Collector) readOwners(owners []pressure.Owner) map[uint32]*holderProc {
+	out := make(map[uint32]*holderProc, len(owners))
+	for _, o := range owners {
+		pid := uint32(o.PID)
 		h := &holderProc{master: pid}
 		if info, err := c.Lookup(pid); err == nil {
 			h.info = info
@@ -231,18 +298,50 @@ func (c *Collector) notePressure(p *procEvents, class event.Class, snap *pressur
 		if h.info.Comm == "" {
 			h.info.Comm = o.Comm
 		}
-		c.holders[pid] = h
+		out[pid] = h
+	}
+	return out
+}
+
+// keepPressure stores a snapshot and the owners read for it.
+func (c *Collector) keepPressure(p *procEvents, class event.Class, snap *pressure.Snapshot, owners map[uint32]*holderProc) {
+	if p.pressure[class] == nil {
+		p.pressure[class] = snap
+	}
+	for pid, h := range owners {
+		if _, seen := c.holders[pid]; !seen && len(c.holders) < maxHolderProcs {
+			c.holders[pid] = h
+		}
 	}
 }
 
 // Events is how many events the collector has seen.
-func (c *Collector) Events() uint64 { return c.events }
+func (c *Collector) Events() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.events
+}
 
-// Observe records one failure. It fills in the owner of a port's holder, so
-// the caller sees the event as it will be reported.
+// Observe records one failure and hands it to Queue. It fills in the
+// holder and its owner as far as they are known already, so the caller sees
+// the event as it will be reported; what enrichment finds later, Attach adds.
 func (c *Collector) Observe(e *event.Event) {
+	if c.Queue != nil {
+		c.Queue.Fill(e)
+		c.Owners.FillCached(e)
+	} else {
+		c.Owners.Fill(e)
+	}
+	c.observe(e)
+	if c.Queue != nil {
+		c.Queue.Submit(*e) // after observe: the result finds the process recorded
+	}
+}
+
+func (c *Collector) observe(e *event.Event) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.events++
-	c.Owners.Fill(e)
 	p := c.procs[e.Proc()]
 	if p == nil {
 		p = &procEvents{classes: map[event.Class]*classEvidence{}, netns: e.Netns, pressure: map[event.Class]*pressure.Snapshot{}}
@@ -256,24 +355,13 @@ func (c *Collector) Observe(e *event.Event) {
 		}
 		c.procs[e.Proc()] = p
 	}
-	if _, seen := c.netns[e.Netns]; !seen {
+	if _, seen := c.netns[e.Netns]; !seen && c.Queue == nil {
 		c.netns[e.Netns] = nil
-		read := c.Sysctls
-		if c.Enricher != nil {
-			// Through the namespace itself: the failing task may be gone.
-			read = func(pid, tid uint32) (netns.Sysctls, error) { return c.Enricher.Sysctls(e.Netns, pid, tid) }
-		}
-		if s, err := read(e.PID, e.TID); err == nil && s.Netns == e.Netns {
+		if s, err := c.readSysctls(e); err == nil {
 			c.netns[e.Netns] = &s
 		}
 	}
 	p.events++
-	if c.Enricher != nil {
-		if snap := c.Enricher.Enrich(e); snap != nil {
-			c.notePressure(p, e.Class, snap)
-		}
-		c.Owners.Fill(e) // the master of a holder the enricher found
-	}
 	if len(p.examples) < MaxExamples {
 		p.examples = append(p.examples, *e)
 	}
@@ -290,10 +378,8 @@ func (c *Collector) Observe(e *event.Event) {
 		}
 	}
 	ce.addrs = addCapped(ce.addrs, target)
-	if e.Holder != nil && len(ce.holders) < attrib.MaxAddrs && !slices.ContainsFunc(ce.holders, func(h event.Holder) bool {
-		return h.Local == e.Holder.Local && h.State == e.Holder.State && h.PID == e.Holder.PID
-	}) {
-		ce.holders = append(ce.holders, *e.Holder)
+	if e.Holder != nil {
+		ce.addHolder(*e.Holder)
 	}
 	for _, o := range e.Options {
 		if !slices.Contains(ce.options, o) {
@@ -302,12 +388,126 @@ func (c *Collector) Observe(e *event.Event) {
 	}
 }
 
+// readSysctls reads the sysctls of e's namespace: through the namespace
+// itself when there is an Enricher (the failing task may be gone).
+func (c *Collector) readSysctls(e *event.Event) (netns.Sysctls, error) {
+	var s netns.Sysctls
+	var err error
+	if c.Enricher != nil {
+		s, err = c.Enricher.Sysctls(e.Netns, e.PID, e.TID)
+	} else {
+		s, err = c.Sysctls(e.PID, e.TID)
+	}
+	if err == nil && s.Netns != e.Netns {
+		err = errors.New("the task moved to another network namespace")
+	}
+	return s, err
+}
+
+func (ce *classEvidence) addHolder(h event.Holder) {
+	if len(ce.holders) < attrib.MaxAddrs && !slices.ContainsFunc(ce.holders, func(o event.Holder) bool {
+		return o.Local == h.Local && o.State == h.State && o.PID == h.PID
+	}) {
+		ce.holders = append(ce.holders, h)
+	}
+}
+
 // SysctlsOf returns the sysctls captured for a namespace, or nil.
-func (c *Collector) SysctlsOf(ns uint64) *netns.Sysctls { return c.netns[ns] }
+func (c *Collector) SysctlsOf(ns uint64) *netns.Sysctls {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.netns[ns]
+}
 
 func addCapped(list []netip.AddrPort, a netip.AddrPort) []netip.AddrPort {
 	if len(list) >= attrib.MaxAddrs || slices.Contains(list, a) {
 		return list
 	}
 	return append(list, a)
+}
+
+// Attach merges what enrichment found for a failure Observe recorded: the
+// namespace's sysctls, the pressure snapshot and its pool's owners, the
+// holder and its owner. It runs on the enrichment worker: every slow read
+// happens before the lock is taken, so Observe never waits for one.
+func (c *Collector) Attach(r pressure.Result) {
+	e := &r.Event
+	c.Owners.Fill(e)
+	var sys *netns.Sysctls
+	if c.claimNetns(e.Netns) {
+		if s, err := c.readSysctls(e); err == nil {
+			sys = &s
+		}
+	}
+	var owners map[uint32]*holderProc
+	if r.Snapshot != nil {
+		c.mu.Lock()
+		fresh := c.newOwners(r.Snapshot)
+		c.mu.Unlock()
+		owners = c.readOwners(fresh)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sealed {
+		return
+	}
+	if sys != nil {
+		c.netns[e.Netns] = sys
+	}
+	p := c.procs[e.Proc()]
+	if p == nil {
+		return // observed by an earlier collector (serve's previous interval)
+	}
+	if r.Snapshot != nil {
+		c.keepPressure(p, e.Class, r.Snapshot, owners)
+	}
+	if e.Holder != nil {
+		p.nameHolder(*e.Holder, e)
+	}
+}
+
+// claimNetns says whether the caller is the one to read ns's sysctls.
+func (c *Collector) claimNetns(ns uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, seen := c.netns[ns]; seen || c.sealed {
+		return false
+	}
+	c.netns[ns] = nil // read, or tried: a failed read is not retried
+	return true
+}
+
+// Seal stops Attach from changing the collector, so Build can read it while
+// the enrichment worker still runs; what comes after is dropped.
+func (c *Collector) Seal() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.sealed = true
+}
+
+// nameHolder gives holder h, found or named by enrichment for failure e, to
+// the examples and the class evidence that lack it: those of e's port
+// observed before it was known, and those naming the same socket without
+// its owner.
+func (p *procEvents) nameHolder(h event.Holder, e *event.Event) {
+	for i := range p.examples {
+		x := &p.examples[i]
+		switch {
+		case x.Holder == nil && x.Class == e.Class && x.Netns == e.Netns && x.Addr == e.Addr:
+			named := h
+			x.Holder = &named
+		case x.Holder != nil && x.Holder.PID == 0 && h.PID != 0 && h.SockIno != 0 && x.Holder.SockIno == h.SockIno:
+			named := *x.Holder
+			named.PID, named.Comm, named.Master = h.PID, h.Comm, h.Master
+			x.Holder = &named
+		}
+	}
+	ce := p.classes[e.Class]
+	if ce == nil {
+		return
+	}
+	if h.PID != 0 && h.SockIno != 0 {
+		ce.holders = slices.DeleteFunc(ce.holders, func(o event.Holder) bool { return o.PID == 0 && o.SockIno == h.SockIno })
+	}
+	ce.addHolder(h)
 }

@@ -41,7 +41,8 @@ type Record struct {
 	EstBlocked uint32 `json:"est_blocked,omitempty"`
 	// Holder (kernel layer, EADDRINUSE) is the socket holding the port.
 	Holder *event.Holder `json:"holder,omitempty"`
-	// Pressure is set on the first failure of its kind by a process.
+	// Pressure is the snapshot of the first failure of its kind; watch prints
+	// it on a line of its own ({"type":"enrichment"}) and leaves this empty.
 	Pressure *pressure.Snapshot `json:"pressure,omitempty"`
 	// Folded is set on a line that stands for N repeats watch did not print.
 	Folded uint64 `json:"folded,omitempty"`

@@ -33,7 +33,11 @@ type Report struct {
 	Started         string   `json:"started"`
 	DurationSeconds float64  `json:"duration_seconds"`
 	LostEvents      uint64   `json:"lost_events"`
-	UntrackedCalls  uint64   `json:"untracked_calls,omitempty"`
+	// EnrichmentDropped counts failures, each the first of its kind by its
+	// process, that got no pressure snapshot or holder lookup because the
+	// enrichment queue was full. Counts stay exact.
+	EnrichmentDropped uint64 `json:"enrichment_dropped"`
+	UntrackedCalls    uint64 `json:"untracked_calls,omitempty"`
 	// Unattributed are failures counted by class alone: they came after the
 	// kernel's per-process table was full. Counted, never dropped.
 	Unattributed []Unattributed `json:"unattributed,omitempty"`
@@ -411,6 +415,9 @@ func (r Report) WriteText(w io.Writer) error {
 	writeCulprits(&b, r.Culprits)
 	if r.LostEvents > 0 {
 		fmt.Fprintf(&b, "ring buffer full: %d events dropped (counts below are exact; examples may be missing)\n", r.LostEvents)
+	}
+	if r.EnrichmentDropped > 0 {
+		fmt.Fprintf(&b, "enrichment queue full: %d first failures of a kind got no pressure snapshot or holder lookup (counts below are exact)\n", r.EnrichmentDropped)
 	}
 	if r.UntrackedCalls > 0 {
 		fmt.Fprintf(&b, "pending table full: %d calls not followed to their outcome (missing from the counts below)\n", r.UntrackedCalls)
