@@ -652,19 +652,22 @@ int BPF_PROG(cg_sock_state, struct sock *sk, int oldstate, int newstate)
 }
 
 /* Run by Go (BPF_PROG_TEST_RUN, never attached) for each pending bind once
- * the traced calls are known to have returned, or at the end of a session:
- * args[0] is the socket key, args[1] the latest start (coarse monotonic ns)
- * of a bind to decide. Go reads the clock: tracing programs may not read the
- * coarse one. The kernel's own sweep covers the rest. */
+ * the traced calls are known to have returned: args[0] is the socket key,
+ * args[1] the latest start (coarse monotonic ns) of a bind to age. It only
+ * makes the bind old enough for the kernel's next sweep, which decides it
+ * with the same accounting as everywhere else: the failure path is verified
+ * in the hooks and the sweep, not a third time here (load time). Go reads the
+ * clock: tracing programs may not read the coarse one. */
 SEC("raw_tp")
 int ps_sweep(struct bpf_raw_tracepoint_args *ctx)
 {
 	__u64 key = ctx->args[0];
-	struct pending *p = bpf_map_lookup_elem(&pending_calls, &key), buf;
+	struct pending *p = bpf_map_lookup_elem(&pending_calls, &key);
 
 	if (!p || p->ts > ctx->args[1])
 		return 0;
-	return settle(key, p, &buf);
+	p->ts = 0;
+	return 1;
 }
 
 #endif

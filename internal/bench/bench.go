@@ -184,7 +184,7 @@ func Run(w io.Writer, o Options) error {
 		t.Close()
 	}
 	launch := median(launches)
-	add("launch -> probes attached, "+string(serveDefault), launch.Round(time.Millisecond).String(), "< 300ms", launch < 300*time.Millisecond)
+	add("launch -> probes attached, "+string(serveDefault), launch.Round(time.Millisecond).String(), "< 250ms", launch < 250*time.Millisecond)
 
 	st, err := storm(serveDefault, o.StormSize, o.StormProfile)
 	if err != nil {
