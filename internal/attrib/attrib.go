@@ -351,7 +351,7 @@ func joinAddrs(addrs []netip.AddrPort) string {
 	return s
 }
 
-// Socket option names as event.OptionNames spells them.
+// Socket option names as decode.OptionNames spells them.
 const (
 	optNoPort    = "IP_BIND_ADDRESS_NO_PORT"
 	optReuseAddr = "SO_REUSEADDR"

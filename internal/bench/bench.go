@@ -22,9 +22,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
+	"github.com/portsleuth/portsleuth/internal/event"
 	"github.com/portsleuth/portsleuth/internal/outfile"
 	"github.com/portsleuth/portsleuth/internal/pressure"
 	"github.com/portsleuth/portsleuth/internal/probe"
@@ -513,13 +513,13 @@ type progCost struct {
 // program: the profile that explains the loop slowdown. The statistics add
 // a clock read per run, so these are upper bounds.
 func programProfile(b probe.Backend, floor bool, loop func(int) (time.Duration, error), n int) ([]progCost, error) {
-	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	stats, err := probe.EnableRunTimeStats()
 	if err != nil {
-		return nil, fmt.Errorf("enabling BPF run-time stats: %w", err)
+		return nil, err
 	}
 	defer stats.Close()
 	var attached interface {
-		ProgramStats() (map[string]*ebpf.ProgramStats, error)
+		ProgramStats() (map[string]event.ProgramStats, error)
 		Close() error
 	}
 	stop := func() {}

@@ -16,12 +16,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/pflag"
-	"golang.org/x/sys/unix"
 
 	"github.com/portsleuth/portsleuth/internal/event"
 	"github.com/portsleuth/portsleuth/internal/metrics"
@@ -95,7 +93,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	// weeks should hand back now rather than whenever the scavenger gets to it.
 	debug.FreeOSMemory()
 	// Program run time for the agent's own cost; counts only while enabled.
-	if stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME)); err == nil {
+	if stats, err := probe.EnableRunTimeStats(); err == nil {
 		defer stats.Close()
 	} else {
 		log.Warn("bpf program run time is not available", "err", err)

@@ -5,7 +5,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
@@ -17,7 +16,7 @@ import (
 // Source is what the collector reads: the tracer.
 type Source interface {
 	Snapshot() (event.Snapshot, error)
-	ProgramStats() (map[string]*ebpf.ProgramStats, error)
+	ProgramStats() (map[string]event.ProgramStats, error)
 }
 
 // MaxComms bounds the comm label: at most MaxComms process names hold their

@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
@@ -17,7 +16,7 @@ type fakeSource struct{ snap event.Snapshot }
 
 func (f *fakeSource) Snapshot() (event.Snapshot, error) { return f.snap, nil }
 
-func (f *fakeSource) ProgramStats() (map[string]*ebpf.ProgramStats, error) { return nil, nil }
+func (f *fakeSource) ProgramStats() (map[string]event.ProgramStats, error) { return nil, nil }
 
 // fail records n more failures of class for the process pid named comm.
 func (f *fakeSource) fail(pid uint32, comm string, class event.Class, n uint64) {

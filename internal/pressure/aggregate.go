@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/portsleuth/portsleuth/gen"
+	"github.com/portsleuth/portsleuth/internal/decode"
 	"github.com/portsleuth/portsleuth/internal/event"
 	"github.com/portsleuth/portsleuth/internal/netns"
 	"github.com/portsleuth/portsleuth/internal/procinfo"
@@ -139,7 +140,7 @@ func (a *aggregate) add(r *gen.PortsPsSock) {
 	who := ownerKey{pid: pid}
 	if r.Ino == 0 && r.CloserPid != 0 {
 		// A TIME_WAIT is the closing process's doing.
-		who = a.closer(int(r.CloserPid), r.CloserStartNs, event.CString(r.CloserComm[:]))
+		who = a.closer(int(r.CloserPid), r.CloserStartNs, decode.CString(r.CloserComm[:]))
 	}
 	proto := "tcp"
 	if r.Proto == unix.IPPROTO_UDP {
@@ -150,7 +151,7 @@ func (a *aggregate) add(r *gen.PortsPsSock) {
 		h := event.Holder{
 			State:   stateOf(r),
 			Local:   netip.AddrPortFrom(local, r.Lport),
-			Options: event.OptionNames(uint16(r.Options)),
+			Options: decode.OptionNames(uint16(r.Options)),
 			SockIno: r.Ino,
 			PID:     uint32(pid),
 		}

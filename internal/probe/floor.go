@@ -9,6 +9,7 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 
 	"github.com/portsleuth/portsleuth/gen"
+	"github.com/portsleuth/portsleuth/internal/event"
 )
 
 // Floor is a backend's hook set with programs that do nothing: what having
@@ -83,6 +84,6 @@ func (f *Floor) Close() error {
 
 // ProgramStats reads each empty program's run time and count (see
 // Tracer.ProgramStats): the statistics' own cost per run.
-func (f *Floor) ProgramStats() (map[string]*ebpf.ProgramStats, error) {
+func (f *Floor) ProgramStats() (map[string]event.ProgramStats, error) {
 	return programStats(f.progs, f.names)
 }

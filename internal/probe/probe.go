@@ -5,6 +5,7 @@ package probe
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"slices"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/portsleuth/portsleuth/gen"
+	"github.com/portsleuth/portsleuth/internal/decode"
 	"github.com/portsleuth/portsleuth/internal/event"
 	"github.com/portsleuth/portsleuth/internal/netns"
 )
@@ -317,10 +319,10 @@ func (t *Tracer) Read() (event.Event, error) {
 		return event.Event{}, err
 	}
 	var raw gen.PortsleuthPsEvent
-	if err := decodeRaw(t.rec.RawSample, &raw); err != nil {
+	if err := decode.Raw(t.rec.RawSample, &raw); err != nil {
 		return event.Event{}, err
 	}
-	return event.Decode(&raw, t.epoch), nil
+	return decode.Event(&raw, t.epoch), nil
 }
 
 // ErrClosed is returned by Read after Close.
@@ -390,7 +392,7 @@ func (t *Tracer) Snapshot() (event.Snapshot, error) {
 			continue // created, not filled in yet: the next read has it
 		}
 		s.Meta[procKey(pk)] = event.ProcMeta{
-			Comm: event.CString(meta.Comm[:]), Cmdline: event.Cmdline(meta.Args[:]),
+			Comm: decode.CString(meta.Comm[:]), Cmdline: decode.Cmdline(meta.Args[:]),
 			Netns: meta.Netns, CgroupID: meta.CgroupId,
 			Parent:    event.ProcKey{PID: meta.Ppid, Start: meta.ParentStartNs},
 			InCommand: meta.Flags&uint32(gen.PortsleuthPsMetaFlagPS_META_IN_COMMAND) != 0,
@@ -409,14 +411,14 @@ func (t *Tracer) Snapshot() (event.Snapshot, error) {
 			m = map[event.Class]uint64{}
 			s.Failures[p] = m
 		}
-		m[event.ClassOf(key)] += n
+		m[decode.Class(key)] += n
 	}
 	if err := it.Err(); err != nil {
 		return s, fmt.Errorf("reading fail_counts: %w", err)
 	}
 	it = t.maps.FailOverflow.Iterate()
 	for it.Next(&key, &n) {
-		s.Unattributed[event.ClassOf(key)] += n
+		s.Unattributed[decode.Class(key)] += n
 	}
 	if err := it.Err(); err != nil {
 		return s, fmt.Errorf("reading fail_overflow: %w", err)
@@ -515,20 +517,30 @@ func sysctlsOf(inum uint64, ns *gen.PortsleuthPsNetns) netns.Sysctls {
 
 // ProgramStats reads each program's run time and count. They stay zero unless
 // BPF stats are enabled (ebpf.EnableStats, or kernel.bpf_stats_enabled=1).
-func (t *Tracer) ProgramStats() (map[string]*ebpf.ProgramStats, error) {
+func (t *Tracer) ProgramStats() (map[string]event.ProgramStats, error) {
 	return programStats(t.progs, t.names)
 }
 
-func programStats(progs []*ebpf.Program, names []string) (map[string]*ebpf.ProgramStats, error) {
-	out := make(map[string]*ebpf.ProgramStats, len(progs))
+func programStats(progs []*ebpf.Program, names []string) (map[string]event.ProgramStats, error) {
+	out := make(map[string]event.ProgramStats, len(progs))
 	for i, p := range progs {
 		st, err := p.Stats()
 		if err != nil {
 			return nil, fmt.Errorf("reading stats of %s: %w", names[i], err)
 		}
-		out[names[i]] = st
+		out[names[i]] = event.ProgramStats{Runtime: st.Runtime, RunCount: st.RunCount}
 	}
 	return out, nil
+}
+
+// EnableRunTimeStats has the kernel count every BPF program's run time and
+// runs until the returned Closer is closed (it costs a clock read per run).
+func EnableRunTimeStats() (io.Closer, error) {
+	c, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		return nil, fmt.Errorf("enabling BPF run-time statistics: %w", err)
+	}
+	return c, nil
 }
 
 // Forget deletes the kernel's records of processes that are gone and whose
