@@ -28,6 +28,7 @@ import (
 	"github.com/portsleuth/portsleuth/internal/outfile"
 	"github.com/portsleuth/portsleuth/internal/pressure"
 	"github.com/portsleuth/portsleuth/internal/probe"
+	"github.com/portsleuth/portsleuth/internal/procinfo"
 	"github.com/portsleuth/portsleuth/internal/scenario"
 )
 
@@ -432,7 +433,7 @@ func portsScan() (scanResult, error) {
 	defer sc.Close()
 	rss0 := rss()
 	start := time.Now()
-	ns, err := sc.Scan(int(f.Fd()), pressure.ScanInodes(), 5)
+	ns, err := sc.Scan(int(f.Fd()), procinfo.SocketInodes(), 5)
 	res.wall = time.Since(start)
 	if err != nil {
 		return res, err

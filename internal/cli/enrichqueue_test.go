@@ -11,7 +11,7 @@ import (
 	"testing"
 
 	"github.com/portsleuth/portsleuth/internal/event"
-	"github.com/portsleuth/portsleuth/internal/pressure"
+	"github.com/portsleuth/portsleuth/internal/pools"
 	"github.com/portsleuth/portsleuth/internal/report"
 	"github.com/portsleuth/portsleuth/internal/scenario"
 )
@@ -79,12 +79,12 @@ func TestWatchJSONEnrichmentFollows(t *testing.T) {
 			continue
 		}
 		var en struct {
-			PID      uint32             `json:"pid"`
-			Op       string             `json:"op"`
-			Errno    string             `json:"errno"`
-			Addr     string             `json:"addr"`
-			Holder   *event.Holder      `json:"holder"`
-			Pressure *pressure.Snapshot `json:"pressure"`
+			PID      uint32          `json:"pid"`
+			Op       string          `json:"op"`
+			Errno    string          `json:"errno"`
+			Addr     string          `json:"addr"`
+			Holder   *event.Holder   `json:"holder"`
+			Pressure *pools.Snapshot `json:"pressure"`
 		}
 		json.Unmarshal([]byte(line), &en)
 		enrichments++

@@ -14,8 +14,10 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/portsleuth/portsleuth/internal/netns"
+	"github.com/portsleuth/portsleuth/internal/pools"
 	"github.com/portsleuth/portsleuth/internal/pressure"
 	"github.com/portsleuth/portsleuth/internal/probe"
+	"github.com/portsleuth/portsleuth/internal/procinfo"
 	"github.com/portsleuth/portsleuth/internal/term"
 )
 
@@ -57,8 +59,8 @@ func runPorts(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer sc.Close()
-	owners := pressure.ScanInodes()
-	out := portsOutput{Namespaces: []pressure.Namespace{}, Skipped: append([]skippedNetns{}, skipped...)}
+	owners := procinfo.SocketInodes()
+	out := portsOutput{Namespaces: []pools.Namespace{}, Skipped: append([]skippedNetns{}, skipped...)}
 	for _, t := range targets {
 		ns, err := sc.Scan(int(t.f.Fd()), owners, topN)
 		if err != nil {
@@ -79,8 +81,8 @@ func runPorts(args []string, stdout, stderr io.Writer) error {
 
 // portsOutput is what ports prints. JSON names are a contract (see README).
 type portsOutput struct {
-	Namespaces []pressure.Namespace `json:"namespaces"`
-	Skipped    []skippedNetns       `json:"skipped"`
+	Namespaces []pools.Namespace `json:"namespaces"`
+	Skipped    []skippedNetns    `json:"skipped"`
 }
 
 // skippedNetns is a namespace ports could not read, and why: the reason
@@ -211,7 +213,7 @@ func allNamespaces() ([]nsTarget, []skippedNetns) {
 	return out, skipped
 }
 
-func writePorts(w io.Writer, ns pressure.Namespace) {
+func writePorts(w io.Writer, ns pools.Namespace) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "netns %d (pids %s): %d sockets, scanned in %.3fs\n", ns.Netns, pidList(ns.PIDs), ns.Sockets, ns.ScanSeconds)
 	fmt.Fprintf(&b, "  verdict: %s\n", ns.Verdict)

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/portsleuth/portsleuth/internal/pressure"
+	"github.com/portsleuth/portsleuth/internal/pools"
 	"github.com/portsleuth/portsleuth/internal/scenario"
 )
 
@@ -45,14 +45,14 @@ func startHolder(t *testing.T, name string) (scenario.Result, func()) {
 	return res, stop
 }
 
-func portsJSON(t *testing.T, args ...string) []pressure.Namespace {
+func portsJSON(t *testing.T, args ...string) []pools.Namespace {
 	t.Helper()
 	var out, errb bytes.Buffer
 	if code := Run(append([]string{"ports", "-o", "json"}, args...), &out, &errb); code != 0 {
 		t.Fatalf("ports exit %d: %s", code, errb.String())
 	}
 	var r struct {
-		Namespaces []pressure.Namespace `json:"namespaces"`
+		Namespaces []pools.Namespace `json:"namespaces"`
 	}
 	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
 		t.Fatalf("%v\n%s", err, out.String())
@@ -71,12 +71,12 @@ func TestPortsExactPools(t *testing.T) {
 		t.Fatalf("%d namespaces", len(nss))
 	}
 	ns := nss[0]
-	pools := map[string]pressure.ConnectPool{}
+	byKey := map[string]pools.ConnectPool{}
 	for _, p := range ns.ConnectPools {
-		pools[p.Local+" "+p.Dest] = p
+		byKey[p.Local+" "+p.Dest] = p
 	}
 	const n = scenario.RangeSize
-	busy := pools["127.0.0.1 127.0.0.1:8080"]
+	busy := byKey["127.0.0.1 127.0.0.1:8080"]
 	if busy.Established != scenario.HoldEstablished || busy.TimeWait != scenario.HoldTimeWait || busy.Other != 0 {
 		t.Errorf("pool to :8080 %+v; want %d established, %d TIME_WAIT", busy, scenario.HoldEstablished, scenario.HoldTimeWait)
 	}
@@ -85,7 +85,7 @@ func TestPortsExactPools(t *testing.T) {
 	}
 	// Who holds the pool: the holder's connections here and its bind()-owned
 	// ports elsewhere; the TIME_WAITs under no process (no tracer saw the close).
-	owners := map[int]pressure.Owner{}
+	owners := map[int]pools.Owner{}
 	for _, o := range busy.Owners {
 		owners[o.PID] = o
 	}
@@ -103,7 +103,7 @@ func TestPortsExactPools(t *testing.T) {
 	if busy.TimeWaitLeft[1] <= 0 || busy.TimeWaitLeft[1] > 60 {
 		t.Errorf("TIME_WAIT left %v, want within (0, 60] s", busy.TimeWaitLeft)
 	}
-	other := pools["127.0.0.1 127.0.0.1:8081"]
+	other := byKey["127.0.0.1 127.0.0.1:8081"]
 	if other.Established != scenario.HoldBound || other.Free != n-scenario.HoldBound {
 		t.Errorf("pool to :8081 %+v; want %d established and %d free", other, scenario.HoldBound, n-scenario.HoldBound)
 	}

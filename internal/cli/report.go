@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/portsleuth/portsleuth/internal/enrichq"
 	"github.com/portsleuth/portsleuth/internal/event"
 	"github.com/portsleuth/portsleuth/internal/outfile"
 	"github.com/portsleuth/portsleuth/internal/pressure"
@@ -204,10 +205,11 @@ func traceReport(f *reportFlags, filter report.Filter, record io.Writer, stdout,
 	}
 
 	col := report.NewCollector()
-	col.Enricher = pressure.NewEnricher()
-	col.Enricher.Closers = s.t.Closers()
-	defer col.Enricher.Close()
-	col.Queue = pressure.NewQueue(0, col.Enricher.Enrich, col.Attach)
+	enricher := pressure.NewEnricher()
+	enricher.Closers = s.t.Closers()
+	defer enricher.Close()
+	col.NetnsSysctls = enricher.Sysctls
+	col.Queue = enrichq.NewQueue(0, enricher.Enrich, col.Attach)
 	defer col.Queue.Close() // before the enricher's Close: defers run last first
 	var events []event.Event
 	err = s.loop(ctx, func(e event.Event) {

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/pflag"
 
+	"github.com/portsleuth/portsleuth/internal/enrichq"
 	"github.com/portsleuth/portsleuth/internal/event"
 	"github.com/portsleuth/portsleuth/internal/metrics"
 	"github.com/portsleuth/portsleuth/internal/pressure"
@@ -227,7 +228,7 @@ type culpritLog struct {
 	mu       sync.Mutex
 	col      *report.Collector
 	enricher *pressure.Enricher
-	queue    *pressure.Queue
+	queue    *enrichq.Queue
 	dropped  uint64 // the queue's drops already logged
 	filter   report.Filter
 	interval time.Duration
@@ -237,13 +238,13 @@ type culpritLog struct {
 func newCulpritLog(log *slog.Logger, t *probe.Tracer, filter report.Filter, interval time.Duration) *culpritLog {
 	c := &culpritLog{log: log, t: t, deltas: metrics.NewDeltas(), enricher: pressure.NewEnricher(), filter: filter, interval: interval}
 	c.enricher.Closers = t.Closers()
-	c.queue = pressure.NewQueue(0, c.enricher.Enrich, c.attach)
+	c.queue = enrichq.NewQueue(0, c.enricher.Enrich, c.attach)
 	c.col = c.newCollector()
 	return c
 }
 
 // attach runs on the enrichment worker.
-func (c *culpritLog) attach(r pressure.Result) {
+func (c *culpritLog) attach(r enrichq.Result) {
 	c.mu.Lock()
 	col := c.col
 	c.mu.Unlock()
@@ -301,7 +302,7 @@ func (c *culpritLog) logDropped() {
 
 func (c *culpritLog) newCollector() *report.Collector {
 	col := report.NewCollector()
-	col.Enricher = c.enricher
+	col.NetnsSysctls = c.enricher.Sysctls
 	col.Queue = c.queue
 	return col
 }

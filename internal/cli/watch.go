@@ -11,7 +11,9 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/portsleuth/portsleuth/internal/attrib"
+	"github.com/portsleuth/portsleuth/internal/enrichq"
 	"github.com/portsleuth/portsleuth/internal/event"
+	"github.com/portsleuth/portsleuth/internal/pools"
 	"github.com/portsleuth/portsleuth/internal/pressure"
 	"github.com/portsleuth/portsleuth/internal/report"
 	"github.com/portsleuth/portsleuth/internal/term"
@@ -54,7 +56,7 @@ func runWatch(args []string, stdout, stderr io.Writer) error {
 	enricher := pressure.NewEnricher()
 	enricher.Closers = s.t.Closers()
 	defer enricher.Close()
-	w.queue = pressure.NewQueue(0, enricher.Enrich, func(r pressure.Result) { w.enriched(r, owners) })
+	w.queue = enrichq.NewQueue(0, enricher.Enrich, func(r enrichq.Result) { w.enriched(r, owners) })
 	defer w.queue.Close() // before the enricher's Close: defers run last first
 	err = s.loop(ctx,
 		func(e event.Event) {
@@ -103,7 +105,7 @@ type watcher struct {
 	json    bool
 	folder  *watch.Folder
 	s       *session
-	queue   *pressure.Queue
+	queue   *enrichq.Queue
 	lost    uint64
 	dropped uint64
 }
@@ -123,21 +125,21 @@ func (w *watcher) print(recs []report.Record) {
 // what enrichment found for the failure of that process, op and errno
 // printed before it. The field names are a contract (see README).
 type enrichment struct {
-	Type     string             `json:"type"`
-	Time     string             `json:"time"`
-	PID      uint32             `json:"pid"`
-	Comm     string             `json:"comm"`
-	Op       string             `json:"op"`
-	Errno    string             `json:"errno"`
-	Addr     string             `json:"addr"`
-	Dest     string             `json:"dest,omitempty"`
-	Holder   *event.Holder      `json:"holder,omitempty"`
-	Pressure *pressure.Snapshot `json:"pressure,omitempty"`
+	Type     string          `json:"type"`
+	Time     string          `json:"time"`
+	PID      uint32          `json:"pid"`
+	Comm     string          `json:"comm"`
+	Op       string          `json:"op"`
+	Errno    string          `json:"errno"`
+	Addr     string          `json:"addr"`
+	Dest     string          `json:"dest,omitempty"`
+	Holder   *event.Holder   `json:"holder,omitempty"`
+	Pressure *pools.Snapshot `json:"pressure,omitempty"`
 }
 
 // enriched runs on the enrichment worker: it prints the pressure snapshot
 // and the holder found for a failure already printed, each on its own line.
-func (w *watcher) enriched(r pressure.Result, owners *report.Owners) {
+func (w *watcher) enriched(r enrichq.Result, owners *report.Owners) {
 	e := &r.Event
 	unnamed := e.Holder != nil && e.Holder.PID == 0
 	owners.Fill(e)

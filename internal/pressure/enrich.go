@@ -6,10 +6,11 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 
+	"github.com/portsleuth/portsleuth/internal/enrichq"
 	"github.com/portsleuth/portsleuth/internal/event"
 	"github.com/portsleuth/portsleuth/internal/netns"
+	"github.com/portsleuth/portsleuth/internal/pools"
 	"github.com/portsleuth/portsleuth/internal/procinfo"
 )
 
@@ -28,8 +29,8 @@ type Enricher struct {
 	scErr    error
 	handles  *nsHandles
 	seen     map[seenKey]bool
-	holders  map[holderKey][]event.Holder
-	owners   Inodes
+	holders  map[enrichq.HolderKey][]event.Holder
+	owners   procinfo.Inodes
 	ownersAt time.Time
 	// recent keeps each namespace's last scan for rescanTTL: a fan-out of
 	// short-lived processes failing alike costs one scan, not one each.
@@ -37,7 +38,7 @@ type Enricher struct {
 }
 
 type recentScan struct {
-	ns Namespace
+	ns pools.Namespace
 	at time.Time
 }
 
@@ -47,13 +48,6 @@ const rescanTTL = 250 * time.Millisecond
 type seenKey struct {
 	proc  event.ProcKey
 	class event.Class
-}
-
-type holderKey struct {
-	netns uint64
-	proto string
-	addr  string
-	port  uint16
 }
 
 // snapshotOwners is how many owners of each pool a snapshot names: enough
@@ -69,7 +63,7 @@ const maxSeen = 4096
 
 // NewEnricher loads the iterators on first use.
 func NewEnricher() *Enricher {
-	return &Enricher{seen: map[seenKey]bool{}, holders: map[holderKey][]event.Holder{}, handles: newNSHandles(maxHandles),
+	return &Enricher{seen: map[seenKey]bool{}, holders: map[enrichq.HolderKey][]event.Holder{}, handles: newNSHandles(maxHandles),
 		recent: map[uint64]recentScan{}}
 }
 
@@ -89,11 +83,11 @@ func (en *Enricher) Close() error {
 // process (nil otherwise, or when the namespace is gone), and fills e.Holder
 // for a port in use when it is empty. It may walk /proc and scan a namespace
 // (~0.3 s per 100k sockets): call it through a Queue, never from the reader.
-func (en *Enricher) Enrich(e *event.Event) *Snapshot {
+func (en *Enricher) Enrich(e *event.Event) *pools.Snapshot {
 	en.mu.Lock()
 	defer en.mu.Unlock()
-	portInUse := wantsHolder(e)
-	hk := holderKeyOf(e)
+	portInUse := enrichq.WantsHolder(e)
+	hk := enrichq.HolderKeyOf(e)
 	k := seenKey{e.Proc(), e.Class}
 	if en.seen[k] {
 		if portInUse && e.Holder == nil {
@@ -102,19 +96,19 @@ func (en *Enricher) Enrich(e *event.Event) *Snapshot {
 		return nil
 	}
 	if len(en.seen) >= maxSeen {
-		en.seen, en.holders = map[seenKey]bool{}, map[holderKey][]event.Holder{}
+		en.seen, en.holders = map[seenKey]bool{}, map[enrichq.HolderKey][]event.Holder{}
 	}
 	en.seen[k] = true
-	var q *HolderQuery
+	var q *pools.HolderQuery
 	if portInUse && e.Holder == nil {
-		q = &HolderQuery{Proto: e.Class.Proto, Addr: e.Addr.Addr(), Port: e.Addr.Port()}
+		q = &pools.HolderQuery{Proto: e.Class.Proto, Addr: e.Addr.Addr(), Port: e.Addr.Port()}
 	}
 	if r, fresh := en.recent[e.Netns]; fresh && e.Netns != 0 && time.Since(r.at) < rescanTTL &&
 		(q == nil || len(en.holders[hk]) > 0) {
 		if q != nil {
 			e.Holder = firstHolder(en.holders[hk])
 		}
-		return SnapshotFor(r.ns, e)
+		return pools.SnapshotFor(r.ns, e)
 	}
 	ns, ok := en.scan(e, q)
 	if ok && e.Netns != 0 {
@@ -133,30 +127,30 @@ func (en *Enricher) Enrich(e *event.Event) *Snapshot {
 	if !ok {
 		return nil
 	}
-	return SnapshotFor(ns, e)
+	return pools.SnapshotFor(ns, e)
 }
 
 // scan measures e's namespace, entered through a handle found from e.Netns,
 // and answers q; false when the namespace is gone or cannot be read.
-func (en *Enricher) scan(e *event.Event, q *HolderQuery) (Namespace, bool) {
+func (en *Enricher) scan(e *event.Event, q *pools.HolderQuery) (pools.Namespace, bool) {
 	if en.sc == nil && en.scErr == nil {
 		en.sc, en.scErr = NewScanner(en.Closers)
 	}
 	if en.scErr != nil {
-		return Namespace{}, false
+		return pools.Namespace{}, false
 	}
 	f, err := en.handles.open(e.Netns, e.PID, e.TID)
 	if err != nil {
-		return Namespace{}, false // gone already: the report says so by having no snapshot
+		return pools.Namespace{}, false // gone already: the report says so by having no snapshot
 	}
 	defer f.Close()
 	// The failing process may be seconds old: a stale map would miss it.
 	if time.Since(en.ownersAt) > ownersTTL {
-		en.owners, en.ownersAt = ScanInodes(), time.Now()
+		en.owners, en.ownersAt = procinfo.SocketInodes(), time.Now()
 	}
 	ns, err := en.sc.ScanFor(int(f.Fd()), en.owners, snapshotOwners, q)
 	if err != nil || (e.Netns != 0 && ns.Netns != e.Netns) {
-		return Namespace{}, false
+		return pools.Namespace{}, false
 	}
 	if q != nil {
 		for i := range q.Found {
@@ -177,15 +171,6 @@ func (en *Enricher) Sysctls(ino uint64, pid, tid uint32) (netns.Sysctls, error) 
 	}
 	defer f.Close()
 	return netns.ReadFD(int(f.Fd()))
-}
-
-// wantsHolder says whether e is a failure for a named port some socket holds.
-func wantsHolder(e *event.Event) bool {
-	return e.Class.Errno == unix.EADDRINUSE && !e.Class.Port0 && e.Class.Op != event.Connect
-}
-
-func holderKeyOf(e *event.Event) holderKey {
-	return holderKey{e.Netns, e.Class.Proto, e.Addr.Addr().String(), e.Addr.Port()}
 }
 
 func firstHolder(hs []event.Holder) *event.Holder {

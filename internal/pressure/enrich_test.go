@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/portsleuth/portsleuth/internal/event"
+	"github.com/portsleuth/portsleuth/internal/pools"
 )
 
 func newEnricher(t *testing.T) *Enricher {
@@ -95,7 +96,7 @@ func TestEnrichSnapshotAfterFailingProcessExited(t *testing.T) {
 }
 
 // snapshotOnce enriches e once with a fresh enricher and requires a snapshot.
-func snapshotOnce(t *testing.T, e *event.Event) *Snapshot {
+func snapshotOnce(t *testing.T, e *event.Event) *pools.Snapshot {
 	t.Helper()
 	snap := newEnricher(t).Enrich(e)
 	if snap == nil {

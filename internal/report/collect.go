@@ -7,9 +7,10 @@ import (
 	"sync"
 
 	"github.com/portsleuth/portsleuth/internal/attrib"
+	"github.com/portsleuth/portsleuth/internal/enrichq"
 	"github.com/portsleuth/portsleuth/internal/event"
 	"github.com/portsleuth/portsleuth/internal/netns"
-	"github.com/portsleuth/portsleuth/internal/pressure"
+	"github.com/portsleuth/portsleuth/internal/pools"
 	"github.com/portsleuth/portsleuth/internal/procinfo"
 )
 
@@ -39,13 +40,14 @@ type Collector struct {
 	Lookup func(pid uint32) (procinfo.Info, error)
 	// Owners finds the process holding a socket inode.
 	Owners *Owners
-	// Enricher reads namespace sysctls through its namespace handles; nil
-	// reads them through the failing task.
-	Enricher *pressure.Enricher
+	// NetnsSysctls reads namespace ino's sysctls through a handle on the
+	// namespace itself (pressure.Enricher.Sysctls): the failing task (pid,
+	// tid) may be gone. Nil reads them through the failing task (Sysctls).
+	NetnsSysctls func(ino uint64, pid, tid uint32) (netns.Sysctls, error)
 	// Queue, when set, gets each failure after Observe for enrichment, and
 	// names the holders already found; its results come back through Attach.
 	// Without it, Observe reads the namespace's sysctls itself.
-	Queue *pressure.Queue
+	Queue *enrichq.Queue
 	// CgroupPath resolves a cgroup id for a process /proc no longer shows; nil offline.
 	CgroupPath func(id uint64) string
 	// Program and Master read a process's program and the master of a
@@ -169,7 +171,7 @@ func (o *Owners) keepMaster(pid, m uint32) {
 }
 
 type procEvents struct {
-	pressure map[event.Class]*pressure.Snapshot
+	pressure map[event.Class]*pools.Snapshot
 	info     procinfo.Info
 	program  *procinfo.Program // nil when /proc could not say
 	netns    uint64
@@ -263,19 +265,19 @@ func (c *Collector) noteAncestors(pid, ppid uint32) {
 
 // notePressure keeps the snapshot of a class's first failure and names the
 // pool's owners now, while they still run.
-func (c *Collector) notePressure(p *procEvents, class event.Class, snap *pressure.Snapshot) {
+func (c *Collector) notePressure(p *procEvents, class event.Class, snap *pools.Snapshot) {
 	c.keepPressure(p, class, snap, c.readOwners(c.newOwners(snap)))
 }
 
 // newOwners lists the pool owners of snap not named yet, within the bound.
 // The caller holds c.mu when another goroutine may Observe.
-func (c *Collector) newOwners(snap *pressure.Snapshot) []pressure.Owner {
-	var out []pressure.Owner
+func (c *Collector) newOwners(snap *pools.Snapshot) []pools.Owner {
+	var out []pools.Owner
 	for _, o := range poolOwners(snap) {
 		if o.PID <= 0 || o.Exited || len(c.holders)+len(out) >= maxHolderProcs {
 			continue // an exited closer's pid is not its own any more
 		}
-		if _, seen := c.holders[uint32(o.PID)]; !seen && !slices.ContainsFunc(out, func(n pressure.Owner) bool { return n.PID == o.PID }) {
+		if _, seen := c.holders[uint32(o.PID)]; !seen && !slices.ContainsFunc(out, func(n pools.Owner) bool { return n.PID == o.PID }) {
 			out = append(out, o)
 		}
 	}
@@ -283,7 +285,7 @@ func (c *Collector) newOwners(snap *pressure.Snapshot) []pressure.Owner {
 }
 
 // readOwners reads /proc for each owner; it touches no collector state.
-func (c *Collector) readOwners(owners []pressure.Owner) map[uint32]*holderProc {
+func (c *Collector) readOwners(owners []pools.Owner) map[uint32]*holderProc {
 	out := make(map[uint32]*holderProc, len(owners))
 	for _, o := range owners {
 		pid := uint32(o.PID)
@@ -304,7 +306,7 @@ func (c *Collector) readOwners(owners []pressure.Owner) map[uint32]*holderProc {
 }
 
 // keepPressure stores a snapshot and the owners read for it.
-func (c *Collector) keepPressure(p *procEvents, class event.Class, snap *pressure.Snapshot, owners map[uint32]*holderProc) {
+func (c *Collector) keepPressure(p *procEvents, class event.Class, snap *pools.Snapshot, owners map[uint32]*holderProc) {
 	if p.pressure[class] == nil {
 		p.pressure[class] = snap
 	}
@@ -344,7 +346,7 @@ func (c *Collector) observe(e *event.Event) {
 	c.events++
 	p := c.procs[e.Proc()]
 	if p == nil {
-		p = &procEvents{classes: map[event.Class]*classEvidence{}, netns: e.Netns, pressure: map[event.Class]*pressure.Snapshot{}}
+		p = &procEvents{classes: map[event.Class]*classEvidence{}, netns: e.Netns, pressure: map[event.Class]*pools.Snapshot{}}
 		var alive bool
 		if p.info, alive = c.lookup(e.Proc()); alive {
 			p.program = c.program(e.PID)
@@ -389,12 +391,12 @@ func (c *Collector) observe(e *event.Event) {
 }
 
 // readSysctls reads the sysctls of e's namespace: through the namespace
-// itself when there is an Enricher (the failing task may be gone).
+// itself when NetnsSysctls is set (the failing task may be gone).
 func (c *Collector) readSysctls(e *event.Event) (netns.Sysctls, error) {
 	var s netns.Sysctls
 	var err error
-	if c.Enricher != nil {
-		s, err = c.Enricher.Sysctls(e.Netns, e.PID, e.TID)
+	if c.NetnsSysctls != nil {
+		s, err = c.NetnsSysctls(e.Netns, e.PID, e.TID)
 	} else {
 		s, err = c.Sysctls(e.PID, e.TID)
 	}
@@ -430,7 +432,7 @@ func addCapped(list []netip.AddrPort, a netip.AddrPort) []netip.AddrPort {
 // namespace's sysctls, the pressure snapshot and its pool's owners, the
 // holder and its owner. It runs on the enrichment worker: every slow read
 // happens before the lock is taken, so Observe never waits for one.
-func (c *Collector) Attach(r pressure.Result) {
+func (c *Collector) Attach(r enrichq.Result) {
 	e := &r.Event
 	c.Owners.Fill(e)
 	var sys *netns.Sysctls

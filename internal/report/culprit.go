@@ -8,7 +8,7 @@ import (
 
 	"github.com/portsleuth/portsleuth/internal/attrib"
 	"github.com/portsleuth/portsleuth/internal/event"
-	"github.com/portsleuth/portsleuth/internal/pressure"
+	"github.com/portsleuth/portsleuth/internal/pools"
 	"github.com/portsleuth/portsleuth/internal/procinfo"
 	"github.com/portsleuth/portsleuth/internal/term"
 )
@@ -98,7 +98,7 @@ type poolUse struct {
 	comm     string
 	failures uint64
 	calls    []Call
-	snap     *pressure.Snapshot
+	snap     *pools.Snapshot
 }
 
 // noProcess names the culprit entry of sockets no process has open.
@@ -115,7 +115,7 @@ func lackOfPort(p attrib.Pattern) bool {
 }
 
 // poolOwners are who held a snapshot's pool.
-func poolOwners(s *pressure.Snapshot) []pressure.Owner {
+func poolOwners(s *pools.Snapshot) []pools.Owner {
 	switch {
 	case s == nil:
 		return nil
@@ -128,7 +128,7 @@ func poolOwners(s *pressure.Snapshot) []pressure.Owner {
 }
 
 // poolOf is what a snapshot measured in the pool, for the advice.
-func poolOf(s *pressure.Snapshot) *attrib.Pool {
+func poolOf(s *pools.Snapshot) *attrib.Pool {
 	switch {
 	case s == nil:
 		return nil
@@ -153,7 +153,7 @@ func poolOf(s *pressure.Snapshot) *attrib.Pool {
 
 // poolHolders sums a pool's owners by process name, most ports first; the
 // sockets of no process stay apart.
-func poolHolders(owners []pressure.Owner) []attrib.PoolHolder {
+func poolHolders(owners []pools.Owner) []attrib.PoolHolder {
 	var hs []attrib.PoolHolder
 	for _, o := range owners {
 		ports := o.BindOwner + o.Established + o.TimeWait + o.Other
@@ -183,7 +183,7 @@ func poolHolders(owners []pressure.Owner) []attrib.PoolHolder {
 }
 
 // heldPoolOf describes a snapshot's pool, without holdings.
-func heldPoolOf(s *pressure.Snapshot) (HeldPool, bool) {
+func heldPoolOf(s *pools.Snapshot) (HeldPool, bool) {
 	switch {
 	case s.ConnectPool != nil:
 		p := s.ConnectPool
@@ -204,7 +204,7 @@ func (h HeldPool) key() poolKey { return poolKey{h.Netns, h.Kind, h.Local, h.Des
 
 // heldBy is how an owner holds a pool. An owner listed by a scan that did
 // not split its sockets by how they hold ports counts them as "other".
-func heldBy(o pressure.Owner) PortsHeld {
+func heldBy(o pools.Owner) PortsHeld {
 	h := PortsHeld{BindOwner: o.BindOwner, Established: o.Established, TimeWait: o.TimeWait, Other: o.Other}
 	if h.Total() == 0 {
 		h.Other = o.Sockets
@@ -585,10 +585,10 @@ func callsText(calls []Call) string {
 const maxHoldersShown = 5
 
 // holdersText names a pool's owners, e.g. "pid 812 (socat) 48 bind-owned".
-func holdersText(owners []pressure.Owner) string {
+func holdersText(owners []pools.Owner) string {
 	// Processes of one name together: 60 socat processes are one line, not 60.
 	type group struct {
-		first pressure.Owner
+		first pools.Owner
 		procs int
 		held  PortsHeld
 	}

@@ -15,7 +15,7 @@ import (
 
 	"github.com/portsleuth/portsleuth/internal/attrib"
 	"github.com/portsleuth/portsleuth/internal/event"
-	"github.com/portsleuth/portsleuth/internal/pressure"
+	"github.com/portsleuth/portsleuth/internal/pools"
 	"github.com/portsleuth/portsleuth/internal/procinfo"
 )
 
@@ -72,7 +72,7 @@ func (h *fakeHost) exit(pid uint32) {
 
 // failing observes n failures of class c by pid, the first with snap as the
 // pool snapshot the enricher would have taken, and returns the event.
-func failing(c *Collector, snap *event.Snapshot, key event.ProcKey, comm string, class event.Class, n uint64, dest string, ps *pressure.Snapshot) {
+func failing(c *Collector, snap *event.Snapshot, key event.ProcKey, comm string, class event.Class, n uint64, dest string, ps *pools.Snapshot) {
 	e := event.Event{Time: time.Unix(1700000000, 0), PID: key.PID, Start: key.Start, TID: key.PID, Comm: comm, Thread: comm,
 		Class: class, Netns: nsTest, Source: "syscall", Options: []string{}}
 	if class.Op == event.Connect {
@@ -100,7 +100,7 @@ func emptySnapshot() event.Snapshot {
 // crossStarvation is the proxy case: socat bound 48 ports to 127.0.0.1
 // before connecting (no failure of its own); python3's plain connects to
 // :8080 then found no port; 12 TIME_WAIT no process is known to have closed.
-func crossStarvation(t *testing.T) (Report, *pressure.Snapshot) {
+func crossStarvation(t *testing.T) (Report, *pools.Snapshot) {
 	t.Helper()
 	host := &fakeHost{
 		infos: map[uint32]procinfo.Info{
@@ -111,9 +111,9 @@ func crossStarvation(t *testing.T) (Report, *pressure.Snapshot) {
 		mast:  map[uint32]uint32{pidSocat: 90000000},
 	}
 	c := host.collector()
-	ps := &pressure.Snapshot{Netns: nsTest, ConnectPool: &pressure.ConnectPool{
+	ps := &pools.Snapshot{Netns: nsTest, ConnectPool: &pools.ConnectPool{
 		Local: "127.0.0.1", Dest: "127.0.0.1:8080", Established: 4, TimeWait: 12, BindOwned: 48, Free: 0, Size: 64,
-		Owners: []pressure.Owner{
+		Owners: []pools.Owner{
 			{PID: pidSocat, Comm: "socat", Sockets: 48, BindOwner: 48, BindConnected: 48},
 			{PID: 0, Sockets: 12, TimeWait: 12},
 			{PID: pidPython, Comm: "python3", Sockets: 4, Established: 4},
@@ -231,8 +231,8 @@ func TestCulpritJSONNames(t *testing.T) {
 func TestCulpritIsTheFailingProcess(t *testing.T) {
 	host := &fakeHost{infos: map[uint32]procinfo.Info{pidBeam: {Comm: "beam.smp", Cmdline: "beam.smp -- -root /usr/lib/erlang", Netns: nsTest}}}
 	c := host.collector()
-	ps := &pressure.Snapshot{Netns: nsTest, BindPool: &pressure.BindPool{Proto: "tcp", Local: "0.0.0.0", Used: 64, Free: 0,
-		Owners: []pressure.Owner{{PID: pidBeam, Comm: "beam.smp", Sockets: 64, BindOwner: 64, BindConnected: 64, BindConnectedAny: 64}}}}
+	ps := &pools.Snapshot{Netns: nsTest, BindPool: &pools.BindPool{Proto: "tcp", Local: "0.0.0.0", Used: 64, Free: 0,
+		Owners: []pools.Owner{{PID: pidBeam, Comm: "beam.smp", Sockets: 64, BindOwner: 64, BindConnected: 64, BindConnectedAny: 64}}}}
 	snap := emptySnapshot()
 	beam := event.ProcKey{PID: pidBeam, Start: 3e9}
 	failing(c, &snap, beam, "beam.smp", bindAnyFull, 10, "", ps)
@@ -264,9 +264,9 @@ func TestCulpritIsTheFailingProcess(t *testing.T) {
 func TestCulpritNoProcess(t *testing.T) {
 	host := &fakeHost{infos: map[uint32]procinfo.Info{}}
 	c := host.collector()
-	snapAt := func(tw int) *pressure.Snapshot {
-		return &pressure.Snapshot{Netns: nsTest, ConnectPool: &pressure.ConnectPool{Local: "10.0.0.1", Dest: "10.0.0.2:443", TimeWait: tw, Other: 2, Size: 64,
-			Owners: []pressure.Owner{{PID: 0, Sockets: tw + 2, TimeWait: tw, Other: 2}}}}
+	snapAt := func(tw int) *pools.Snapshot {
+		return &pools.Snapshot{Netns: nsTest, ConnectPool: &pools.ConnectPool{Local: "10.0.0.1", Dest: "10.0.0.2:443", TimeWait: tw, Other: 2, Size: 64,
+			Owners: []pools.Owner{{PID: 0, Sockets: tw + 2, TimeWait: tw, Other: 2}}}}
 	}
 	snap := emptySnapshot()
 	a, b := event.ProcKey{PID: 90000010, Start: 1}, event.ProcKey{PID: 90000011, Start: 2}
@@ -300,8 +300,8 @@ func TestCulpritPortsHeldNotDoubleCounted(t *testing.T) {
 	c := host.collector()
 	snap := emptySnapshot()
 	for i, dest := range []string{"10.0.0.2:80", "10.0.0.3:80"} {
-		ps := &pressure.Snapshot{Netns: nsTest, ConnectPool: &pressure.ConnectPool{Local: "10.0.0.1", Dest: dest, Established: 16, BindOwned: 48, Size: 64,
-			Owners: []pressure.Owner{{PID: pidSocat, Comm: "socat", Sockets: 16, BindOwner: 48, BindConnected: 64, Established: 16}}}}
+		ps := &pools.Snapshot{Netns: nsTest, ConnectPool: &pools.ConnectPool{Local: "10.0.0.1", Dest: dest, Established: 16, BindOwned: 48, Size: 64,
+			Owners: []pools.Owner{{PID: pidSocat, Comm: "socat", Sockets: 16, BindOwner: 48, BindConnected: 64, Established: 16}}}}
 		failing(c, &snap, event.ProcKey{PID: uint32(90000020 + i), Start: 1}, "client", connectFull, 1, dest, ps)
 	}
 	r := Build(snap, c, Filter{}, "replay", time.Unix(0, 0), time.Second)
@@ -311,14 +311,14 @@ func TestCulpritPortsHeldNotDoubleCounted(t *testing.T) {
 }
 
 func TestPoolOfBindPool(t *testing.T) {
-	got := poolOf(&pressure.Snapshot{BindPool: &pressure.BindPool{Proto: "tcp", Local: "127.0.0.1", Used: 60, Free: 4, Owners: []pressure.Owner{
+	got := poolOf(&pools.Snapshot{BindPool: &pools.BindPool{Proto: "tcp", Local: "127.0.0.1", Used: 60, Free: 4, Owners: []pools.Owner{
 		{PID: 1, BindOwner: 40, Established: 3}, {PID: 2, BindOwner: 8, TimeWait: 5, Other: 1}}}})
 	want := attrib.Pool{Kind: "bind", Local: "127.0.0.1", Size: 64, BindOwned: 48, Established: 3, TimeWait: 5, Other: 1, Free: 4,
 		Holders: []attrib.PoolHolder{{PID: 1, Procs: 1, Ports: 43}, {PID: 2, Procs: 1, Ports: 14}}}
 	if got == nil || !reflect.DeepEqual(*got, want) {
 		t.Errorf("got %+v, want %+v", got, want)
 	}
-	got = poolOf(&pressure.Snapshot{ConnectPool: &pressure.ConnectPool{Local: "a", Dest: "b", Established: 1, TimeWait: 2, Other: 3, BindOwned: 4, Free: 5, Size: 15}})
+	got = poolOf(&pools.Snapshot{ConnectPool: &pools.ConnectPool{Local: "a", Dest: "b", Established: 1, TimeWait: 2, Other: 3, BindOwned: 4, Free: 5, Size: 15}})
 	want = attrib.Pool{Kind: "connect", Local: "a", Dest: "b", Size: 15, BindOwned: 4, Established: 1, TimeWait: 2, Other: 3, Free: 5}
 	if got == nil || !reflect.DeepEqual(*got, want) {
 		t.Errorf("got %+v, want %+v", got, want)
@@ -333,12 +333,12 @@ func TestCollectorBoundsHolders(t *testing.T) {
 	lookups := 0
 	c := NewOfflineCollector()
 	c.Lookup = func(pid uint32) (procinfo.Info, error) { lookups++; return procinfo.Info{Comm: "x"}, nil }
-	owners := make([]pressure.Owner, maxHolderProcs+10)
+	owners := make([]pools.Owner, maxHolderProcs+10)
 	for i := range owners {
-		owners[i] = pressure.Owner{PID: 100000000 + i, Sockets: 1}
+		owners[i] = pools.Owner{PID: 100000000 + i, Sockets: 1}
 	}
-	ps := &pressure.Snapshot{BindPool: &pressure.BindPool{Owners: owners}}
-	p := &procEvents{pressure: map[event.Class]*pressure.Snapshot{}}
+	ps := &pools.Snapshot{BindPool: &pools.BindPool{Owners: owners}}
+	p := &procEvents{pressure: map[event.Class]*pools.Snapshot{}}
 	c.notePressure(p, bindAnyFull, ps)
 	c.notePressure(p, connectFull, ps)
 	if len(c.holders) != maxHolderProcs || lookups != maxHolderProcs {
@@ -369,8 +369,8 @@ func TestCulpritAndProgramTextEscaped(t *testing.T) {
 		progs: map[uint32]procinfo.Program{pidSocat: {Exe: "/bin/" + osc, Cgroup: evilCgroup, Comm: evilComm}},
 	}
 	c := host.collector()
-	ps := &pressure.Snapshot{Netns: nsTest, ConnectPool: &pressure.ConnectPool{Local: "10.0.0.1", Dest: "10.0.0.2:80", BindOwned: 64, Size: 64,
-		Owners: []pressure.Owner{{PID: pidSocat, Comm: evilHolder, Sockets: 64, BindOwner: 64, BindConnected: 64}}}}
+	ps := &pools.Snapshot{Netns: nsTest, ConnectPool: &pools.ConnectPool{Local: "10.0.0.1", Dest: "10.0.0.2:80", BindOwned: 64, Size: 64,
+		Owners: []pools.Owner{{PID: pidSocat, Comm: evilHolder, Sockets: 64, BindOwner: 64, BindConnected: 64}}}}
 	snap := emptySnapshot()
 	for i := range 2 {
 		k := event.ProcKey{PID: uint32(90004000 + i), Start: 1}

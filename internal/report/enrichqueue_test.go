@@ -10,8 +10,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/portsleuth/portsleuth/internal/attrib"
+	"github.com/portsleuth/portsleuth/internal/enrichq"
 	"github.com/portsleuth/portsleuth/internal/event"
-	"github.com/portsleuth/portsleuth/internal/pressure"
+	"github.com/portsleuth/portsleuth/internal/pools"
 	"github.com/portsleuth/portsleuth/internal/procinfo"
 )
 
@@ -33,11 +34,11 @@ func newStuckEnricher() *stuckEnricher {
 	return &stuckEnricher{started: make(chan uint32, 1<<12), release: make(chan struct{})}
 }
 
-func (s *stuckEnricher) enrich(e *event.Event) *pressure.Snapshot {
+func (s *stuckEnricher) enrich(e *event.Event) *pools.Snapshot {
 	s.started <- e.PID
 	<-s.release
 	e.Holder = &event.Holder{State: "LISTEN", Local: e.Addr, PID: pidHolder, Comm: "nginx"}
-	return &pressure.Snapshot{Netns: e.Netns, Verdict: "ok"}
+	return &pools.Snapshot{Netns: e.Netns, Verdict: "ok"}
 }
 
 func (s *stuckEnricher) waitStarted(t *testing.T) {
@@ -49,11 +50,11 @@ func (s *stuckEnricher) waitStarted(t *testing.T) {
 	}
 }
 
-func queuedCollector(t *testing.T, size int, enrich pressure.EnrichFunc) *Collector {
+func queuedCollector(t *testing.T, size int, enrich enrichq.EnrichFunc) *Collector {
 	t.Helper()
 	host := &fakeHost{infos: map[uint32]procinfo.Info{pidHolder: {Comm: "nginx", Cmdline: "nginx: master process"}}}
 	c := host.collector()
-	c.Queue = pressure.NewQueue(size, enrich, c.Attach)
+	c.Queue = enrichq.NewQueue(size, enrich, c.Attach)
 	t.Cleanup(c.Queue.Close)
 	return c
 }
@@ -109,7 +110,7 @@ func TestObserveDoesNotWaitForEnrichment(t *testing.T) {
 	r.EnrichmentDropped = c.Queue.Dropped()
 	named := 0
 	for _, p := range r.Processes {
-		var holders []pressure.Owner
+		var holders []pools.Owner
 		for _, pat := range p.Patterns {
 			if pat.Pattern == string(attrib.PortInUse) {
 				holders = pat.Holders
@@ -154,10 +155,10 @@ func TestObserveDoesNotWaitForEnrichment(t *testing.T) {
 // A snapshot that comes after Observe still reaches the report, with the
 // pool's owners named as /proc had them when it came.
 func TestAttachedSnapshotReachesTheReport(t *testing.T) {
-	c := queuedCollector(t, 0, func(e *event.Event) *pressure.Snapshot {
-		return &pressure.Snapshot{Netns: e.Netns, Verdict: "connect pool full", ConnectPool: &pressure.ConnectPool{
+	c := queuedCollector(t, 0, func(e *event.Event) *pools.Snapshot {
+		return &pools.Snapshot{Netns: e.Netns, Verdict: "connect pool full", ConnectPool: &pools.ConnectPool{
 			Local: "127.0.0.1", Dest: e.Dest.String(), Size: 64, Established: 64, PercentUsed: 100,
-			Owners: []pressure.Owner{{PID: pidHolder, Comm: "filler", Sockets: 64, Established: 64}}}}
+			Owners: []pools.Owner{{PID: pidHolder, Comm: "filler", Sockets: 64, Established: 64}}}}
 	})
 	snap := emptySnapshot()
 	failing(c, &snap, event.ProcKey{PID: pidPython, Start: 1}, "python3", connectFull, 3, "127.0.0.1:8080", nil)
@@ -189,7 +190,7 @@ func TestSealedCollectorIgnoresLateResults(t *testing.T) {
 	c.Seal()
 	late := e
 	late.Holder = &event.Holder{State: "LISTEN", Local: e.Addr, PID: pidHolder}
-	c.Attach(pressure.Result{Event: late, Snapshot: &pressure.Snapshot{Verdict: "late"}, HolderFound: true})
+	c.Attach(enrichq.Result{Event: late, Snapshot: &pools.Snapshot{Verdict: "late"}, HolderFound: true})
 	p := c.procs[e.Proc()]
 	if p.pressure[portTaken] != nil || p.examples[0].Holder != nil || len(p.classes[portTaken].holders) != 0 {
 		t.Errorf("a sealed collector took a late result: %+v", p)
@@ -202,7 +203,7 @@ func TestAttachNamesTheOwnerOfAKernelHolder(t *testing.T) {
 	c := NewOfflineCollector()
 	walks := 0
 	c.Owners = &Owners{Lookup: func(ino uint64) (uint32, string) { walks++; return pidHolder, "nginx" }}
-	c.Queue = pressure.NewQueue(0, func(*event.Event) *pressure.Snapshot { return nil }, c.Attach)
+	c.Queue = enrichq.NewQueue(0, func(*event.Event) *pools.Snapshot { return nil }, c.Attach)
 	defer c.Queue.Close()
 	e := bindFailure(pidSocat, time.Unix(1700000000, 0))
 	e.Holder = &event.Holder{State: "LISTEN", Local: e.Addr, SockIno: 4242}

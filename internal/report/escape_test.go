@@ -15,7 +15,7 @@ import (
 	"github.com/portsleuth/portsleuth/internal/attrib"
 	"github.com/portsleuth/portsleuth/internal/event"
 	"github.com/portsleuth/portsleuth/internal/netns"
-	"github.com/portsleuth/portsleuth/internal/pressure"
+	"github.com/portsleuth/portsleuth/internal/pools"
 	"github.com/portsleuth/portsleuth/internal/procinfo"
 )
 
@@ -174,7 +174,7 @@ func TestWriteJSONKeepsProcessStringsExact(t *testing.T) {
 
 func TestRecordTextEscapesProcessStrings(t *testing.T) {
 	rec := NewRecord(evilEvent(), attrib.PortInUse)
-	rec.Pressure = &pressure.Snapshot{Verdict: osc}
+	rec.Pressure = &pools.Snapshot{Verdict: osc}
 	rec.Folded = 3
 	text := rec.Text()
 	assertTerminalSafe(t, text)

@@ -11,7 +11,7 @@ import (
 
 	"github.com/portsleuth/portsleuth/internal/attrib"
 	"github.com/portsleuth/portsleuth/internal/event"
-	"github.com/portsleuth/portsleuth/internal/pressure"
+	"github.com/portsleuth/portsleuth/internal/pools"
 	"github.com/portsleuth/portsleuth/internal/term"
 )
 
@@ -43,7 +43,7 @@ type Record struct {
 	Holder *event.Holder `json:"holder,omitempty"`
 	// Pressure is the snapshot of the first failure of its kind; watch prints
 	// it on a line of its own ({"type":"enrichment"}) and leaves this empty.
-	Pressure *pressure.Snapshot `json:"pressure,omitempty"`
+	Pressure *pools.Snapshot `json:"pressure,omitempty"`
 	// Folded is set on a line that stands for N repeats watch did not print.
 	Folded uint64 `json:"folded,omitempty"`
 }

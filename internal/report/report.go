@@ -15,7 +15,7 @@ import (
 	"github.com/portsleuth/portsleuth/internal/attrib"
 	"github.com/portsleuth/portsleuth/internal/event"
 	"github.com/portsleuth/portsleuth/internal/netns"
-	"github.com/portsleuth/portsleuth/internal/pressure"
+	"github.com/portsleuth/portsleuth/internal/pools"
 	"github.com/portsleuth/portsleuth/internal/procinfo"
 	"github.com/portsleuth/portsleuth/internal/term"
 )
@@ -102,9 +102,9 @@ type PatternEntry struct {
 	Evidence string `json:"evidence"`
 	Advice   string `json:"advice"`
 	// Pressure is the namespace's port pressure at this pattern's first failure.
-	Pressure *pressure.Snapshot `json:"pressure,omitempty"`
+	Pressure *pools.Snapshot `json:"pressure,omitempty"`
 	// Holders (failures for lack of a port) are who held the pool then.
-	Holders []pressure.Owner `json:"holders,omitempty"`
+	Holders []pools.Owner `json:"holders,omitempty"`
 }
 
 // Counts are a process's calls of one kind.
@@ -324,7 +324,7 @@ func buildProcess(key event.ProcKey, st event.ProcStats, fails map[event.Class]u
 	}
 
 	findings := map[attrib.Pattern]*attrib.Finding{}
-	snaps := map[attrib.Pattern]*pressure.Snapshot{}
+	snaps := map[attrib.Pattern]*pools.Snapshot{}
 	for _, class := range sortedClasses(fails) {
 		n := fails[class]
 		p.Failures = satAdd(p.Failures, n)
@@ -553,14 +553,14 @@ func b2i(b bool) int {
 
 // portHolders lists the processes holding the port a bind() or listen()
 // wanted, one entry each, with the master of a prefork worker.
-func portHolders(hs []event.Holder) []pressure.Owner {
-	var out []pressure.Owner
+func portHolders(hs []event.Holder) []pools.Owner {
+	var out []pools.Owner
 	for _, h := range hs {
-		if i := slices.IndexFunc(out, func(o pressure.Owner) bool { return o.PID == int(h.PID) }); i >= 0 {
+		if i := slices.IndexFunc(out, func(o pools.Owner) bool { return o.PID == int(h.PID) }); i >= 0 {
 			out[i].Sockets++
 			continue
 		}
-		o := pressure.Owner{PID: int(h.PID), Comm: h.Comm, Sockets: 1, Master: int(h.Master)}
+		o := pools.Owner{PID: int(h.PID), Comm: h.Comm, Sockets: 1, Master: int(h.Master)}
 		switch h.State {
 		case "TIME_WAIT":
 			o.TimeWait = 1

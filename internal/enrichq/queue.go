@@ -1,12 +1,38 @@
-package pressure
+// Package enrichq runs enrichment beside the ring-buffer reader: a bounded
+// queue and one worker, so that scanning a namespace never stalls the reader.
+package enrichq
 
 import (
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/portsleuth/portsleuth/internal/event"
+	"github.com/portsleuth/portsleuth/internal/pools"
 )
+
+// HolderKey is a port some socket holds, as a failure names it.
+type HolderKey struct {
+	Netns uint64
+	Proto string
+	Addr  string
+	Port  uint16
+}
+
+// WantsHolder says whether e is a failure for a named port some socket holds.
+func WantsHolder(e *event.Event) bool {
+	return e.Class.Errno == unix.EADDRINUSE && !e.Class.Port0 && e.Class.Op != event.Connect
+}
+
+// HolderKeyOf is the port e failed for.
+func HolderKeyOf(e *event.Event) HolderKey {
+	return HolderKey{e.Netns, e.Class.Proto, e.Addr.Addr().String(), e.Addr.Port()}
+}
+
+// maxSeen bounds the queue's memory of kinds and holders; it starts over when full.
+const maxSeen = 4096
 
 // QueueLen is how many failures may wait for enrichment. Only the first
 // failure of each (process, class, namespace, holder socket) waits, so 1024
@@ -17,8 +43,8 @@ const QueueLen = 1024
 // closeWait bounds how long Close waits for the enrichment in progress.
 const closeWait = 10 * time.Second
 
-// EnrichFunc enriches one failure: (*Enricher).Enrich, or a stand-in in tests.
-type EnrichFunc func(e *event.Event) *Snapshot
+// EnrichFunc enriches one failure: (*pressure.Enricher).Enrich, or a stand-in in tests.
+type EnrichFunc func(e *event.Event) *pools.Snapshot
 
 // Result is one failure after enrichment.
 type Result struct {
@@ -27,7 +53,7 @@ type Result struct {
 	Event event.Event
 	// Snapshot is nil when the failure was not its class's first or the
 	// namespace could not be read.
-	Snapshot *Snapshot
+	Snapshot *pools.Snapshot
 	// HolderFound says Event.Holder was found by enrichment, not decoded.
 	HolderFound bool
 }
@@ -45,7 +71,7 @@ type Queue struct {
 	mu      sync.Mutex
 	closed  bool
 	seen    map[queueKey]struct{}
-	holders map[holderKey]event.Holder
+	holders map[HolderKey]event.Holder
 	pending int
 	idle    chan struct{} // closed while nothing is pending
 
@@ -70,7 +96,7 @@ func NewQueue(size int, enrich EnrichFunc, deliver func(Result)) *Queue {
 	idle := make(chan struct{})
 	close(idle)
 	q := &Queue{enrich: enrich, deliver: deliver, jobs: make(chan event.Event, size), done: make(chan struct{}),
-		seen: map[queueKey]struct{}{}, holders: map[holderKey]event.Holder{}, idle: idle}
+		seen: map[queueKey]struct{}{}, holders: map[HolderKey]event.Holder{}, idle: idle}
 	go q.run()
 	return q
 }
@@ -87,7 +113,7 @@ func keyOf(e *event.Event) queueKey {
 // holder enrichment found for it, without waiting: a first failure waits
 // for its own scan instead, so a holder that changed is not named stale.
 func (q *Queue) Fill(e *event.Event) {
-	if e.Holder != nil || !wantsHolder(e) {
+	if e.Holder != nil || !WantsHolder(e) {
 		return
 	}
 	q.mu.Lock()
@@ -95,7 +121,7 @@ func (q *Queue) Fill(e *event.Event) {
 	if _, seen := q.seen[keyOf(e)]; !seen {
 		return
 	}
-	if h, ok := q.holders[holderKeyOf(e)]; ok {
+	if h, ok := q.holders[HolderKeyOf(e)]; ok {
 		e.Holder = &h
 	}
 }
@@ -213,7 +239,7 @@ func (q *Queue) remember(e *event.Event) {
 	if len(q.holders) >= maxSeen {
 		clear(q.holders)
 	}
-	q.holders[holderKeyOf(e)] = *e.Holder
+	q.holders[HolderKeyOf(e)] = *e.Holder
 }
 
 func (q *Queue) finish() {

@@ -1,19 +1,14 @@
-package pressure
+package pools
 
 import (
 	"cmp"
 	"fmt"
 	"math"
 	"net/netip"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
 
-	"golang.org/x/sys/unix"
-
-	"github.com/portsleuth/portsleuth/gen"
-	"github.com/portsleuth/portsleuth/internal/decode"
 	"github.com/portsleuth/portsleuth/internal/event"
 	"github.com/portsleuth/portsleuth/internal/netns"
 	"github.com/portsleuth/portsleuth/internal/procinfo"
@@ -88,10 +83,31 @@ func holdingOf(m map[ownerKey]*holding, k ownerKey) *holding {
 	return h
 }
 
-type aggregate struct {
+// Sock is one socket as a scan of a namespace's socket tables reads it.
+type Sock struct {
+	Ino       uint64 // socket inode; 0 for TIME_WAIT and request sockets
+	TWJiffies uint64 // TIME_WAIT: jiffies until it goes
+	Local     netip.Addr
+	Remote    netip.Addr
+	LPort     uint16
+	RPort     uint16
+	Proto     string // "tcp" or "udp"
+	State     string // as event.StateName names it
+	// BindOwner: the port's bind bucket has a bind()/listen() owner, so
+	// connect() skips the port for every destination.
+	BindOwner bool
+	Options   []string // SO_REUSEADDR, SO_REUSEPORT
+	// The process that closed a TIME_WAIT's connection, if the tracer saw it.
+	CloserPID   int
+	CloserStart uint64
+	CloserComm  string
+}
+
+// Aggregate sums a namespace's sockets into its pools as they stream in.
+type Aggregate struct {
 	sys      netns.Sysctls
 	reserved map[int]bool
-	owners   Inodes
+	owners   procinfo.Inodes
 
 	sockets   int
 	bindOwned ports
@@ -99,7 +115,8 @@ type aggregate struct {
 	bound map[string]map[netip.Addr]*ports
 	pools map[poolKey]*connPool
 	procs map[int]int
-	query *HolderQuery
+	// Query, when set, collects the owners of one port.
+	Query *HolderQuery
 	// held: per protocol and local address, who holds the range's ports;
 	// bindOwners: per process, its bind()-owned TCP sockets in the range.
 	held       map[string]map[netip.Addr]map[ownerKey]*holding
@@ -110,8 +127,10 @@ type aggregate struct {
 	closerLive map[ownerKey]bool
 }
 
-func newAggregate(sys netns.Sysctls, reserved map[int]bool, owners Inodes) *aggregate {
-	return &aggregate{
+// New starts an aggregate for a namespace with these sysctls and reserved
+// ports; owners maps socket inodes to the pid that has them open.
+func New(sys netns.Sysctls, reserved map[int]bool, owners procinfo.Inodes) *Aggregate {
+	return &Aggregate{
 		sys: sys, reserved: reserved, owners: owners,
 		bound: map[string]map[netip.Addr]*ports{"tcp": {}, "udp": {}},
 		pools: map[poolKey]*connPool{},
@@ -124,11 +143,12 @@ func newAggregate(sys netns.Sysctls, reserved map[int]bool, owners Inodes) *aggr
 	}
 }
 
-func (a *aggregate) inRange(port uint16) bool {
+func (a *Aggregate) inRange(port uint16) bool {
 	return int(port) >= a.sys.PortRange[0] && int(port) <= a.sys.PortRange[1]
 }
 
-func (a *aggregate) add(r *gen.PortsPsSock) {
+// Add counts one socket.
+func (a *Aggregate) Add(r *Sock) {
 	a.sockets++
 	pid := 0
 	if r.Ino != 0 {
@@ -138,25 +158,21 @@ func (a *aggregate) add(r *gen.PortsPsSock) {
 		}
 	}
 	who := ownerKey{pid: pid}
-	if r.Ino == 0 && r.CloserPid != 0 {
+	if r.Ino == 0 && r.CloserPID != 0 {
 		// A TIME_WAIT is the closing process's doing.
-		who = a.closer(int(r.CloserPid), r.CloserStartNs, decode.CString(r.CloserComm[:]))
+		who = a.closer(r.CloserPID, r.CloserStart, r.CloserComm)
 	}
-	proto := "tcp"
-	if r.Proto == unix.IPPROTO_UDP {
-		proto = "udp"
-	}
-	local := addrOf(r.Family, r.Laddr)
-	if q := a.query; q != nil && q.Proto == proto && q.Port == r.Lport && overlaps(q.Addr, local) && len(q.Found) < maxHolders {
+	proto, local := r.Proto, r.Local
+	if q := a.Query; q != nil && q.Proto == proto && q.Port == r.LPort && overlaps(q.Addr, local) && len(q.Found) < MaxHolders {
 		h := event.Holder{
-			State:   stateOf(r),
-			Local:   netip.AddrPortFrom(local, r.Lport),
-			Options: decode.OptionNames(uint16(r.Options)),
+			State:   r.State,
+			Local:   netip.AddrPortFrom(local, r.LPort),
+			Options: r.Options,
 			SockIno: r.Ino,
 			PID:     uint32(pid),
 		}
-		if r.Rport != 0 {
-			h.Remote = netip.AddrPortFrom(addrOf(r.Family, r.Raddr), r.Rport)
+		if r.RPort != 0 {
+			h.Remote = netip.AddrPortFrom(r.Remote, r.RPort)
 		}
 		if pid != 0 {
 			h.Comm = a.owners.Comm(pid)
@@ -168,31 +184,31 @@ func (a *aggregate) add(r *gen.PortsPsSock) {
 		set = &ports{}
 		a.bound[proto][local] = set
 	}
-	set.add(r.Lport)
-	state := stateOf(r)
-	connected := r.Rport != 0 && state != "LISTEN"
-	if a.inRange(r.Lport) {
+	set.add(r.LPort)
+	state := r.State
+	connected := r.RPort != 0 && state != "LISTEN"
+	if a.inRange(r.LPort) {
 		byAddr := a.held[proto][local]
 		if byAddr == nil {
 			byAddr = map[ownerKey]*holding{}
 			a.held[proto][local] = byAddr
 		}
-		holdingOf(byAddr, who).add(state, r.BindOwner != 0, connected, local.IsUnspecified())
-		if proto == "tcp" && r.BindOwner != 0 {
+		holdingOf(byAddr, who).add(state, r.BindOwner, connected, local.IsUnspecified())
+		if proto == "tcp" && r.BindOwner {
 			holdingOf(a.bindOwners, who).add(state, true, connected, local.IsUnspecified())
 		}
 	}
 	if proto != "tcp" {
 		return
 	}
-	if r.BindOwner != 0 {
-		a.bindOwned.add(r.Lport)
+	if r.BindOwner {
+		a.bindOwned.add(r.LPort)
 	}
 	// The connect() 4-tuple space: connected and closing sockets with a peer.
-	if state == "LISTEN" || r.Rport == 0 || !a.inRange(r.Lport) {
+	if state == "LISTEN" || r.RPort == 0 || !a.inRange(r.LPort) {
 		return
 	}
-	k := poolKey{local, addrOf(r.Family, r.Raddr), r.Rport}
+	k := poolKey{local, r.Remote, r.RPort}
 	p := a.pools[k]
 	if p == nil {
 		p = &connPool{owners: map[ownerKey]*holding{}, twMin: math.MaxUint64}
@@ -203,25 +219,25 @@ func (a *aggregate) add(r *gen.PortsPsSock) {
 		p.est++
 	case "TIME_WAIT":
 		p.tw++
-		p.twMin = min(p.twMin, r.TwJiffies)
-		p.twMax = max(p.twMax, r.TwJiffies)
+		p.twMin = min(p.twMin, r.TWJiffies)
+		p.twMax = max(p.twMax, r.TWJiffies)
 	default:
 		p.other++
 	}
-	if r.BindOwner == 0 {
+	if !r.BindOwner {
 		p.notOwned++
 	}
 	// Every socket of the 4-tuple space by state; bind-owned ones noted apart.
 	h := holdingOf(p.owners, who)
 	h.add(state, false, true, false)
-	if r.BindOwner != 0 {
+	if r.BindOwner {
 		h.bindOwner++
 	}
 }
 
 // bindPoolOwners lists who holds the ports bind(addr, 0) needs free: owners
 // on addr and on its wildcard, or, for the wildcard, on every address of its family.
-func (a *aggregate) bindPoolOwners(proto string, addr netip.Addr, n int, comm func(ownerKey) string) []Owner {
+func (a *Aggregate) bindPoolOwners(proto string, addr netip.Addr, n int, comm func(ownerKey) string) []Owner {
 	sum := map[ownerKey]*holding{}
 	for local, byPID := range a.held[proto] {
 		if local != addr && local != wildcardOf(addr) && !(addr.IsUnspecified() && local.Is4() == addr.Is4()) {
@@ -244,7 +260,7 @@ func (a *aggregate) bindPoolOwners(proto string, addr netip.Addr, n int, comm fu
 // connectPoolOwners lists who holds a connect pool: its own sockets, by
 // process, and the bind()-owned ports the processes hold elsewhere in the
 // range, which connect() skips for every destination.
-func (a *aggregate) connectPoolOwners(p *connPool, n int, comm func(ownerKey) string) []Owner {
+func (a *Aggregate) connectPoolOwners(p *connPool, n int, comm func(ownerKey) string) []Owner {
 	sum := map[ownerKey]*holding{}
 	for k, h := range p.owners {
 		c := *h
@@ -287,7 +303,7 @@ func ownersOf(m map[ownerKey]*holding, n int, comm func(ownerKey) string) []Owne
 
 // closer is the owner a TIME_WAIT is counted for: the live process its pid
 // names if that is still the closer, else the exited closer itself.
-func (a *aggregate) closer(pid int, start uint64, comm string) ownerKey {
+func (a *Aggregate) closer(pid int, start uint64, comm string) ownerKey {
 	k := ownerKey{pid, start}
 	live, seen := a.closerLive[k]
 	if !seen {
@@ -324,7 +340,7 @@ func orEmpty(p *ports) *ports {
 }
 
 // usable counts the range's ports that are neither reserved nor in set.
-func (a *aggregate) usable(set *ports) int {
+func (a *Aggregate) usable(set *ports) int {
 	n := 0
 	for port := a.sys.PortRange[0]; port <= a.sys.PortRange[1]; port++ {
 		if !a.reserved[port] && (set == nil || !set.has(uint16(port))) {
@@ -341,7 +357,9 @@ func percent(used, total int) float64 {
 	return math.Round(1000*float64(used)/float64(total)) / 10
 }
 
-func (a *aggregate) result(topN int, hz float64) Namespace {
+// Result is the namespace's pools, topN owners each at most; hz turns
+// TIME_WAIT jiffies into seconds (0: unknown).
+func (a *Aggregate) Result(topN int, hz float64) Namespace {
 	ns := Namespace{
 		PortRange:       a.sys.PortRange,
 		Reserved:        a.sys.Reserved,
@@ -455,47 +473,4 @@ func thousands(n int) string {
 		s = s[:i] + "," + s[i:]
 	}
 	return s
-}
-
-// Inodes maps socket inodes to the process that has them open.
-type Inodes map[uint64]uint32
-
-// Comm names a pid.
-func (Inodes) Comm(pid int) string {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
-	return strings.TrimSpace(string(b))
-}
-
-// ScanInodes reads every process's fds once: one pass for all namespaces.
-func ScanInodes() Inodes {
-	m := Inodes{}
-	procs, _ := os.ReadDir("/proc")
-	for _, p := range procs {
-		pid, err := strconv.ParseUint(p.Name(), 10, 32)
-		if err != nil {
-			continue
-		}
-		dir := "/proc/" + p.Name() + "/fd/"
-		fds, _ := os.ReadDir(dir)
-		for _, fd := range fds {
-			link, err := os.Readlink(dir + fd.Name())
-			if err != nil || !strings.HasPrefix(link, "socket:[") {
-				continue
-			}
-			if ino, err := strconv.ParseUint(strings.TrimSuffix(link[len("socket:["):], "]"), 10, 64); err == nil {
-				m[ino] = uint32(pid)
-			}
-		}
-	}
-	return m
-}
-
-// kernelHZ is CONFIG_HZ, to turn TIME_WAIT jiffies into seconds: the coarse
-// clocks advance once per tick, so their resolution is 1/HZ. 0 if unknown.
-func kernelHZ() float64 {
-	var ts unix.Timespec
-	if err := unix.ClockGetres(unix.CLOCK_MONOTONIC_COARSE, &ts); err != nil || ts.Nano() <= 0 {
-		return 0
-	}
-	return math.Round(1e9 / float64(ts.Nano()))
 }

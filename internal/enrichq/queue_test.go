@@ -1,4 +1,4 @@
-package pressure
+package enrichq
 
 import (
 	"net/netip"
@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/portsleuth/portsleuth/internal/event"
+	"github.com/portsleuth/portsleuth/internal/pools"
 )
 
 // waitLimit bounds every wait in these tests; none is a timing assertion.
@@ -35,11 +36,11 @@ func newGate() *gate {
 	return &gate{started: make(chan uint32, 1<<16), release: make(chan struct{})}
 }
 
-func (g *gate) enrich(e *event.Event) *Snapshot {
+func (g *gate) enrich(e *event.Event) *pools.Snapshot {
 	g.started <- e.PID
 	<-g.release
 	e.Holder = &event.Holder{State: "LISTEN", Local: e.Addr, PID: 7, Comm: "holder"}
-	return &Snapshot{Netns: e.Netns, Verdict: "ok"}
+	return &pools.Snapshot{Netns: e.Netns, Verdict: "ok"}
 }
 
 func (g *gate) open() { g.once.Do(func() { close(g.release) }) }
@@ -195,7 +196,7 @@ func TestQueueCloseWithPendingWork(t *testing.T) {
 
 // An idle queue closes at once and leaves no goroutine.
 func TestQueueCloseIdle(t *testing.T) {
-	q := NewQueue(0, func(*event.Event) *Snapshot { return nil }, func(Result) {})
+	q := NewQueue(0, func(*event.Event) *pools.Snapshot { return nil }, func(Result) {})
 	if cap(q.jobs) != QueueLen {
 		t.Errorf("room for %d, want QueueLen %d", cap(q.jobs), QueueLen)
 	}
@@ -246,7 +247,7 @@ func TestQueueFillNamesHoldersFound(t *testing.T) {
 // The worker gets a holder of its own: filling it leaves the caller's alone.
 func TestQueueSubmitCopiesTheHolder(t *testing.T) {
 	var res results
-	q := NewQueue(4, func(e *event.Event) *Snapshot { e.Holder.PID = 9; return nil }, res.deliver)
+	q := NewQueue(4, func(e *event.Event) *pools.Snapshot { e.Holder.PID = 9; return nil }, res.deliver)
 	defer q.Close()
 	e := failure(1)
 	e.Holder = &event.Holder{State: "LISTEN", SockIno: 42}
