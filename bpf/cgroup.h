@@ -561,7 +561,7 @@ static __always_inline void conn_begin(struct sock *sk)
 	task = bpf_get_current_task_btf();
 	c.id = id;
 	c.start_ns = task->group_leader->start_time;
-	c.port0 = sk->__sk_common.skc_num != 0 && !(BPF_CORE_READ_BITFIELD(sk, sk_userlocks) & SOCK_BINDPORT_LOCK);
+	c.port0 = port0_bound(sk);
 	if (bpf_map_update_elem(&conns, &key, &c, BPF_ANY))
 		percpu_inc(&untracked);
 }

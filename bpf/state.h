@@ -54,7 +54,8 @@ struct call {
 	__u32 tw_blocked; /* kernel layer: candidates blocked by TIME_WAIT */
 	__u32 chk_failed; /* kernel layer: candidates whose 4-tuple was taken */
 	__u8 source;
-	__u8 _pad[3];
+	__u8 port0_bound; /* connect: a port-0 bind gave the TCP socket its port */
+	__u8 _pad[2];
 };
 
 /* Pending ring-buffer bytes that wake the reader: about 1024 events, a fifth
@@ -63,23 +64,12 @@ struct call {
  * fifths left absorb a reader that is slow to run. */
 #define WAKEUP_BYTES (1024 * (sizeof(struct ps_event) + 8))
 
-/* sock_state values */
-#define SOCK_PORT0_BOUND 1
-
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u64); /* pid_tgid */
 	__type(value, struct call);
 } calls SEC(".maps");
-
-/* Sockets a port-0 bind gave a port, keyed by socket inode, until they connect. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
-	__type(value, __u32);
-} sock_state SEC(".maps");
 
 /* Bounds stated in the README: FAIL_ENTRIES (process, failure class) pairs and
  * as many failing processes' identities are kept whatever else runs on the
@@ -265,6 +255,15 @@ static __always_inline int parse_sockaddr(const __u8 *sa, __u8 family, __u8 *add
 
 /* Fills what every call knows of its socket. Returns -1 for sockets that are
  * not TCP or UDP over IPv4/IPv6. */
+/* Whether a TCP socket about to connect holds a port a port-0 bind gave it
+ * (bound, with no port asked for): the bind-before-connect trap. The rule
+ * every backend uses: no per-socket state remembers the bind. */
+static __always_inline __u8 port0_bound(struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_num) != 0 &&
+	       !(BPF_CORE_READ_BITFIELD_PROBED(sk, sk_userlocks) & SOCK_BINDPORT_LOCK);
+}
+
 static __always_inline int call_init(struct call *c, __u8 op, __u8 source, struct sock *sk)
 {
 	__u16 family;
@@ -284,6 +283,8 @@ static __always_inline int call_init(struct call *c, __u8 op, __u8 source, struc
 	c->state = BPF_CORE_READ(sk, __sk_common.skc_state);
 	c->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 	c->options = sock_options(sk);
+	if (op == PS_OP_CONNECT && c->proto == IPPROTO_TCP)
+		c->port0_bound = port0_bound(sk);
 	return 0;
 }
 
@@ -608,12 +609,8 @@ static __always_inline void finish_bind(struct ps_proc_stats *s, struct call *c,
 
 		__sync_fetch_and_add(&s->binds_ok, 1);
 		/* The kernel picked a port now (not deferred by IP_BIND_ADDRESS_NO_PORT). */
-		if ((c->flags & PS_F_PORT0) && BPF_CORE_READ(sk, __sk_common.skc_num)) {
-			__u32 v = SOCK_PORT0_BOUND;
-
+		if ((c->flags & PS_F_PORT0) && BPF_CORE_READ(sk, __sk_common.skc_num))
 			__sync_fetch_and_add(&s->port0_binds_ok, 1);
-			bpf_map_update_elem(&sock_state, &c->sock_ino, &v, BPF_ANY);
-		}
 	} else if (bind_traced(err)) {
 		__sync_fetch_and_add(&s->binds_failed, 1);
 		record_failure(c, w, err);
@@ -627,10 +624,8 @@ static __always_inline void finish_connect(struct ps_proc_stats *s, struct call 
 {
 	int err = (int)-ret;
 
-	if (bpf_map_lookup_elem(&sock_state, &c->sock_ino)) {
+	if (c->port0_bound)
 		__sync_fetch_and_add(&s->port0_bind_connects, 1);
-		bpf_map_delete_elem(&sock_state, &c->sock_ino);
-	}
 	if (c->chk_failed) {
 		__sync_fetch_and_add(&s->connect_tw_blocked, c->tw_blocked);
 		__sync_fetch_and_add(&s->connect_est_blocked,

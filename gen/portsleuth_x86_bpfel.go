@@ -14,26 +14,27 @@ import (
 )
 
 type PortsleuthCall struct {
-	_         structs.HostLayout
-	SockIno   uint64
-	Netns     uint64
-	Sk        uint64
-	Cand      uint64
-	Holder    uint64
-	Laddr     [16]uint8
-	Daddr     [16]uint8
-	Options   uint16
-	Flags     uint16
-	Op        uint8
-	Family    uint8
-	Proto     uint8
-	State     uint8
-	Lport     uint16
-	Dport     uint16
-	TwBlocked uint32
-	ChkFailed uint32
-	Source    uint8
-	Pad       [3]uint8
+	_          structs.HostLayout
+	SockIno    uint64
+	Netns      uint64
+	Sk         uint64
+	Cand       uint64
+	Holder     uint64
+	Laddr      [16]uint8
+	Daddr      [16]uint8
+	Options    uint16
+	Flags      uint16
+	Op         uint8
+	Family     uint8
+	Proto      uint8
+	State      uint8
+	Lport      uint16
+	Dport      uint16
+	TwBlocked  uint32
+	ChkFailed  uint32
+	Source     uint8
+	Port0Bound uint8
+	Pad        [2]uint8
 }
 
 type PortsleuthConn struct {
@@ -224,7 +225,6 @@ const (
 	PortsleuthMapPendingCalls                = "pending_calls"
 	PortsleuthMapProcMeta                    = "proc_meta"
 	PortsleuthMapProcStats                   = "proc_stats"
-	PortsleuthMapSockState                   = "sock_state"
 	PortsleuthMapSweepTimers                 = "sweep_timers"
 	PortsleuthMapTree                        = "tree"
 	PortsleuthMapUntracked                   = "untracked"
@@ -392,7 +392,6 @@ type PortsleuthMapSpecs struct {
 	PendingCalls *ebpf.MapSpec `ebpf:"pending_calls"`
 	ProcMeta     *ebpf.MapSpec `ebpf:"proc_meta"`
 	ProcStats    *ebpf.MapSpec `ebpf:"proc_stats"`
-	SockState    *ebpf.MapSpec `ebpf:"sock_state"`
 	SweepTimers  *ebpf.MapSpec `ebpf:"sweep_timers"`
 	Tree         *ebpf.MapSpec `ebpf:"tree"`
 	Untracked    *ebpf.MapSpec `ebpf:"untracked"`
@@ -446,7 +445,6 @@ type PortsleuthMaps struct {
 	PendingCalls *ebpf.Map `ebpf:"pending_calls"`
 	ProcMeta     *ebpf.Map `ebpf:"proc_meta"`
 	ProcStats    *ebpf.Map `ebpf:"proc_stats"`
-	SockState    *ebpf.Map `ebpf:"sock_state"`
 	SweepTimers  *ebpf.Map `ebpf:"sweep_timers"`
 	Tree         *ebpf.Map `ebpf:"tree"`
 	Untracked    *ebpf.Map `ebpf:"untracked"`
@@ -465,7 +463,6 @@ func (m *PortsleuthMaps) Close() error {
 		m.PendingCalls,
 		m.ProcMeta,
 		m.ProcStats,
-		m.SockState,
 		m.SweepTimers,
 		m.Tree,
 		m.Untracked,
