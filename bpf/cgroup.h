@@ -26,10 +26,6 @@
 
 #include "state.h"
 
-#define TCP_SYN_SENT 2
-#define TCP_CLOSE 7
-#define IFF_UP 1
-#define IFF_LOOPBACK 8
 #define IFA_F_OPTIMISTIC 0x04
 #define IFA_F_TENTATIVE 0x40
 #define CAP_NET_BIND_SERVICE 10
@@ -272,7 +268,7 @@ static __always_inline void pending_fill(struct pending *p, struct who *w)
 	p->c.state = BPF_CORE_READ(sk, __sk_common.skc_state);
 	p->c.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 	p->c.options = sock_options(sk);
-	p->c.sock_ino = socket_ino(BPF_CORE_READ(sk, sk_socket));
+	p->c.sock_ino = sk_ino(sk);
 	who_of(w, (struct task_struct *)p->task);
 	w->id = p->id;
 	w->start_ns = p->start_ns;
@@ -326,17 +322,6 @@ static __always_inline void ctx_addr(struct bpf_sock_addr *ctx, __u8 family, __u
 
 		__builtin_memcpy(addr, a, 16);
 	}
-}
-
-/* IP_BIND_ADDRESS_NO_PORT alone, for a port-0 bind. */
-static __always_inline int sock_no_port(struct sock *sk)
-{
-	struct inet_sock *inet = (void *)sk;
-	struct inet_sock___old *old = (void *)sk;
-
-	if (bpf_core_field_exists(inet->inet_flags))
-		return (BPF_CORE_READ(inet, inet_flags) >> inet_flags_bind_no_port_bit) & 1;
-	return BPF_CORE_READ_BITFIELD_PROBED(old, bind_address_no_port);
 }
 
 static long sweep_one(struct bpf_map *map, __u64 *key, struct pending *p, __u64 *now);
@@ -423,7 +408,7 @@ static __always_inline int cg_bind(struct bpf_sock_addr *ctx, __u8 family)
 
 		p->privileged = p->c.lport < BPF_CORE_READ_BITFIELD_PROBED(net, ipv4.sysctl_ip_prot_sock) &&
 				!may_bind_service(task);
-	} else if (!p->bound && sock_no_port(sk)) {
+	} else if (!p->bound && (sock_options(sk) & PS_OPT_BIND_ADDRESS_NO_PORT)) {
 		/* IP_BIND_ADDRESS_NO_PORT with port 0 skips get_port and
 		 * post_bind: only the address checks can fail it, now. */
 		if (p->c.flags & PS_F_ANYADDR) {
@@ -591,7 +576,7 @@ static __always_inline void conn_failed(struct sock *sk, struct conn *c, struct 
 	call.sk = (__u64)sk;
 	call.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 	call.options = sock_options(sk);
-	call.sock_ino = socket_ino(BPF_CORE_READ(sk, sk_socket));
+	call.sock_ino = sk_ino(sk);
 	call.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	call.dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	if (call.family == AF_INET)

@@ -8,6 +8,7 @@
 #define PORTSLEUTH_CLOSER_H
 
 #include "common.h"
+#include "sock.h"
 
 /* An LRU: the oldest closes go first, and a TIME_WAIT lasts a minute. Past
  * its size, a TIME_WAIT's closer is forgotten and the socket is counted as

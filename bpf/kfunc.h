@@ -44,7 +44,7 @@ static __always_inline int connect_begin(struct sock *sk, __u8 source)
 		return 0;
 	if (call_init(&c, PS_OP_CONNECT, source, sk))
 		return 0;
-	c.sock_ino = socket_ino(BPF_CORE_READ(sk, sk_socket));
+	c.sock_ino = sk_ino(sk);
 	c.dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	if (c.family == AF_INET)
 		bpf_core_read(c.daddr, 4, &sk->__sk_common.skc_daddr);
@@ -103,7 +103,7 @@ static __always_inline int listen_begin(struct sock *sk)
 		return 0;
 	if (call_init(&c, PS_OP_LISTEN, PS_SRC_INET_CSK_GET_PORT, sk))
 		return 0;
-	c.sock_ino = socket_ino(BPF_CORE_READ(sk, sk_socket));
+	c.sock_ino = sk_ino(sk);
 	sock_local(sk, c.family, c.laddr, &c.lport);
 	call_store(id, &c);
 	return 0;

@@ -11,31 +11,16 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include "common.h"
+#include "sock.h"
 #include "closer.h"
 
-#define AF_INET 2
-#define IPPROTO_TCP 6
-#define IPPROTO_UDP 17
-#define TCP_TIME_WAIT 6
-#define TCP_NEW_SYN_RECV 12
 
 static __always_inline void fill_common(struct ps_sock *r, struct sock_common *skc)
 {
 	r->family = BPF_CORE_READ(skc, skc_family);
 	r->state = BPF_CORE_READ(skc, skc_state);
-	r->lport = BPF_CORE_READ(skc, skc_num);
-	r->rport = bpf_ntohs(BPF_CORE_READ(skc, skc_dport));
-	if (r->family == AF_INET) {
-		bpf_core_read(r->laddr, 4, &skc->skc_rcv_saddr);
-		bpf_core_read(r->raddr, 4, &skc->skc_daddr);
-	} else {
-		bpf_core_read(r->laddr, 16, &skc->skc_v6_rcv_saddr);
-		bpf_core_read(r->raddr, 16, &skc->skc_v6_daddr);
-	}
-	if (BPF_CORE_READ_BITFIELD_PROBED(skc, skc_reuse))
-		r->options |= PS_OPT_REUSEADDR;
-	if (BPF_CORE_READ_BITFIELD_PROBED(skc, skc_reuseport))
-		r->options |= PS_OPT_REUSEPORT;
+	skc_endpoints(skc, r->family, r->laddr, r->raddr, &r->lport, &r->rport);
+	r->options = skc_reuse_options(skc);
 }
 
 static __always_inline __u8 bucket_owned(struct inet_bind_bucket *tb)
@@ -43,15 +28,6 @@ static __always_inline __u8 bucket_owned(struct inet_bind_bucket *tb)
 	if (!tb)
 		return 0;
 	return BPF_CORE_READ(tb, fastreuse) >= 0 || BPF_CORE_READ(tb, fastreuseport) >= 0;
-}
-
-static __always_inline __u64 sock_ino(struct sock *sk)
-{
-	struct socket *sock = BPF_CORE_READ(sk, sk_socket);
-
-	if (!sock)
-		return 0;
-	return BPF_CORE_READ(sock, file, f_inode, i_ino);
 }
 
 /* Names the process that closed a TIME_WAIT's connection, if the tracer
@@ -99,7 +75,7 @@ int ports_tcp(struct bpf_iter__tcp *ctx)
 		if (!tp)
 			return 0;
 		r.bind_owner = bucket_owned(BPF_CORE_READ(tp, inet_conn.icsk_bind_hash));
-		r.ino = sock_ino((struct sock *)tp);
+		r.ino = sk_ino((struct sock *)tp);
 	}
 	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
 	return 0;
@@ -116,7 +92,7 @@ int ports_udp(struct bpf_iter__udp *ctx)
 	fill_common(&r, &udp->inet.sk.__sk_common);
 	r.proto = IPPROTO_UDP;
 	r.bind_owner = 1; /* every UDP socket owns its port */
-	r.ino = sock_ino((struct sock *)udp);
+	r.ino = sk_ino((struct sock *)udp);
 	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
 	return 0;
 }

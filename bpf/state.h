@@ -6,18 +6,8 @@
 #define PORTSLEUTH_STATE_H
 
 #include "common.h"
+#include "sock.h"
 #include "closer.h"
-
-#define AF_INET 2
-#define AF_INET6 10
-#define IPPROTO_TCP 6
-#define IPPROTO_UDP 17
-#define S_IFMT 00170000
-#define S_IFSOCK 0140000
-#define SOCK_BINDADDR_LOCK 4
-#define SOCK_BINDPORT_LOCK 8
-#define TCP_TIME_WAIT 6
-#define TCP_NEW_SYN_RECV 12
 
 #define EPERM 1
 #define EAGAIN 11
@@ -161,12 +151,8 @@ static __always_inline __u16 sock_options(struct sock *sk)
 {
 	struct sock_common *skc = &sk->__sk_common;
 	struct inet_sock *inet = (void *)sk;
-	__u16 o = 0;
+	__u16 o = skc_reuse_options(skc);
 
-	if (BPF_CORE_READ_BITFIELD_PROBED(skc, skc_reuse))
-		o |= PS_OPT_REUSEADDR;
-	if (BPF_CORE_READ_BITFIELD_PROBED(skc, skc_reuseport))
-		o |= PS_OPT_REUSEPORT;
 	if (BPF_CORE_READ_BITFIELD_PROBED(skc, skc_ipv6only))
 		o |= PS_OPT_V6ONLY;
 
@@ -375,12 +361,14 @@ static __always_inline void snapshot_netns(struct sock *sk, __u64 inum)
 	if (bpf_map_lookup_elem(&netns_info, &inum))
 		return;
 	port_range(net, &ns.port_lo, &ns.port_hi);
-	ns.tcp_tw_reuse = BPF_CORE_READ(net, ipv4.sysctl_tcp_tw_reuse);
-	ns.tcp_timestamps = BPF_CORE_READ(net, ipv4.sysctl_tcp_timestamps);
-	ns.ip_nonlocal_bind = BPF_CORE_READ(net, ipv4.sysctl_ip_nonlocal_bind);
+	/* Sysctl widths differ between releases (u8 or int): read each by the
+	 * kernel's own size, as every sysctl read here is. */
+	ns.tcp_tw_reuse = BPF_CORE_READ_BITFIELD_PROBED(net, ipv4.sysctl_tcp_tw_reuse);
+	ns.tcp_timestamps = BPF_CORE_READ_BITFIELD_PROBED(net, ipv4.sysctl_tcp_timestamps);
+	ns.ip_nonlocal_bind = BPF_CORE_READ_BITFIELD_PROBED(net, ipv4.sysctl_ip_nonlocal_bind);
 	ns.ip_autobind_reuse = 0xff;
 	if (bpf_core_field_exists(net->ipv4.sysctl_ip_autobind_reuse))
-		ns.ip_autobind_reuse = BPF_CORE_READ(net, ipv4.sysctl_ip_autobind_reuse);
+		ns.ip_autobind_reuse = BPF_CORE_READ_BITFIELD_PROBED(net, ipv4.sysctl_ip_autobind_reuse);
 	bpf_map_update_elem(&netns_info, &inum, &ns, BPF_NOEXIST);
 }
 
@@ -455,41 +443,18 @@ static __always_inline void record_meta(struct who *w, __u64 netns)
 	meta->flags |= PS_META_FILLED;
 }
 
-static __always_inline __u64 socket_ino(struct socket *sock)
-{
-	struct socket_alloc *sa = container_of(sock, struct socket_alloc, socket);
-
-	if (!sock)
-		return 0;
-	return BPF_CORE_READ(sa, vfs_inode.i_ino);
-}
-
 /* Describes the socket that holds the port. TIME_WAIT and request sockets
  * are only a sock_common: no options beyond it, no socket inode. */
 static __always_inline void record_holder(struct ps_event *e, struct sock *h, __u8 family)
 {
 	struct sock_common *skc = &h->__sk_common;
 
-	e->holder_state = BPF_CORE_READ(h, __sk_common.skc_state);
-	e->holder_lport = BPF_CORE_READ(h, __sk_common.skc_num);
-	e->holder_dport = bpf_ntohs(BPF_CORE_READ(h, __sk_common.skc_dport));
-	if (family == AF_INET) {
-		bpf_core_read(e->holder_laddr, 4, &h->__sk_common.skc_rcv_saddr);
-		bpf_core_read(e->holder_daddr, 4, &h->__sk_common.skc_daddr);
-	} else {
-		bpf_core_read(e->holder_laddr, 16, &h->__sk_common.skc_v6_rcv_saddr);
-		bpf_core_read(e->holder_daddr, 16, &h->__sk_common.skc_v6_daddr);
-	}
-	if (BPF_CORE_READ_BITFIELD_PROBED(skc, skc_reuse))
-		e->holder_options |= PS_OPT_REUSEADDR;
-	if (BPF_CORE_READ_BITFIELD_PROBED(skc, skc_reuseport))
-		e->holder_options |= PS_OPT_REUSEPORT;
+	e->holder_state = BPF_CORE_READ(skc, skc_state);
+	skc_endpoints(skc, family, e->holder_laddr, e->holder_daddr, &e->holder_lport, &e->holder_dport);
+	e->holder_options = skc_reuse_options(skc);
 	if (e->holder_state != TCP_TIME_WAIT && e->holder_state != TCP_NEW_SYN_RECV)
-		e->holder_ino = socket_ino(BPF_CORE_READ(h, sk_socket));
+		e->holder_ino = sk_ino(h);
 }
-
-#define TCP_ESTABLISHED 1
-#define TCP_FIN_WAIT1 4
 
 /* Remembers the process that is closing an established connection (the
  * caller's context: close() or shutdown()), for its TIME_WAIT to come. Only

@@ -4,6 +4,9 @@
 #ifndef PORTSLEUTH_SYSCALL_H
 #define PORTSLEUTH_SYSCALL_H
 
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+
 #include "state.h"
 
 static __always_inline struct sock *fd_sock(int fd, __u64 *ino)
