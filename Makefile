@@ -26,7 +26,16 @@ run: build
 # kernel-function ones.
 EXTRA_BACKENDS ?= cgroup
 test: build
-	$(GO) test -count=1 ./...
+	@if [ "$$(id -u)" = 0 ]; then \
+		echo "$(GO) test -count=1 ./..."; $(GO) test -count=1 ./... || exit 1; \
+	else \
+		log=$$(mktemp) || exit 1; \
+		$(GO) test -count=1 -v ./... >"$$log" 2>&1; rc=$$?; \
+		if [ $$rc = 0 ]; then grep -E '^(ok|FAIL|\?) ' "$$log"; else cat "$$log"; fi; \
+		awk '/^--- PASS/ { p++ } /^--- FAIL/ { f++ } /^--- SKIP/ { s++; if (prev ~ /root/) r++ } { prev = $$0 } \
+			END { printf "non-root: %d of %d tests skipped (%d of them need root: run make test as root), %d passed, %d failed\n", s, s + p + f, r, p, f }' "$$log"; \
+		rm -f "$$log"; exit $$rc; \
+	fi
 	@for b in $(EXTRA_BACKENDS); do \
 		if [ "$$(id -u)" != 0 ]; then echo "skipping the $$b backend pass: needs root"; continue; fi; \
 		verdict=$$(./$(BIN) doctor 2>&1 | grep "^backend $$b:"); \
@@ -41,7 +50,9 @@ bench:
 
 # The kernel-function backends (fentry, kprobe) and the cgroup backend on Debian's
 # 6.1 and 6.12 kernels under qemu: the host kernel may not load the first two.
-# Prints a kernel x backend matrix.
+# Kernels pinned with their SHA256 in .ci/vmtest/kernels; VMTEST_JOBS VMs at once
+# (default: one per CPU). Prints each backend's BPF time in the VMs, then a
+# kernel x backend matrix.
 vmtest:
 	bash .ci/vmtest/run
 

@@ -55,9 +55,13 @@ func TestCulpritStarvesAnotherProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	culprit := res.Extra["culprit"]
-	// The report covers the host: look at the culprits of this victim only.
+	// The report covers the host: look at the culprits of this victim, in
+	// its namespace, only (another test run's scenario may rank first).
 	mine := c.Culprits[:0]
 	for _, cu := range c.Culprits {
+		if cu.Netns != uint64(res.Extra["netns"]) {
+			continue
+		}
 		for _, v := range cu.Victims {
 			if v.PID == res.PID {
 				mine = append(mine, cu)
@@ -66,7 +70,7 @@ func TestCulpritStarvesAnotherProcess(t *testing.T) {
 		}
 	}
 	if len(mine) == 0 {
-		t.Fatalf("no culprit names pid %d as its victim", res.PID)
+		t.Fatalf("no culprit in netns %d names pid %d as its victim", res.Extra["netns"], res.PID)
 	}
 	top := mine[0]
 	if top.PID != culprit || top.PortsHeld.BindOwner != scenario.StarveHeld || top.Netns != uint64(res.Extra["netns"]) {
@@ -150,8 +154,9 @@ func TestTimeWaitCountedForTheCloser(t *testing.T) {
 	checkCulprit(t, r, res, "connect-port-exhaustion", "EADDRNOTAVAIL", scenario.StarveTries-free)
 	var c struct {
 		Culprits []struct {
-			PID       int  `json:"pid"`
-			Exited    bool `json:"exited"`
+			PID       int    `json:"pid"`
+			Netns     uint64 `json:"netns"`
+			Exited    bool   `json:"exited"`
 			PortsHeld struct {
 				TimeWait int `json:"time_wait"`
 			} `json:"ports_held"`
@@ -163,8 +168,9 @@ func TestTimeWaitCountedForTheCloser(t *testing.T) {
 	if err := json.Unmarshal(raw, &c); err != nil {
 		t.Fatal(err)
 	}
+	// The report covers the host: the closer is the one in the scenario's namespace.
 	for _, cu := range c.Culprits {
-		if cu.PID != res.Extra["closer"] {
+		if cu.PID != res.Extra["closer"] || cu.Netns != uint64(res.Extra["netns"]) {
 			continue
 		}
 		if !cu.Exited || cu.PortsHeld.TimeWait != tw || len(cu.Victims) == 0 || cu.Victims[0].PID != res.PID {

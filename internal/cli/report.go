@@ -245,9 +245,11 @@ func traceReport(f *reportFlags, filter report.Filter, record io.Writer, stdout,
 }
 
 // drainWait bounds how long a report waits for the enrichment still queued
-// when tracing ends: a short `report -- CMD` gets its snapshots, and a
-// backlog cannot hold the report back for long.
-const drainWait = 2 * time.Second
+// when tracing ends: a short `report -- CMD` gets its snapshots and holders
+// even where a namespace scan takes a second (an emulated VM: a crash loop's
+// children each wait for one), and a backlog cannot hold the report back
+// for long. What is left is dropped and counted.
+const drainWait = 10 * time.Second
 
 // finishEnrichment lets the queued enrichment land in col (what is still
 // queued after drainWait is dropped and counted), then stops it, and names

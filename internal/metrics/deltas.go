@@ -6,6 +6,8 @@
 package metrics
 
 import (
+	"maps"
+
 	"github.com/portsleuth/portsleuth/internal/event"
 )
 
@@ -57,7 +59,7 @@ func (d *Deltas) Next(s event.Snapshot) (inc event.Snapshot, cumulative event.Sn
 			inc.Unattributed[c] = dn
 		}
 	}
-	d.unattributed = s.Unattributed
+	d.unattributed = maps.Clone(s.Unattributed) // the source may reuse its map
 	procs := make(map[event.ProcKey]event.ProcStats, len(s.Procs))
 	for pid, st := range s.Procs {
 		procs[pid] = st
