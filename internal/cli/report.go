@@ -251,6 +251,10 @@ func traceReport(f *reportFlags, filter report.Filter, record io.Writer, stdout,
 // for long. What is left is dropped and counted.
 const drainWait = 10 * time.Second
 
+// liveDrainWait is the same bound for watch and serve when they stop: an
+// agent told to stop must not linger (a pod's grace period).
+const liveDrainWait = 2 * time.Second
+
 // finishEnrichment lets the queued enrichment land in col (what is still
 // queued after drainWait is dropped and counted), then stops it, and names
 // in the recorded events the holders it found for their ports.

@@ -155,7 +155,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 		if now.Sub(lastReport) >= f.interval || ctx.Err() != nil {
 			lastReport = now
 			if ctx.Err() != nil {
-				c.queue.Drain(drainWait) // the last interval's snapshots
+				c.queue.Drain(liveDrainWait) // the last interval's snapshots
 			}
 			c.flush()
 		}

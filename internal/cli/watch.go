@@ -79,7 +79,7 @@ func runWatch(args []string, stdout, stderr io.Writer) error {
 		func(now time.Time) {
 			if ctx.Err() != nil {
 				// The last failures' snapshots, before the last notices.
-				w.queue.Drain(drainWait)
+				w.queue.Drain(liveDrainWait)
 			}
 			w.mu.Lock()
 			defer w.mu.Unlock()
