@@ -176,14 +176,9 @@ func allNamespaces() ([]nsTarget, []skippedNetns) {
 	byInode := map[uint64][]int{}
 	var hidden []int
 	var hiddenErr error
-	procs, _ := os.ReadDir("/proc")
-	for _, p := range procs {
-		pid, err := strconv.Atoi(p.Name())
-		if err != nil {
-			continue
-		}
+	for _, pid := range procinfo.PIDs() {
 		var st unix.Stat_t
-		err = unix.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &st)
+		err := unix.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &st)
 		switch {
 		case err == nil:
 			byInode[st.Ino] = append(byInode[st.Ino], pid)

@@ -33,11 +33,11 @@ func (p Program) Key() string {
 // gone is an error; an unreadable exe or cgroup stays "".
 func ProgramOf(pid uint32) (Program, error) {
 	dir := fmt.Sprintf("/proc/%d", pid)
-	comm, err := os.ReadFile(dir + "/comm")
+	comm, err := readComm(dir)
 	if err != nil {
-		return Program{}, fmt.Errorf("reading %s/comm: %w", dir, err)
+		return Program{}, err
 	}
-	p := Program{Comm: strings.TrimSpace(string(comm)), Cgroup: cgroupOf(pid)}
+	p := Program{Comm: comm, Cgroup: cgroupOf(pid)}
 	if exe, err := os.Readlink(dir + "/exe"); err == nil {
 		p.Exe = strings.TrimSuffix(exe, " (deleted)")
 	}

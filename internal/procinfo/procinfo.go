@@ -8,7 +8,6 @@ import (
 	"bytes"
 	"fmt"
 	"os"
-	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -31,11 +30,11 @@ type Info struct {
 func Lookup(pid uint32) (Info, error) {
 	var info Info
 	dir := fmt.Sprintf("/proc/%d", pid)
-	comm, err := os.ReadFile(dir + "/comm")
+	comm, err := readComm(dir)
 	if err != nil {
-		return info, fmt.Errorf("reading %s/comm: %w", dir, err)
+		return info, err
 	}
-	info.Comm = strings.TrimSpace(string(comm))
+	info.Comm = comm
 	if b, err := os.ReadFile(dir + "/cmdline"); err == nil {
 		info.Cmdline = strings.TrimSpace(string(bytes.ReplaceAll(b, []byte{0}, []byte{' '})))
 	}
@@ -86,28 +85,6 @@ func CgroupPath(r interface{ Read([]byte) (int, error) }) string {
 
 // ContainerID extracts a container id from a cgroup path, or "".
 func ContainerID(cgroup string) string { return Identity(cgroup).ContainerID }
-
-// SocketOwner finds a process that has socket inode ino open, by reading
-// /proc/*/fd. It returns pid 0 when none has (a TIME_WAIT socket, or gone).
-func SocketOwner(ino uint64) (uint32, string) {
-	want := fmt.Sprintf("socket:[%d]", ino)
-	procs, _ := os.ReadDir("/proc")
-	for _, p := range procs {
-		pid, err := strconv.ParseUint(p.Name(), 10, 32)
-		if err != nil {
-			continue
-		}
-		dir := "/proc/" + p.Name() + "/fd"
-		fds, _ := os.ReadDir(dir)
-		for _, fd := range fds {
-			if link, err := os.Readlink(dir + "/" + fd.Name()); err == nil && link == want {
-				comm, _ := os.ReadFile("/proc/" + p.Name() + "/comm")
-				return uint32(pid), strings.TrimSpace(string(comm))
-			}
-		}
-	}
-	return 0, ""
-}
 
 // Cgroup2Mount says where the root of the unified hierarchy is mounted
 // (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts), "" if nowhere.
