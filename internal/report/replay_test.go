@@ -138,3 +138,43 @@ func TestReplayGolden(t *testing.T) {
 		})
 	}
 }
+
+// Recordings of the fields only some backends fill: inferred errnos and the
+// cgroup sources with the holders enrichment named (a crash loop on the
+// cgroup backend), listen() failures (the tracepoint backend).
+func TestReplayInferredHoldersAndListen(t *testing.T) {
+	r := replay(t, "cgroup-crash-loop")
+	if len(r.Processes) == 0 || len(r.Processes[0].Examples) == 0 {
+		t.Fatalf("no examples: %+v", r.Processes)
+	}
+	for _, p := range r.Processes {
+		for _, e := range p.Examples {
+			if !e.ErrnoInferred || e.Source != "cgroup_bind" || e.Holder == nil || e.Holder.PID == 0 || e.Holder.State != "LISTEN" {
+				t.Errorf("example %+v: want an inferred cgroup_bind failure naming its LISTEN holder's pid", e)
+			}
+		}
+	}
+	var text bytes.Buffer
+	if err := r.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(text.String(), "EADDRINUSE(inferred)") {
+		t.Errorf("the text report does not say the errno was inferred:\n%s", text.String())
+	}
+
+	r = replay(t, "listen")
+	listens := 0
+	for _, p := range r.Processes {
+		for _, e := range p.Examples {
+			if e.Op == "listen" {
+				listens++
+				if e.Errno != "EADDRINUSE" {
+					t.Errorf("listen example %+v: want EADDRINUSE", e)
+				}
+			}
+		}
+	}
+	if listens == 0 {
+		t.Errorf("no listen() failure among the examples: %+v", r.Processes)
+	}
+}
