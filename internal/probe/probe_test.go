@@ -627,3 +627,48 @@ func TestFailuresPastTheTableAreCountedByClass(t *testing.T) {
 		t.Errorf("%d table entries, %d failures by class alone: the %d-entry table was never full", entries, unattributed, table)
 	}
 }
+
+// ps_sweep, run the way Go runs it (BPF_PROG_TEST_RUN): it ages a pending
+// bind started at or before the cutoff for the kernel's next sweep, and
+// leaves a later one alone. The entries are fake sockets of this process,
+// stamped now so that the kernel's own sweep (which waits a second) does
+// not take them before the test deletes them.
+func TestSweepProgramAgesOnlyWhatIsOld(t *testing.T) {
+	tr := start(t)
+	if tr.Backend() != Cgroup {
+		t.Skipf("backend %s keeps no pending calls (PORTSLEUTH_TEST_BACKEND=cgroup runs this)", tr.Backend())
+	}
+	prog := tr.program("ps_sweep")
+	now := coarseNow()
+	old, young := uint64(0xffff_dead_0000_0010), uint64(0xffff_dead_0000_0020)
+	for k, ts := range map[uint64]uint64{old: now, young: now + uint64(time.Hour)} {
+		p := gen.PortsleuthPending{Ts: ts, Id: uint64(os.Getpid()) << 32}
+		if err := tr.maps.PendingCalls.Put(k, p); err != nil {
+			t.Fatal(err)
+		}
+		defer tr.maps.PendingCalls.Delete(k)
+	}
+	run := func(key, cutoff uint64) uint32 {
+		ret, err := prog.Run(&ebpf.RunOptions{Context: []uint64{key, cutoff}})
+		if err != nil {
+			t.Fatalf("test run of ps_sweep: %v", err)
+		}
+		return ret
+	}
+	if ret := run(young, now+1); ret != 0 {
+		t.Errorf("a bind started after the cutoff was aged (returned %d)", ret)
+	}
+	if ret := run(old, now+1); ret != 1 {
+		t.Errorf("a bind started before the cutoff was not aged (returned %d)", ret)
+	}
+	if ret := run(0x1234, now+1); ret != 0 {
+		t.Errorf("a socket with nothing pending was aged (returned %d)", ret)
+	}
+	var p gen.PortsleuthPending
+	if err := tr.maps.PendingCalls.Lookup(old, &p); err == nil && p.Ts != 0 {
+		t.Errorf("the aged bind still has ts %d, want 0", p.Ts)
+	}
+	if err := tr.maps.PendingCalls.Lookup(young, &p); err != nil || p.Ts != now+uint64(time.Hour) {
+		t.Errorf("the young bind changed: %+v, %v", p, err)
+	}
+}
