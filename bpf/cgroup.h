@@ -77,10 +77,12 @@ struct {
 } conns SEC(".maps");
 
 /* The kernel's sweep of binds that never learnt their outcome: armed by the
- * first pending bind, it fires every SWEEP_EVERY_NS while any bind is
- * pending and decides those older than SWEEP_AGE_NS. */
-#define SWEEP_EVERY_NS 250000000ULL
-#define SWEEP_AGE_NS 1000000000ULL
+ * first pending bind, it fires every PS_SWEEP_EVERY_NS while any bind is
+ * pending and decides those older than PS_SWEEP_AGE_NS. */
+enum ps_sweep_ns {
+	PS_SWEEP_EVERY_NS = 250000000, /* Go waits on the same figures (bpf2go) */
+	PS_SWEEP_AGE_NS = 1000000000,
+};
 
 struct sweep_timer {
 	struct bpf_timer t;
@@ -326,7 +328,7 @@ static __always_inline void ctx_addr(struct bpf_sock_addr *ctx, __u8 family, __u
 
 static long sweep_one(struct bpf_map *map, __u64 *key, struct pending *p, __u64 *now);
 
-/* The sweep: decides every bind pending longer than SWEEP_AGE_NS, then
+/* The sweep: decides every bind pending longer than PS_SWEEP_AGE_NS, then
  * fires again while binds are pending. The object is built for BPF v1
  * (atomic add only): disarming is an atomic add, a full barrier, before the
  * count is read; sweep_arm adds to the count before it reads armed. One of
@@ -340,7 +342,7 @@ static int sweep_fire(void *map, __u32 *key, struct sweep_timer *st)
 	__sync_fetch_and_add(&st->armed, -1);
 	if (pending_binds) {
 		st->armed = 1;
-		bpf_timer_start(&st->t, SWEEP_EVERY_NS, 0);
+		bpf_timer_start(&st->t, PS_SWEEP_EVERY_NS, 0);
 	}
 	return 0;
 }
@@ -349,7 +351,7 @@ static long sweep_one(struct bpf_map *map, __u64 *key, struct pending *p, __u64 
 {
 	struct pending buf;
 
-	if (*now - p->ts >= SWEEP_AGE_NS)
+	if (*now - p->ts >= PS_SWEEP_AGE_NS)
 		settle(*key, p, &buf);
 	return 0;
 }
@@ -366,7 +368,7 @@ static __always_inline void sweep_arm(void)
 	st->armed = 1;
 	bpf_timer_init(&st->t, &sweep_timers, CLOCK_MONOTONIC); /* -EBUSY once done: fine */
 	bpf_timer_set_callback(&st->t, sweep_fire);
-	bpf_timer_start(&st->t, SWEEP_EVERY_NS, 0);
+	bpf_timer_start(&st->t, PS_SWEEP_EVERY_NS, 0);
 }
 
 static __always_inline int cg_bind(struct bpf_sock_addr *ctx, __u8 family)

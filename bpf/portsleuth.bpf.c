@@ -50,3 +50,4 @@ const enum ps_opt *_ps_opt __attribute__((unused));
 const enum ps_flag *_ps_flag __attribute__((unused));
 const enum ps_source *_ps_source __attribute__((unused));
 const enum ps_meta_flag *_ps_meta_flag __attribute__((unused));
+const enum ps_sweep_ns *_ps_sweep_ns __attribute__((unused));

@@ -201,6 +201,13 @@ const (
 	PortsleuthPsSourcePS_SRC_CGROUP_CONNECT    PortsleuthPsSource = 8
 )
 
+type PortsleuthPsSweepNs uint32
+
+const (
+	PortsleuthPsSweepNsPS_SWEEP_EVERY_NS PortsleuthPsSweepNs = 250000000
+	PortsleuthPsSweepNsPS_SWEEP_AGE_NS   PortsleuthPsSweepNs = 1000000000
+)
+
 type PortsleuthSweepTimer struct {
 	_ structs.HostLayout
 	T struct {
@@ -280,6 +287,7 @@ const (
 	PortsleuthVarPsOp                        = "_ps_op"
 	PortsleuthVarPsOpt                       = "_ps_opt"
 	PortsleuthVarPsSource                    = "_ps_source"
+	PortsleuthVarPsSweepNs                   = "_ps_sweep_ns"
 	PortsleuthVarInetFlagsBindNoPortBit      = "inet_flags_bind_no_port_bit"
 	PortsleuthVarInetFlagsFreebindBit        = "inet_flags_freebind_bit"
 	PortsleuthVarInetFlagsTransparentBit     = "inet_flags_transparent_bit"
@@ -407,6 +415,7 @@ type PortsleuthVariableSpecs struct {
 	PsOp                    *ebpf.VariableSpec `ebpf:"_ps_op"`
 	PsOpt                   *ebpf.VariableSpec `ebpf:"_ps_opt"`
 	PsSource                *ebpf.VariableSpec `ebpf:"_ps_source"`
+	PsSweepNs               *ebpf.VariableSpec `ebpf:"_ps_sweep_ns"`
 	InetFlagsBindNoPortBit  *ebpf.VariableSpec `ebpf:"inet_flags_bind_no_port_bit"`
 	InetFlagsFreebindBit    *ebpf.VariableSpec `ebpf:"inet_flags_freebind_bit"`
 	InetFlagsTransparentBit *ebpf.VariableSpec `ebpf:"inet_flags_transparent_bit"`
@@ -479,6 +488,7 @@ type PortsleuthVariables struct {
 	PsOp                    *ebpf.Variable `ebpf:"_ps_op"`
 	PsOpt                   *ebpf.Variable `ebpf:"_ps_opt"`
 	PsSource                *ebpf.Variable `ebpf:"_ps_source"`
+	PsSweepNs               *ebpf.Variable `ebpf:"_ps_sweep_ns"`
 	InetFlagsBindNoPortBit  *ebpf.Variable `ebpf:"inet_flags_bind_no_port_bit"`
 	InetFlagsFreebindBit    *ebpf.Variable `ebpf:"inet_flags_freebind_bit"`
 	InetFlagsTransparentBit *ebpf.Variable `ebpf:"inet_flags_transparent_bit"`

@@ -18,8 +18,8 @@ import (
 // binds still pending (ps_sweep) when the traced calls are known to have
 // returned, so that the kernel's next sweep decides them.
 const (
-	sweepAge   = time.Second
-	sweepEvery = 250 * time.Millisecond
+	sweepAge   = time.Duration(gen.PortsleuthPsSweepNsPS_SWEEP_AGE_NS)
+	sweepEvery = time.Duration(gen.PortsleuthPsSweepNsPS_SWEEP_EVERY_NS)
 )
 
 type sweeper struct {
