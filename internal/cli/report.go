@@ -244,22 +244,33 @@ func traceReport(f *reportFlags, filter report.Filter, record io.Writer, stdout,
 	return r, nil
 }
 
-// drainWait bounds how long a report waits for the enrichment still queued
-// when tracing ends: a short `report -- CMD` gets its snapshots and holders
-// even where a namespace scan takes a second (an emulated VM: a crash loop's
-// children each wait for one), and a backlog cannot hold the report back
-// for long. What is left is dropped and counted.
-const drainWait = 10 * time.Second
+// A report waits for the enrichment still queued when tracing ends, so that
+// a short `report -- CMD` gets its snapshots and holders even where a
+// namespace scan takes seconds (a loaded or emulated machine): as long as
+// the worker finishes something every drainWait, up to drainMax in all.
+// What is left then is dropped and counted.
+const (
+	drainWait = 10 * time.Second
+	drainMax  = time.Minute
+)
 
 // liveDrainWait is the same bound for watch and serve when they stop: an
 // agent told to stop must not linger (a pod's grace period).
 const liveDrainWait = 2 * time.Second
 
 // finishEnrichment lets the queued enrichment land in col (what is still
-// queued after drainWait is dropped and counted), then stops it, and names
+// queued once the worker stalls, or after drainMax, is dropped and counted),
+// then stops it, and names
 // in the recorded events the holders it found for their ports.
 func finishEnrichment(col *report.Collector, recorded []event.Event) {
-	col.Queue.Drain(drainWait)
+	deadline := time.Now().Add(drainMax)
+	for done := col.Queue.Finished(); !col.Queue.Drain(drainWait) && time.Now().Before(deadline); {
+		now := col.Queue.Finished()
+		if now == done {
+			break // stuck, not slow
+		}
+		done = now
+	}
 	col.Queue.Close()
 	col.Seal()
 	for i := range recorded {

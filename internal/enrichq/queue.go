@@ -76,8 +76,9 @@ type Queue struct {
 	idle    chan struct{} // closed while nothing is pending
 
 	dropped   atomic.Uint64
-	stopped   atomic.Bool // Close called: queued work is dropped
-	abandoned atomic.Bool // Close gave up waiting: deliver nothing more
+	finished  atomic.Uint64 // failures the worker is done with
+	stopped   atomic.Bool   // Close called: queued work is dropped
+	abandoned atomic.Bool   // Close gave up waiting: deliver nothing more
 }
 
 type queueKey struct {
@@ -162,6 +163,10 @@ func (q *Queue) Submit(e event.Event) bool {
 	}
 }
 
+// Finished is how many failures the worker is done with: a caller that
+// waits can tell a slow worker from a stuck one.
+func (q *Queue) Finished() uint64 { return q.finished.Load() }
+
 // Dropped is how many failures went without enrichment: refused when the
 // queue was full or closed, or still queued at Close.
 func (q *Queue) Dropped() uint64 { return q.dropped.Load() }
@@ -243,6 +248,7 @@ func (q *Queue) remember(e *event.Event) {
 }
 
 func (q *Queue) finish() {
+	q.finished.Add(1)
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.pending--
