@@ -410,7 +410,7 @@ static __always_inline int cg_bind(struct bpf_sock_addr *ctx, __u8 family)
 
 		p->privileged = p->c.lport < BPF_CORE_READ_BITFIELD_PROBED(net, ipv4.sysctl_ip_prot_sock) &&
 				!may_bind_service(task);
-	} else if (!p->bound && (sock_options(sk) & PS_OPT_BIND_ADDRESS_NO_PORT)) {
+	} else if (!p->bound && (inet_options(sk) & PS_OPT_BIND_ADDRESS_NO_PORT)) {
 		/* IP_BIND_ADDRESS_NO_PORT with port 0 skips get_port and
 		 * post_bind: only the address checks can fail it, now. */
 		if (p->c.flags & PS_F_ANYADDR) {

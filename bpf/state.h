@@ -147,14 +147,12 @@ static __always_inline int traced_pid(__u64 id)
 	return !target_pid || (id >> 32) == target_pid;
 }
 
-static __always_inline __u16 sock_options(struct sock *sk)
+/* The options struct inet_sock keeps: IP_FREEBIND, IP_TRANSPARENT,
+ * IP_BIND_ADDRESS_NO_PORT (bits of inet_flags since 6.6, bitfields before). */
+static __always_inline __u16 inet_options(struct sock *sk)
 {
-	struct sock_common *skc = &sk->__sk_common;
 	struct inet_sock *inet = (void *)sk;
-	__u16 o = skc_reuse_options(skc);
-
-	if (BPF_CORE_READ_BITFIELD_PROBED(skc, skc_ipv6only))
-		o |= PS_OPT_V6ONLY;
+	__u16 o = 0;
 
 	if (bpf_core_field_exists(inet->inet_flags)) {
 		unsigned long f = BPF_CORE_READ(inet, inet_flags);
@@ -175,6 +173,17 @@ static __always_inline __u16 sock_options(struct sock *sk)
 		if (BPF_CORE_READ_BITFIELD_PROBED(old, bind_address_no_port))
 			o |= PS_OPT_BIND_ADDRESS_NO_PORT;
 	}
+	return o;
+}
+
+/* Every option portsleuth reports, as set on the kernel socket. */
+static __always_inline __u16 sock_options(struct sock *sk)
+{
+	struct sock_common *skc = &sk->__sk_common;
+	__u16 o = skc_reuse_options(skc) | inet_options(sk);
+
+	if (BPF_CORE_READ_BITFIELD_PROBED(skc, skc_ipv6only))
+		o |= PS_OPT_V6ONLY;
 	return o;
 }
 
