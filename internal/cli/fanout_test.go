@@ -67,8 +67,11 @@ func TestReusedPidIsTwoProcesses(t *testing.T) {
 	if !counts[scenario.PidReuseFirst] || !counts[scenario.PidReuseSecond] {
 		t.Errorf("failures %d and %d, want %d and %d", got[0].Failures, got[1].Failures, scenario.PidReuseFirst, scenario.PidReuseSecond)
 	}
-	if got[0].StartNs == got[1].StartNs || got[0].Netns == got[1].Netns || got[0].Netns == 0 {
-		t.Errorf("the two processes share a start time (%d, %d) or a namespace (%d, %d)",
+	// Each had a namespace of its own, but the kernel may hand the first
+	// one's inode number to the second once the first is destroyed (seen on
+	// 6.12): only the start times must differ.
+	if got[0].StartNs == got[1].StartNs || got[0].Netns == 0 || got[1].Netns == 0 {
+		t.Errorf("the two processes share a start time (%d, %d), or one has no namespace (%d, %d)",
 			got[0].StartNs, got[1].StartNs, got[0].Netns, got[1].Netns)
 	}
 	for _, p := range got {
