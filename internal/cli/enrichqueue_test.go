@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -21,17 +19,7 @@ import (
 func watchPortInUse(t *testing.T, format string) (string, int) {
 	t.Helper()
 	requireRoot(t)
-	child := exec.Command(os.Args[0])
-	child.Env = append(os.Environ(), scenario.Env+"=port-in-use", scenario.WaitEnv+"=1", scenario.HoldEnv+"=1")
-	release, err := child.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var childOut bytes.Buffer
-	child.Stdout, child.Stderr = &childOut, &childOut
-	if err := child.Start(); err != nil {
-		t.Fatal(err)
-	}
+	child, release, childOut := startWaitingScenario(t, "port-in-use", scenario.HoldEnv+"=1")
 	defer child.Process.Kill()
 
 	var out bytes.Buffer

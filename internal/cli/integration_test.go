@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -390,17 +391,7 @@ func (w *signalWriter) Write(p []byte) (int, error) {
 // every failure.
 func TestWatchFoldsAStormWithoutLosingCount(t *testing.T) {
 	requireRoot(t)
-	child := exec.Command(os.Args[0])
-	child.Env = append(os.Environ(), scenario.Env+"=bind-storm", scenario.WaitEnv+"=1")
-	release, err := child.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var childOut bytes.Buffer
-	child.Stdout, child.Stderr = &childOut, &childOut
-	if err := child.Start(); err != nil {
-		t.Fatal(err)
-	}
+	child, release, childOut := startWaitingScenario(t, "bind-storm")
 	defer child.Process.Kill()
 
 	var out bytes.Buffer
@@ -625,4 +616,23 @@ func TestListenFailures(t *testing.T) {
 			t.Errorf("evidence %q does not name the first listener", pat.Evidence)
 		}
 	}
+}
+
+// startWaitingScenario starts scenario name in a child that waits for a line
+// on release before it begins (extra adds to its environment); its output
+// goes to the returned buffer.
+func startWaitingScenario(t *testing.T, name string, extra ...string) (*exec.Cmd, io.WriteCloser, *bytes.Buffer) {
+	t.Helper()
+	child := exec.Command(os.Args[0])
+	child.Env = append(append(os.Environ(), scenario.Env+"="+name, scenario.WaitEnv+"=1"), extra...)
+	release, err := child.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var childOut bytes.Buffer
+	child.Stdout, child.Stderr = &childOut, &childOut
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return child, release, &childOut
 }

@@ -173,33 +173,31 @@ func (w *watcher) enriched(r enrichq.Result, owners *report.Owners) {
 // reportLost shows drops as soon as they happen: nothing is silently lost.
 func (w *watcher) reportLost(now time.Time) {
 	n, err := w.s.t.Lost()
-	if err != nil || n <= w.lost {
+	if err != nil {
 		return
 	}
-	delta := n - w.lost
-	w.lost = n
-	if w.json {
-		b, _ := json.Marshal(map[string]any{"time": now.UTC().Format(time.RFC3339Nano), "lost_events": delta, "lost_total": n})
-		w.out.Write(append(b, '\n'))
-		return
-	}
-	fmt.Fprintf(w.out, "%s ring buffer full: %d events dropped (%d in total); `portsleuth report` counts stay exact\n",
-		now.Format("15:04:05.000"), delta, n)
+	w.notice(now, &w.lost, n, "lost_events", "lost_total",
+		"ring buffer full: %d events dropped (%d in total); `portsleuth report` counts stay exact")
 }
 
 // reportDropped shows the enrichment the queue had no room for, like reportLost.
 func (w *watcher) reportDropped(now time.Time) {
-	n := w.queue.Dropped()
-	if n <= w.dropped {
+	w.notice(now, &w.dropped, w.queue.Dropped(), "enrichment_dropped", "enrichment_dropped_total",
+		"enrichment queue full: %d failures shown without their pressure snapshot or holder (%d in total)")
+}
+
+// notice prints one line when a drop counter grew past *seen: the new drops
+// and the total, as JSON keys or as text (format takes both, in that order).
+func (w *watcher) notice(now time.Time, seen *uint64, n uint64, deltaKey, totalKey, format string) {
+	if n <= *seen {
 		return
 	}
-	delta := n - w.dropped
-	w.dropped = n
+	delta := n - *seen
+	*seen = n
 	if w.json {
-		b, _ := json.Marshal(map[string]any{"time": now.UTC().Format(time.RFC3339Nano), "enrichment_dropped": delta, "enrichment_dropped_total": n})
+		b, _ := json.Marshal(map[string]any{"time": now.UTC().Format(time.RFC3339Nano), deltaKey: delta, totalKey: n})
 		w.out.Write(append(b, '\n'))
 		return
 	}
-	fmt.Fprintf(w.out, "%s enrichment queue full: %d failures shown without their pressure snapshot or holder (%d in total)\n",
-		now.Format("15:04:05.000"), delta, n)
+	fmt.Fprintf(w.out, "%s "+format+"\n", now.Format("15:04:05.000"), delta, n)
 }
