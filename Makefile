@@ -5,7 +5,7 @@ GO        ?= go
 CLANG     ?= clang-19
 BIN       := bin/portsleuth
 ARGS      ?= watch
-APT_PKGS  := clang-19 llvm-19 bpftool libbpf-dev iproute2 nginx socat python3
+APT_PKGS  := clang-19 llvm-19 bpftool libbpf-dev iproute2 nginx socat python3 prometheus chromium
 
 export PATH := $(PATH):/usr/local/go/bin
 
@@ -89,10 +89,10 @@ deps:
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-		case " $$missing " in *" nginx "*) \
-			echo "stopping the nginx service the package may have started (the tests run their own)"; \
-			systemctl disable --now nginx >/dev/null 2>&1 || service nginx stop >/dev/null 2>&1 || true ;; \
-		esac; \
+		for svc in nginx prometheus; do case " $$missing " in *" $$svc "*) \
+			echo "stopping the $$svc service the package may have started (the tests run their own)"; \
+			systemctl disable --now $$svc >/dev/null 2>&1 || service $$svc stop >/dev/null 2>&1 || true ;; \
+		esac; done; \
 	fi
 
 clean:
