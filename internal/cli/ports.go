@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -59,17 +60,8 @@ func runPorts(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer sc.Close()
-	owners := procinfo.SocketInodes()
-	out := portsOutput{Namespaces: []pools.Namespace{}, Skipped: append([]skippedNetns{}, skipped...)}
-	for _, t := range targets {
-		ns, err := sc.Scan(int(t.f.Fd()), owners, topN)
-		if err != nil {
-			out.Skipped = append(out.Skipped, skippedNetns{Netns: t.inode, PIDs: t.pids, Reason: err.Error()})
-			continue
-		}
-		ns.PIDs = t.pids
-		out.Namespaces = append(out.Namespaces, ns)
-	}
+	nss, failed := scanNamespaces(context.Background(), sc, targets, procinfo.SocketInodes(), topN)
+	out := portsOutput{Namespaces: append([]pools.Namespace{}, nss...), Skipped: append(append([]skippedNetns{}, skipped...), failed...)}
 	if err := writePortsOutput(stdout, output, out); err != nil {
 		return err
 	}

@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/pflag"
 
@@ -26,6 +25,7 @@ import (
 	"github.com/portsleuth/portsleuth/internal/metrics"
 	"github.com/portsleuth/portsleuth/internal/pressure"
 	"github.com/portsleuth/portsleuth/internal/probe"
+	"github.com/portsleuth/portsleuth/internal/procinfo"
 	"github.com/portsleuth/portsleuth/internal/report"
 )
 
@@ -39,9 +39,11 @@ const forgetEvery = time.Minute
 
 type serveFlags struct {
 	common
-	listen    string
-	logFormat string
-	interval  time.Duration
+	listen       string
+	logFormat    string
+	interval     time.Duration
+	poolInterval time.Duration
+	poolTop      int
 }
 
 func runServe(args []string, stdout, stderr io.Writer) error {
@@ -51,6 +53,8 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:9963", "IP:port for /metrics, an IP literal (no host names): 0.0.0.0 listens on IPv4 only, [::] on IPv6 only")
 	fs.StringVar(&f.logFormat, "log-format", "text", "culprit log lines: text or json")
 	fs.DurationVar(&f.interval, "report-interval", time.Minute, "how often to log each culprit's new failures")
+	fs.DurationVar(&f.poolInterval, "pool-interval", 15*time.Second, "how often to measure every namespace's port pools for the portsleuth_port_pool_* gauges (1s to 1h; never more often than a scan takes; 0: off)")
+	fs.IntVar(&f.poolTop, "pool-top", 10, "pools exported per namespace, the fullest first (1 to 100), in at most 64 namespaces")
 	if err := parse(fs, args, stderr); err != nil {
 		return err
 	}
@@ -65,6 +69,9 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	}
 	if f.interval <= 0 {
 		return usageError{fmt.Sprintf("invalid --report-interval %s: must be positive", f.interval)}
+	}
+	if err := validatePoolFlags(f.poolInterval, f.poolTop); err != nil {
+		return err
 	}
 	if err := f.checkPID(); err != nil {
 		return err
@@ -104,12 +111,9 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	defer c.close()
 
 	col := metrics.NewCollector(t, string(t.Backend()), len(t.Backend().Inferred()) > 0)
+	poolCol := metrics.NewPoolCollector()
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(col, collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), collectors.NewGoCollector(),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "portsleuth_enrichment_dropped_total",
-			Help: "First failures of a kind (process, class) that got no pressure snapshot or holder lookup: the enrichment queue was full. Failure counts stay exact.",
-		}, func() float64 { return float64(c.queue.Dropped()) }))
+	reg.MustRegister(metrics.ServeCollectors(col, poolCol, c.queue.Dropped)...)
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError)}))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
@@ -131,6 +135,10 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 
 	ctx, stop := runContext(f.duration)
 	defer stop()
+	if f.poolInterval > 0 {
+		// Stopped (deferred last, so run first) before the tracer whose map it reads closes.
+		defer startPoolSampler(ctx, f.poolInterval, f.poolTop, t, poolCol, log)()
+	}
 
 	// Records go only once both readers (col every updateEvery, c every
 	// --report-interval) have folded their last increment.
@@ -162,6 +170,22 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	})
 	log.Info("stopped", "backend", string(t.Backend()))
 	return err
+}
+
+// startPoolSampler scans the port pools beside the reader until ctx ends;
+// the function it returns stops it and waits for it.
+func startPoolSampler(ctx context.Context, interval time.Duration, top int, t *probe.Tracer, col *metrics.PoolCollector, log *slog.Logger) func() {
+	ctx, cancel := context.WithCancel(ctx)
+	p := &poolSampler{interval: interval, topN: top, closers: t.Closers(), col: col, log: log}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.run(ctx)
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
 }
 
 // openListener listens on --listen. The address must be an IP literal with a
@@ -283,8 +307,11 @@ func (c *culpritLog) flush() {
 			patterns = append(patterns, fmt.Sprintf("%s=%d", pat.Pattern, pat.Count))
 		}
 		slices.Sort(patterns)
+		// The names a fleet pages on, as portsleuth_failures_total labels them.
+		id := procinfo.Identity(p.Cgroup)
 		c.log.Info("culprit", "pid", p.PID, "comm", p.Comm, "failures", p.Failures,
-			"patterns", strings.Join(patterns, ","), "process", p)
+			"patterns", strings.Join(patterns, ","), "container_id", id.ContainerID, "pod_uid", id.PodUID, "unit", id.Unit,
+			"process", p)
 	}
 	c.since = time.Now()
 }

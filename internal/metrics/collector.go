@@ -19,11 +19,14 @@ type Source interface {
 	ProgramStats() (map[string]event.ProgramStats, error)
 }
 
-// MaxComms bounds the comm label: at most MaxComms process names hold their
-// own label at once; a name that fails while all are held counts under
-// comm="other". portsleuth_failures_total thus has at most
-// (MaxComms + 2) x ops x errnos x patterns series (the 2: "other" and
-// "(unattributed)").
+// MaxComms bounds the comm label: at most MaxComms slots hold their own label
+// at once; a process that fails while all are held counts under
+// comm="other", with empty identity labels. A slot is a process name in one
+// identity (container_id, pod_uid, unit): the same program in two pods takes
+// two slots, so its series never mix pods, and a pod churn only cycles slots
+// (each retires after CommIdle) instead of adding series without end.
+// portsleuth_failures_total thus has at most (MaxComms + 2) x ops x errnos x
+// patterns series (the 2: "other" and "(unattributed)").
 const MaxComms = 64
 
 // CommIdle is how long a comm keeps its label without failing. Past it the
@@ -40,7 +43,16 @@ const OtherComm = "other"
 // per-process table was full.
 const UnattributedComm = "(unattributed)"
 
-type failLabels struct{ op, errno, pattern, comm string }
+type failLabels struct {
+	op, errno, pattern string
+	slot
+}
+
+// slot is what holds one of the MaxComms label slots: a name in an identity.
+type slot struct {
+	comm string
+	identity
+}
 
 type callLabels struct{ op, result string }
 
@@ -57,13 +69,17 @@ type Collector struct {
 	blocked   map[string]float64
 	lost      uint64
 	untracked uint64
-	comms     map[string]time.Time // comm label -> its last failure
+	comms     map[slot]time.Time // slot -> its last failure
+	ids       *identities
 	readErrs  uint64
 
 	// CommIdle and Now decide when a comm label frees its slot; tests shrink
 	// the one and fake the other.
 	CommIdle time.Duration
 	Now      func() time.Time
+	// CgroupOf finds a failing process's cgroup path (CgroupOf by default);
+	// set it before the first Update. Tests name their own paths.
+	CgroupOf func(event.ProcKey, event.ProcMeta) string
 
 	failuresDesc, callsDesc, lostDesc, blockedDesc, untrackedDesc *prometheus.Desc
 	runtimeDesc, runsDesc, backendDesc, errDesc                   *prometheus.Desc
@@ -80,12 +96,13 @@ func NewCollector(src Source, backend string, inferred bool) *Collector {
 		failures: map[failLabels]float64{},
 		calls:    map[callLabels]float64{},
 		blocked:  map[string]float64{},
-		comms:    map[string]time.Time{},
+		comms:    map[slot]time.Time{},
 		CommIdle: CommIdle,
 		Now:      time.Now,
+		CgroupOf: CgroupOf,
 		failuresDesc: prometheus.NewDesc("portsleuth_failures_total",
-			"Failed bind/connect/listen calls by operation, errno, call pattern and process name (at most 64 names that failed in the last 10 minutes get their own comm; other names are \"other\").",
-			[]string{"op", "errno", "pattern", "comm"}, nil),
+			"Failed bind/connect/listen calls by operation, errno, call pattern, process name and the container, pod and systemd unit its cgroup names (at most 64 name+identity pairs that failed in the last 10 minutes get their own labels; others are comm=\"other\").",
+			[]string{"op", "errno", "pattern", "comm", "container_id", "pod_uid", "unit"}, nil),
 		callsDesc: prometheus.NewDesc("portsleuth_calls_total",
 			"bind/connect/listen calls seen, by result: ok, failed (address errors) or other_error.",
 			[]string{"op", "result"}, nil),
@@ -120,18 +137,23 @@ func (c *Collector) Update() error {
 	}
 	inc, cum := c.deltas.Next(snap)
 	now := c.Now()
-	c.retireComms(inc, cum, now)
+	if c.ids == nil {
+		c.ids = newIdentities(c.CgroupOf)
+	}
+	slots := c.slotsOf(inc, cum)
+	c.retireComms(slots, now)
 	for pid, classes := range inc.Failures {
-		comm := c.commLabel(cum.Meta[pid].Comm, now)
+		s := c.slotLabel(slots[pid], now)
 		st := cum.Procs[pid]
 		for class, n := range classes {
-			l := failLabels{string(class.Op), unix.ErrnoName(class.Errno), string(attrib.Classify(class, st)), comm}
+			l := failLabels{string(class.Op), unix.ErrnoName(class.Errno), string(attrib.Classify(class, st)), s}
 			c.failures[l] += float64(n)
 		}
 	}
+	c.ids.prune(cum.Meta)
 	// Failures that came once the kernel's per-process table was full.
 	for class, n := range inc.Unattributed {
-		l := failLabels{string(class.Op), unix.ErrnoName(class.Errno), string(attrib.Classify(class, event.ProcStats{})), UnattributedComm}
+		l := failLabels{string(class.Op), unix.ErrnoName(class.Errno), string(attrib.Classify(class, event.ProcStats{})), slot{comm: UnattributedComm}}
 		c.failures[l] += float64(n)
 	}
 	for _, st := range inc.Procs {
@@ -160,44 +182,52 @@ func commName(comm string) string {
 	return term.Escape(comm)
 }
 
-// retireComms first marks the labelled comms failing in inc as busy at now,
-// so a name failing again is never retired on the very update it fails in;
-// then it frees the labels idle longer than CommIdle and drops their series.
-func (c *Collector) retireComms(inc, cum event.Snapshot, now time.Time) {
+// slotsOf names the slot (name and identity) of each process failing in inc.
+func (c *Collector) slotsOf(inc, cum event.Snapshot) map[event.ProcKey]slot {
+	slots := make(map[event.ProcKey]slot, len(inc.Failures))
 	for pid := range inc.Failures {
-		name := commName(cum.Meta[pid].Comm)
-		if _, ok := c.comms[name]; ok {
-			c.comms[name] = now
+		m := cum.Meta[pid]
+		slots[pid] = slot{commName(m.Comm), c.ids.of(pid, m)}
+	}
+	return slots
+}
+
+// retireComms first marks the labelled slots failing now as busy at now,
+// so a slot failing again is never retired on the very update it fails in;
+// then it frees the slots idle longer than CommIdle and drops their series.
+func (c *Collector) retireComms(failing map[event.ProcKey]slot, now time.Time) {
+	for _, s := range failing {
+		if _, ok := c.comms[s]; ok {
+			c.comms[s] = now
 		}
 	}
-	for name, last := range c.comms {
+	for s, last := range c.comms {
 		if now.Sub(last) <= c.CommIdle {
 			continue
 		}
-		delete(c.comms, name)
+		delete(c.comms, s)
 		for l := range c.failures {
-			if l.comm == name {
+			if l.slot == s {
 				delete(c.failures, l)
 			}
 		}
 	}
 }
 
-// commLabel gives a name its own label while one of the MaxComms slots is
-// free or already its own; otherwise the name counts under "other".
-// retireComms has already freed the idle slots. A process named like a
-// shared label counts under "other": it must never own, and retire, a
-// series that other names feed.
-func (c *Collector) commLabel(comm string, now time.Time) string {
-	name := commName(comm)
-	if _, ok := c.comms[name]; ok {
-		return name
+// slotLabel gives a slot its own labels while one of the MaxComms slots is
+// free or already its own; otherwise it counts under comm="other" without
+// identity. retireComms has already freed the idle slots. A process named
+// like a shared label counts under "other": it must never own, and retire,
+// a series that other names feed.
+func (c *Collector) slotLabel(s slot, now time.Time) slot {
+	if _, ok := c.comms[s]; ok {
+		return s
 	}
-	if len(c.comms) >= MaxComms || name == OtherComm || name == UnattributedComm {
-		return OtherComm
+	if len(c.comms) >= MaxComms || s.comm == OtherComm || s.comm == UnattributedComm {
+		return slot{comm: OtherComm}
 	}
-	c.comms[name] = now
-	return name
+	c.comms[s] = now
+	return s
 }
 
 // Forget drops what the totals' increments remember of processes whose
@@ -206,6 +236,9 @@ func (c *Collector) Forget(gone map[event.ProcKey]bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.deltas.Forget(gone)
+	if c.ids != nil {
+		c.ids.forget(gone)
+	}
 }
 
 // Describe sends every descriptor.
@@ -222,7 +255,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for l, v := range c.failures {
-		ch <- prometheus.MustNewConstMetric(c.failuresDesc, prometheus.CounterValue, v, l.op, l.errno, l.pattern, l.comm)
+		ch <- prometheus.MustNewConstMetric(c.failuresDesc, prometheus.CounterValue, v, l.op, l.errno, l.pattern, l.comm,
+			l.containerID, l.podUID, l.unit)
 	}
 	for l, v := range c.calls {
 		ch <- prometheus.MustNewConstMetric(c.callsDesc, prometheus.CounterValue, v, l.op, l.result)
