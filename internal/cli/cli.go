@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -25,10 +26,12 @@ the call pattern behind them, and says what fixes it on this kernel.
 
 Usage:
   portsleuth watch  [--backend B] [--pid N] [--comm NAME] [-o text|json] [--duration D]
-  portsleuth report [--backend B] [--pid N] [--comm NAME] [-o text|json] [--duration D] [--file PATH] [--force] [--all]
+  portsleuth report [--backend B] [--pid N] [--comm NAME] [-o text|json|html] [--duration D] [--file PATH] [--force] [--all]
                     [--record FILE | --replay FILE] [-- CMD ARGS...]
   portsleuth serve  [--backend B] [--listen ADDR] [--log-format text|json] [--report-interval D]
+                    [--pool-interval D] [--pool-top N]
   portsleuth ports  [--netns PID|PATH|all] [-o text|json] [--top N]
+  portsleuth lab    [--pattern NAME|all] [--range N] [--from FILE] [--refresh] [-o text|json]
   portsleuth doctor
   portsleuth version
 
@@ -76,6 +79,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return runServe(args[1:], stdout, stderr)
 	case "doctor":
 		return runDoctor(args[1:], stdout, stderr)
+	case "lab":
+		return runLab(args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintf(stdout, "portsleuth %s\n", Version)
 		return nil
@@ -96,16 +101,21 @@ type common struct {
 }
 
 func (c *common) register(fs *pflag.FlagSet) {
-	fs.StringVar(&c.backend, "backend", "auto", "hooks to use: auto, fentry, kprobe or tracepoint")
+	fs.StringVar(&c.backend, "backend", "auto", "hooks to use: auto, fentry, kprobe, tracepoint or cgroup")
 	fs.IntVar(&c.pid, "pid", 0, "trace only this process (thread-group id)")
 	fs.StringVar(&c.comm, "comm", "", "show only processes with this name (at most 15 bytes, as the kernel keeps it)")
 	fs.StringVarP(&c.output, "output", "o", "text", "output format: text or json")
 	fs.DurationVar(&c.duration, "duration", 0, "stop after this long (e.g. 30s, 5m); 0 runs until interrupted")
 }
 
-func (c *common) validate() error {
-	if c.output != "text" && c.output != "json" {
-		return usageError{fmt.Sprintf("invalid value %q for -o/--output: want text or json", c.output)}
+// validate checks the common flags; outputs are the -o values the command
+// writes (text and json when none are given).
+func (c *common) validate(outputs ...string) error {
+	if len(outputs) == 0 {
+		outputs = []string{"text", "json"}
+	}
+	if !slices.Contains(outputs, c.output) {
+		return usageError{fmt.Sprintf("invalid value %q for -o/--output: want %s", c.output, orList(outputs))}
 	}
 	if c.pid < 0 || c.pid > 1<<22 {
 		return usageError{fmt.Sprintf("invalid value %d for --pid", c.pid)}
@@ -120,6 +130,14 @@ func (c *common) validate() error {
 		return usageError{fmt.Sprintf("invalid value %q for --comm: %d bytes, but the kernel keeps only the first %d of a process name, so it would match nothing", c.comm, len(c.comm), maxComm)}
 	}
 	return nil
+}
+
+// orList spells a list of choices: "a or b", "a, b or c".
+func orList(s []string) string {
+	if len(s) == 1 {
+		return s[0]
+	}
+	return strings.Join(s[:len(s)-1], ", ") + " or " + s[len(s)-1]
 }
 
 // maxComm is the longest process name the kernel keeps (TASK_COMM_LEN - 1).

@@ -12,11 +12,17 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
 
 	"github.com/portsleuth/portsleuth/internal/enrichq"
 	"github.com/portsleuth/portsleuth/internal/event"
+	"github.com/portsleuth/portsleuth/internal/htmlreport"
+	"github.com/portsleuth/portsleuth/internal/lab"
+	"github.com/portsleuth/portsleuth/internal/netns"
 	"github.com/portsleuth/portsleuth/internal/outfile"
+	"github.com/portsleuth/portsleuth/internal/pools"
 	"github.com/portsleuth/portsleuth/internal/pressure"
 	"github.com/portsleuth/portsleuth/internal/procinfo"
 	"github.com/portsleuth/portsleuth/internal/report"
@@ -30,7 +36,7 @@ const killGrace = 5 * time.Second
 type reportFlags struct {
 	common
 	file, record, replay string
-	all, force           bool
+	all, force, lab      bool
 	argv                 []string
 }
 
@@ -38,6 +44,9 @@ func runReport(args []string, stdout, stderr io.Writer) error {
 	var f reportFlags
 	if err := f.parse(args, stderr); err != nil {
 		return err
+	}
+	if f.output == "html" && (f.file == "" || f.file == "-") && isTerminal(stdout) {
+		return usageError{"-o html writes a page for a browser, not a terminal: give --file F.html (or redirect stdout)"}
 	}
 	outs, err := createOutputs(f.file, f.record, f.force, stdout)
 	if err != nil {
@@ -55,6 +64,7 @@ func runReport(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	citeLab(&r, f.lab, stderr)
 	if err := write(r, f.output, outs.report); err != nil {
 		return fmt.Errorf("writing the report: %w", err)
 	}
@@ -71,10 +81,12 @@ func (f *reportFlags) parse(args []string, stderr io.Writer) error {
 	fs.StringVar(&f.record, "record", "", "also save the raw counters and events (up to 10000) here, for --replay (a new 0600 file)")
 	fs.StringVar(&f.replay, "replay", "", "build the report from a file saved with --record instead of tracing")
 	fs.BoolVar(&f.force, "force", false, "replace an existing --file or --record (the name is replaced once the report is complete; a symbolic link is replaced, not followed)")
+	fs.Lookup("output").Usage = "output format: text, json or html (a self-contained page: give --file F.html)"
+	fs.BoolVar(&f.lab, "lab", false, "cite the remedy lab: run it first if it has no results for this kernel yet (about 2 s, in throwaway network namespaces; without --lab a report only cites cached results)")
 	if err := parse(fs, args, stderr); err != nil {
 		return err
 	}
-	if err := f.validate(); err != nil {
+	if err := f.validate("text", "json", "html"); err != nil {
 		return err
 	}
 	if dash := fs.ArgsLenAtDash(); dash >= 0 {
@@ -103,6 +115,16 @@ func (f *reportFlags) parse(args []string, stderr io.Writer) error {
 		return usageError{fmt.Sprintf("--file %s and --record %s name the same file: give them different paths", f.file, f.record)}
 	}
 	return nil
+}
+
+// isTerminal says whether w is a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
 }
 
 // sameTarget says whether two output paths would land on one file: the same
@@ -211,15 +233,25 @@ func traceReport(f *reportFlags, filter report.Filter, record io.Writer, stdout,
 	col.NetnsSysctls = enricher.Sysctls
 	col.Queue = enrichq.NewQueue(0, enricher.Enrich, col.Attach)
 	defer col.Queue.Close() // before the enricher's Close: defers run last first
+	scans := &poolScans{closers: s.t.Closers()}
+	defer scans.close()
+	sampler := &report.PoolSampler{Open: scans.open, Every: poolSampleEvery}
+	sampler.Start()
 	var events []event.Event
 	err = s.loop(ctx, func(e event.Event) {
 		col.Observe(&e)
+		sampler.Notice(&e)
 		if record != nil && len(events) < report.MaxRecordedEvents {
 			events = append(events, e)
 		}
 	}, func(time.Time) {})
 	if cmd != nil {
 		cmd.stop()
+	}
+	samples, serr := sampler.Stop()
+	col.AddPoolSamples(samples)
+	if serr != nil {
+		fmt.Fprintf(stderr, "portsleuth: %v\n", serr)
 	}
 	if err != nil {
 		return report.Report{}, err
@@ -229,8 +261,14 @@ func traceReport(f *reportFlags, filter report.Filter, record io.Writer, stdout,
 		return report.Report{}, err
 	}
 	finishEnrichment(col, events) // after the counters: they match the events read
+	release, err := lab.Release()
+	if err != nil {
+		return report.Report{}, err
+	}
 	if record != nil {
-		if err := report.NewRecording(snap, events).Encode(record); err != nil {
+		rec := report.NewRecording(snap, events)
+		rec.PoolSamples, rec.Kernel = samples, release
+		if err := rec.Encode(record); err != nil {
 			return report.Report{}, fmt.Errorf("writing the recording: %w", err)
 		}
 	}
@@ -238,6 +276,7 @@ func traceReport(f *reportFlags, filter report.Filter, record io.Writer, stdout,
 	r.EnrichmentDropped = col.Queue.Dropped()
 	r.BackendNotes = s.t.Notes()
 	r.Inferred = s.t.Backend().Inferred()
+	r.Kernel = release
 	if cmd != nil {
 		r.Command = &report.Command{Argv: f.argv, PID: cmd.c.Process.Pid, ExitCode: cmd.c.ProcessState.ExitCode()}
 	}
@@ -284,8 +323,11 @@ func finishEnrichment(col *report.Collector, recorded []event.Event) {
 const replayStarted = "unknown (replay of a recording)"
 
 func write(r report.Report, format string, out io.Writer) error {
-	if format == "json" {
+	switch format {
+	case "json":
 		return r.WriteJSON(out)
+	case "html":
+		return htmlreport.Write(out, &r)
 	}
 	if r.Started == "" {
 		r.Started = replayStarted
@@ -303,7 +345,9 @@ func replayReport(path string, f report.Filter) (report.Report, error) {
 	for i := range rec.Events {
 		col.Observe(&rec.Events[i])
 	}
+	col.AddPoolSamples(rec.PoolSamples)
 	r := report.Build(rec.Snapshot(), col, f, "replay", time.Time{}, 0)
+	r.Kernel = rec.Kernel
 	// A recording keeps no start time: say so (empty in JSON) rather than
 	// print the zero time as a date.
 	r.Started = ""
@@ -363,4 +407,58 @@ func (t *tracedCommand) stop() {
 		_ = t.c.Process.Kill()
 		<-t.done
 	}
+}
+
+// poolSampleEvery is how often the pools of a report's failures are sampled.
+const poolSampleEvery = time.Second
+
+// poolScans opens the namespaces the pool sampler asks for and scans them
+// with a Scanner of its own, loaded at the first failure: the enricher's
+// runs on the enrichment worker.
+type poolScans struct {
+	closers *ebpf.Map
+	sc      *pressure.Scanner
+	err     error
+}
+
+func (p *poolScans) open(ino uint64, pid, tid uint32) (report.PoolScan, func(), error) {
+	if p.sc == nil && p.err == nil {
+		p.sc, p.err = pressure.NewScanner(p.closers)
+	}
+	if p.err != nil {
+		return nil, nil, p.err
+	}
+	f, err := openNetnsOf(ino, pid, tid)
+	if err != nil {
+		return nil, nil, err
+	}
+	scan := func() (pools.Namespace, error) {
+		// Only the counts are wanted: no owners are named.
+		return p.sc.Scan(int(f.Fd()), nil, 1)
+	}
+	return scan, func() { f.Close() }, nil
+}
+
+func (p *poolScans) close() {
+	if p.sc != nil {
+		p.sc.Close()
+	}
+}
+
+// openNetnsOf opens network namespace ino through our own, the failing
+// thread's or its process's: the handle keeps it for the sampling, however
+// short the task lived after. 0 (unknown) takes the thread's.
+func openNetnsOf(ino uint64, pid, tid uint32) (*os.File, error) {
+	for _, path := range []string{"/proc/self/ns/net", fmt.Sprintf("/proc/%d/task/%d/ns/net", pid, tid), fmt.Sprintf("/proc/%d/ns/net", pid)} {
+		f, err := netns.Open(path)
+		if err != nil {
+			continue
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &st); err == nil && (st.Ino == ino || (ino == 0 && path != "/proc/self/ns/net")) {
+			return f, nil
+		}
+		f.Close()
+	}
+	return nil, fmt.Errorf("no handle on network namespace %d: pid %d is gone", ino, pid)
 }

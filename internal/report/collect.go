@@ -60,6 +60,10 @@ type Collector struct {
 	// parents maps a pid to its parent's, read while both lived: a traced
 	// command's tree is followed through it after its members exit.
 	parents map[uint32]uint32
+	// tl is when the failures came; poolSamples how full their pools were
+	// meanwhile (AddPoolSamples).
+	tl          *timeline
+	poolSamples []PoolSample
 }
 
 // holderProc is a pool owner as /proc named it when a snapshot counted it.
@@ -199,6 +203,7 @@ func NewCollector() *Collector {
 		Master:     procinfo.Master,
 		holders:    map[uint32]*holderProc{},
 		parents:    map[uint32]uint32{},
+		tl:         newTimeline(),
 	}
 }
 
@@ -364,6 +369,11 @@ func (c *Collector) observe(e *event.Event) {
 		}
 	}
 	p.events++
+	if e.Time.IsZero() {
+		c.tl.unplotted++ // no time to plot it at
+	} else {
+		c.tl.add(e.Time, seriesKey{e.Proc(), e.Class})
+	}
 	if len(p.examples) < MaxExamples {
 		p.examples = append(p.examples, *e)
 	}
@@ -412,6 +422,15 @@ func (ce *classEvidence) addHolder(h event.Holder) {
 	}) {
 		ce.holders = append(ce.holders, h)
 	}
+}
+
+// AddPoolSamples adds pool samples taken while tracing (or recorded) to
+// the report, at most MaxPoolSamples in all.
+func (c *Collector) AddPoolSamples(s []PoolSample) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	room := max(0, MaxPoolSamples-len(c.poolSamples))
+	c.poolSamples = append(c.poolSamples, s[:min(room, len(s))]...)
 }
 
 // SysctlsOf returns the sysctls captured for a namespace, or nil.

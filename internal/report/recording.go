@@ -25,6 +25,9 @@ const MaxRecordedEvents = 10000
 // processes by (pid, start time).
 const RecordingSchema = 2
 
+// maxKernelRelease bounds a recorded kernel release (utsname's field is 65 bytes).
+const maxKernelRelease = 64
+
 // Recording is a traced session saved for later analysis and for offline
 // tests (testdata/): what the kernel counted and the events that arrived.
 type Recording struct {
@@ -36,6 +39,12 @@ type Recording struct {
 	Lost         uint64                   `json:"lost"`
 	Untracked    uint64                   `json:"untracked,omitempty"`
 	Events       []event.Event            `json:"events"`
+	// PoolSamples are the report's pool samples; absent in older recordings.
+	PoolSamples []PoolSample `json:"pool_samples,omitempty"`
+	// Kernel is the release of the kernel it was recorded on (uname -r);
+	// absent in older recordings. Reports cite the remedy lab only for the
+	// kernel the failures happened on.
+	Kernel string `json:"kernel,omitempty"`
 }
 
 // ProcRecord is what the kernel kept about one process.
@@ -364,6 +373,19 @@ func (d *recordingDecoder) field(key string) error {
 		return d.value(key, &r.Lost)
 	case "untracked":
 		return d.value(key, &r.Untracked)
+	case "pool_samples":
+		return decodeArray(d.dec, d.entry, key, MaxPoolSamples, func(s PoolSample) error {
+			r.PoolSamples = append(r.PoolSamples, s)
+			return CheckPoolSample(s)
+		})
+	case "kernel":
+		if err := d.value(key, &r.Kernel); err != nil {
+			return err
+		}
+		if len(r.Kernel) > maxKernelRelease {
+			return fmt.Errorf("field %q: %d bytes, a kernel release has at most %d", key, len(r.Kernel), maxKernelRelease)
+		}
+		return nil
 	}
 	if reportKeys[key] {
 		return errors.New(reportHint)

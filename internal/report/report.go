@@ -48,6 +48,18 @@ type Report struct {
 	// Programs sum the processes by program, most failures first.
 	Programs  []Program `json:"programs"`
 	Processes []Process `json:"processes"`
+	// Kernel is the release the failures happened on (uname -r); empty for
+	// a recording that does not say.
+	Kernel string `json:"kernel,omitempty"`
+	// LabNote says why no pattern cites the remedy lab, and how to run it;
+	// empty when the lab's results for this kernel are cited.
+	LabNote string `json:"lab_note,omitempty"`
+	// Timeline is when the listed processes' failures came, per second
+	// (coarser for long reports); PoolSamples how full the pools they drew
+	// from were meanwhile, sampled about once a second from each pool's
+	// first failure on (empty in a replay of a recording without them).
+	Timeline    Timeline     `json:"timeline"`
+	PoolSamples []PoolSample `json:"pool_samples"`
 }
 
 // Unattributed is the count of one failure class no process could be given.
@@ -105,6 +117,9 @@ type PatternEntry struct {
 	Pressure *pools.Snapshot `json:"pressure,omitempty"`
 	// Holders (failures for lack of a port) are who held the pool then.
 	Holders []pools.Owner `json:"holders,omitempty"`
+	// Lab is the remedy lab's verdicts for this pattern on the kernel the
+	// failures happened on; absent when it has not run there.
+	Lab *LabCitation `json:"lab,omitempty"`
 }
 
 // Counts are a process's calls of one kind.
@@ -191,6 +206,7 @@ func Build(snap event.Snapshot, c *Collector, f Filter, backend string, started 
 	assignPrograms(r.Processes, progs)
 	r.Programs = buildPrograms(r.Processes)
 	r.Culprits = buildCulprits(uses, c, r.Processes)
+	r.Timeline, r.PoolSamples = buildTimeline(c, snap, r.Processes), c.samples()
 	if f.PID == 0 && f.Comm == "" {
 		for _, class := range sortedClasses(snap.Unattributed) {
 			r.Unattributed = append(r.Unattributed, Unattributed{
@@ -433,6 +449,8 @@ func (r Report) WriteText(w io.Writer) error {
 	}
 	if len(r.Processes) == 0 {
 		b.WriteString("\nno failed bind() or connect() calls\n")
+	} else if r.LabNote != "" {
+		fmt.Fprintf(&b, "remedy lab: %s\n", esc(r.LabNote))
 	}
 	for i, entry := range textEntries(r.Processes) {
 		if len(entry) == 1 {
@@ -528,6 +546,7 @@ func writePattern(b *strings.Builder, pat PatternEntry, from string) {
 	if len(pat.Holders) > 0 {
 		fmt.Fprintf(b, "     holders:  %s\n", holdersText(pat.Holders))
 	}
+	writeLab(b, pat.Lab)
 }
 
 // sortedClasses orders failure classes so every output is deterministic.
