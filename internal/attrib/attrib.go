@@ -531,7 +531,7 @@ func (f *Finding) connectMeasure() connectMeasure {
 
 func (f *Finding) connectExhaustionAdvice() string {
 	if f.udpOnly() {
-		return "UDP autobind found no free port: UDP connect() checks no 4-tuple, so every port of the range already has a UDP owner on this address. Reuse sockets (one socket for many sendto()), close idle ones, use more source addresses, or widen net.ipv4.ip_local_port_range."
+		return "UDP autobind found no free port: UDP connect() checks no 4-tuple, so every port of the range already has a UDP owner on this address. Reuse sockets (one socket for many sendto()), close idle ones, use more source addresses, or widen net.ipv4.ip_local_port_range. UDP sockets that all set SO_REUSEADDR share ports, so autobind finds one; but a reply reaches the right socket only while no two sockets sharing a port talk to the same peer address and port."
 	}
 	m := f.connectMeasure()
 	var b strings.Builder
