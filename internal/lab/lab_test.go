@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func requireRoot(t *testing.T) {
@@ -30,13 +32,25 @@ func kernel(release string) int {
 
 // want is one expected measurement; since/before, when set, bound the
 // kernels it holds for (major*1000+minor), otherwise every kernel the VM
-// matrix runs (6.1, 6.12) and the host's.
+// matrix runs (6.1, 6.12) and the host's. ifRange ties it to whether the
+// kernel has the per-socket IP_LOCAL_PORT_RANGE: upstream since 6.3, and
+// backported to some stable kernels (Debian's 6.1.0-57 has it), so the
+// test asks the kernel rather than its version.
 type want struct {
 	key, remedy, verdict string
 	since                int
 	before               int
+	ifRange              feature
 	why                  string
 }
+
+type feature int
+
+const (
+	any feature = iota
+	has
+	lacks
+)
 
 // expectations are the verdicts the advice relies on. Where kernels differ,
 // a row per kernel range says so.
@@ -47,8 +61,8 @@ var expectations = []want{
 	{key: "bind-any-before-connect", remedy: "so_reuseport", verdict: NoEffect},
 	{key: "bind-any-before-connect", remedy: "wider-range", verdict: Partial},
 	{key: "bind-any-before-connect", remedy: "more-destinations", verdict: NoEffect},
-	{key: "bind-any-before-connect", remedy: "ip_local_port_range", verdict: NoEffect, since: 6003, why: "IP_LOCAL_PORT_RANGE (6.3) narrows, never widens"},
-	{key: "bind-any-before-connect", remedy: "ip_local_port_range", verdict: Unavailable, before: 6003, why: "IP_LOCAL_PORT_RANGE came in 6.3"},
+	{key: "bind-any-before-connect", remedy: "ip_local_port_range", verdict: NoEffect, ifRange: has, why: "IP_LOCAL_PORT_RANGE narrows the namespace's range, never widens it"},
+	{key: "bind-any-before-connect", remedy: "ip_local_port_range", verdict: Unavailable, ifRange: lacks, why: "IP_LOCAL_PORT_RANGE came in 6.3"},
 	{key: "bind-any-before-connect", remedy: "tcp_tw_recycle", verdict: Unavailable, why: "removed in 4.12"},
 	{key: "bind-any-before-connect", remedy: "keepalive", verdict: Fixes},
 	{key: "bind-ip-before-connect", remedy: "ip_bind_address_no_port", verdict: Fixes},
@@ -67,8 +81,8 @@ var expectations = []want{
 	{key: "connect-port-exhaustion", remedy: "wider-range", verdict: Fixes},
 	{key: "connect-port-exhaustion", remedy: "more-sources", verdict: Fixes},
 	{key: "connect-port-exhaustion", remedy: "more-destinations", verdict: Fixes},
-	{key: "connect-port-exhaustion", remedy: "ip_local_port_range", verdict: NoEffect, since: 6003},
-	{key: "connect-port-exhaustion", remedy: "ip_local_port_range", verdict: Unavailable, before: 6003},
+	{key: "connect-port-exhaustion", remedy: "ip_local_port_range", verdict: NoEffect, ifRange: has},
+	{key: "connect-port-exhaustion", remedy: "ip_local_port_range", verdict: Unavailable, ifRange: lacks},
 	{key: "connect-port-exhaustion", remedy: "keepalive", verdict: Fixes},
 	{key: "connect-tuple-conflict", remedy: "ip_bind_address_no_port", verdict: Fixes},
 	{key: "connect-tuple-conflict", remedy: "so_reuseport", verdict: NoEffect},
@@ -104,8 +118,29 @@ var baselines = map[string]Measure{
 	"udp-autobind":            {Made: 64, FailedCall: CallConnect, Errno: "EAGAIN"},
 }
 
-func (w want) holds(k int) bool {
+func (w want) holds(k int, socketRange bool) bool {
+	switch {
+	case w.ifRange == has && !socketRange, w.ifRange == lacks && socketRange:
+		return false
+	}
 	return (w.since == 0 || k >= w.since) && (w.before == 0 || k < w.before)
+}
+
+// hasSocketRange says whether the kernel keeps a per-socket
+// IP_LOCAL_PORT_RANGE: set it, read it back.
+func hasSocketRange(t *testing.T) bool {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	const want = 40000 | 40100<<16
+	if unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_LOCAL_PORT_RANGE, want) != nil {
+		return false
+	}
+	got, err := unix.GetsockoptInt(fd, unix.SOL_IP, unix.IP_LOCAL_PORT_RANGE)
+	return err == nil && uint32(got) == want
 }
 
 func testKey(p PatternResult) string {
@@ -157,8 +192,10 @@ func checkBaselines(t *testing.T, release string, got map[string]PatternResult) 
 
 func checkVerdicts(t *testing.T, release string, k int, got map[string]PatternResult) {
 	t.Helper()
+	socketRange := hasSocketRange(t)
+	t.Logf("kernel %s: per-socket IP_LOCAL_PORT_RANGE %v", release, socketRange)
 	for _, w := range expectations {
-		if !w.holds(k) {
+		if !w.holds(k, socketRange) {
 			continue
 		}
 		r, ok := findRemedy(got[w.key], w.remedy)
