@@ -13,7 +13,7 @@ import (
 // -> collect/enrich -> render/export. The layers from classification up must
 // build, and be testable, with no BPF anywhere below them.
 func TestPureLayersKnowNoBPF(t *testing.T) {
-	pure := []string{"event", "attrib", "pools", "enrichq", "report", "watch", "metrics", "netns", "procinfo", "term", "lab"}
+	pure := []string{"event", "attrib", "pools", "enrichq", "report", "watch", "metrics", "netns", "procinfo", "term", "lab", "htmlreport"}
 	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
 	for _, p := range pure {
 		out, err := exec.Command(goTool, "list", "-deps", "github.com/portsleuth/portsleuth/internal/"+p).CombinedOutput()
