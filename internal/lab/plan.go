@@ -128,6 +128,10 @@ type pattern struct {
 	enough func(s Shape) int
 	// possible is the theory for one config; 0 = no limit but the demand.
 	possible func(c config) int
+	// churn: the demand is a rate (connections closed and made again), so a
+	// remedy that only raises the ceiling postpones the failure, it never
+	// fixes it: partial, whatever the count.
+	churn bool
 }
 
 var patterns = map[string]pattern{
@@ -154,6 +158,7 @@ var patterns = map[string]pattern{
 		},
 	},
 	ConnectPortExhaustion: {
+		churn:    true,
 		run:      (*experiment).connectClose,
 		remedies: []remedy{twReuse, twReuseNoTS, twRecycle, finTimeout, reuseAddr, linger0, wider, moreSources, moreDests, sockRange, keepalive},
 		// Two rounds of the pool: the second needs TIME_WAIT reused.
@@ -309,7 +314,7 @@ func (p *plan) fill(pr *PatternResult) {
 	pr.Baseline = p.base.m
 	for _, e := range p.remedies {
 		r := RemedyResult{Remedy: e.remedy, Made: e.m.Made, Possible: e.m.Possible, FailedCall: e.m.FailedCall, Errno: e.m.Errno}
-		r.Verdict, r.Note = verdict(p.base.m, e, p.enough)
+		r.Verdict, r.Note = verdict(p.base.m, e, p.enough, patterns[p.shape.Pattern].churn)
 		pr.Remedies = append(pr.Remedies, r)
 	}
 	if p.base.m.FailedCall == CallNone {
@@ -321,7 +326,7 @@ func (p *plan) fill(pr *PatternResult) {
 }
 
 // verdict compares a remedy with the baseline (issue #12's rules).
-func verdict(base Measure, e *experiment, enough int) (string, string) {
+func verdict(base Measure, e *experiment, enough int, churn bool) (string, string) {
 	m, note := e.m, e.note
 	join := func(s string) string {
 		if note == "" {
@@ -332,7 +337,7 @@ func verdict(base Measure, e *experiment, enough int) (string, string) {
 	switch {
 	case e.unavailable != "":
 		return Unavailable, e.unavailable
-	case m.FailedCall == CallNone || m.Made >= enough && m.Made > base.Made:
+	case m.FailedCall == CallNone || !churn && m.Made >= enough && m.Made > base.Made:
 		return Fixes, join(fmt.Sprintf("%d made, the shape needs %d", m.Made, enough))
 	case m.Made == base.Made && m.FailedCall == base.FailedCall:
 		return NoEffect, note
@@ -341,6 +346,8 @@ func verdict(base Measure, e *experiment, enough int) (string, string) {
 			return MovesToConnect, note
 		}
 		return MovesToConnect, join(fmt.Sprintf("%d made before connect() failed (baseline %d): shared ports collide at connect()", m.Made, base.Made))
+	case m.Made > base.Made && churn:
+		return Partial, join(fmt.Sprintf("new ceiling %d (baseline %d): closed connections refill the pool with TIME_WAIT at the rate they are made, so a higher ceiling only postpones the failure", m.Made, base.Made))
 	case m.Made > base.Made:
 		return Partial, join(fmt.Sprintf("new ceiling %d (baseline %d, the shape needs %d)", m.Made, base.Made, enough))
 	case m.Made < base.Made:

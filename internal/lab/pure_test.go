@@ -11,22 +11,26 @@ import (
 func TestVerdictRules(t *testing.T) {
 	base := Measure{Made: 64, FailedCall: CallBind, Errno: "EADDRINUSE"}
 	for _, c := range []struct {
-		name string
-		m    Measure
-		un   string
-		want string
+		name  string
+		m     Measure
+		un    string
+		churn bool
+		want  string
 	}{
-		{"no failure", Measure{Made: 256, FailedCall: CallNone}, "", Fixes},
-		{"reaches the shape's space", Measure{Made: 256, FailedCall: CallConnect}, "", Fixes},
-		{"same count, same call", Measure{Made: 64, FailedCall: CallBind}, "", NoEffect},
-		{"same count, in connect", Measure{Made: 64, FailedCall: CallConnect}, "", MovesToConnect},
-		{"a few more, in connect", Measure{Made: 70, FailedCall: CallConnect}, "", MovesToConnect},
-		{"twice, in bind", Measure{Made: 128, FailedCall: CallBind}, "", Partial},
-		{"fewer", Measure{Made: 10, FailedCall: CallBind}, "", NoEffect},
-		{"missing", Measure{}, "no such option", Unavailable},
+		{"no failure", Measure{Made: 256, FailedCall: CallNone}, "", false, Fixes},
+		{"reaches the shape's space", Measure{Made: 256, FailedCall: CallConnect}, "", false, Fixes},
+		{"same count, same call", Measure{Made: 64, FailedCall: CallBind}, "", false, NoEffect},
+		{"same count, in connect", Measure{Made: 64, FailedCall: CallConnect}, "", false, MovesToConnect},
+		{"a few more, in connect", Measure{Made: 70, FailedCall: CallConnect}, "", false, MovesToConnect},
+		{"twice, in bind", Measure{Made: 128, FailedCall: CallBind}, "", false, Partial},
+		{"fewer", Measure{Made: 10, FailedCall: CallBind}, "", false, NoEffect},
+		{"missing", Measure{}, "no such option", false, Unavailable},
+		// A churn (connect, close, again) refills any finite pool.
+		{"churn: the shape's count, then a failure", Measure{Made: 256, FailedCall: CallConnect}, "", true, Partial},
+		{"churn: no failure", Measure{Made: 256, FailedCall: CallNone}, "", true, Fixes},
 	} {
 		e := &experiment{m: c.m, unavailable: c.un}
-		if got, note := verdict(base, e, 256); got != c.want {
+		if got, note := verdict(base, e, 256, c.churn); got != c.want {
 			t.Errorf("%s: want %s, got %s (%s)", c.name, c.want, got, note)
 		}
 	}
