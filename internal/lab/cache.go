@@ -52,11 +52,15 @@ type cacheFile struct {
 	Result   *Result   `json:"result"`
 }
 
+// cacheVersion changes whenever the experiments or the verdict rules do:
+// results an older lab measured are then measured again, not cited.
+const cacheVersion = "2"
+
 // cachePath is <dir>/<release>-<hash of the shapes>.json: the shapes carry
 // the range and every sysctl the experiments start from.
 func cachePath(dir, release string, shapes []Shape) string {
 	b, _ := json.Marshal(shapes)
-	sum := sha256.Sum256(b)
+	sum := sha256.Sum256(append([]byte(cacheVersion+"\n"), b...))
 	rel := strings.Map(func(r rune) rune {
 		if r == '/' || r < 0x20 {
 			return '_'
