@@ -142,7 +142,8 @@ func gatherPools(t *testing.T, c *PoolCollector) map[string][]string {
 func TestPoolCollectorExportsLastScan(t *testing.T) {
 	c := NewPoolCollector()
 	sc := SelectPools([]pools.Namespace{timeWaitNS(9)}, 3)
-	find(sc.Pools, "connect", "tcp", "127.0.0.1", "127.0.0.1:8080").OwnerContainer = hexA
+	owned := find(sc.Pools, "connect", "tcp", "127.0.0.1", "127.0.0.1:8080")
+	owned.OwnerContainer, owned.OwnerPodUID, owned.OwnerUnit = hexA, "5c4b3a29-1807-4f6e-8d7c-6b5a49382716", "app.service"
 	sc.Skipped, sc.Took = 1, 250*time.Millisecond
 	c.Publish(sc)
 	got := gatherPools(t, c)
@@ -150,7 +151,7 @@ func TestPoolCollectorExportsLastScan(t *testing.T) {
 		t.Fatalf("first scan: %v", got)
 	}
 	owner := got["portsleuth_port_pool_owner_info"]
-	want := "dest=127.0.0.1:8080,kind=connect,local=127.0.0.1,netns=9,owner_comm=client,owner_container=" + hexA + ",proto=tcp 64"
+	want := "dest=127.0.0.1:8080,kind=connect,local=127.0.0.1,netns=9,owner_comm=client,owner_container=" + hexA + ",owner_pod_uid=5c4b3a29-1807-4f6e-8d7c-6b5a49382716,owner_unit=app.service,proto=tcp 64"
 	if !slices.Contains(owner, want) {
 		t.Errorf("owner_info %v lacks %q", owner, want)
 	}
