@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"os"
-	"strconv"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -14,7 +12,6 @@ import (
 	"github.com/portsleuth/portsleuth/internal/pools"
 	"github.com/portsleuth/portsleuth/internal/pressure"
 	"github.com/portsleuth/portsleuth/internal/procinfo"
-	"github.com/portsleuth/portsleuth/internal/term"
 )
 
 // Bounds of serve's --pool-interval and --pool-top.
@@ -139,23 +136,13 @@ func (p *poolSampler) measure(ctx context.Context) (metrics.PoolScan, []skippedN
 	res := metrics.SelectPools(nss, p.topN)
 	for i := range res.Pools {
 		if pid := res.Pools[i].OwnerPID; pid != 0 {
-			id := identityOf(pid)
-			res.Pools[i].OwnerContainer, res.Pools[i].OwnerPodUID, res.Pools[i].OwnerUnit = id.ContainerID, id.PodUID, term.Escape(id.Unit)
+			p := &res.Pools[i]
+			p.OwnerContainer, p.OwnerPodUID, p.OwnerUnit = metrics.OwnerIdentity(pid)
 		}
 	}
 	return res, append(skipped, failed...), nil
 }
 
-// identityOf reads the container, pod and unit from a live process's
-// cgroup; empty when it runs in none or is gone.
-func identityOf(pid int) procinfo.CgroupIdentity {
-	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/cgroup")
-	if err != nil {
-		return procinfo.CgroupIdentity{}
-	}
-	defer f.Close()
-	return procinfo.Identity(procinfo.CgroupPath(f))
-}
 
 // validatePoolFlags checks --pool-interval (0 turns the gauges off) and --pool-top.
 func validatePoolFlags(interval time.Duration, top int) error {

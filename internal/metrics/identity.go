@@ -1,9 +1,6 @@
 package metrics
 
 import (
-	"os"
-	"strconv"
-
 	"github.com/portsleuth/portsleuth/internal/event"
 	"github.com/portsleuth/portsleuth/internal/procinfo"
 	"github.com/portsleuth/portsleuth/internal/term"
@@ -32,19 +29,19 @@ func CgroupOf(k event.ProcKey, m event.ProcMeta) string {
 	return liveCgroup(k)
 }
 
-// liveCgroup reads /proc/PID/cgroup, and nothing when the pid now belongs to
-// another process.
-func liveCgroup(k event.ProcKey) string {
-	f, err := os.Open("/proc/" + strconv.FormatUint(uint64(k.PID), 10) + "/cgroup")
-	if err != nil {
-		return ""
+// liveCgroup is where /proc says k is now, "" when the pid is another
+// process's by now.
+func liveCgroup(k event.ProcKey) string { return procinfo.LiveCgroup(k.PID, k.Start) }
+
+// OwnerIdentity is the container_id, pod_uid and unit label values of a
+// live process (a pool's owner), all "" when its cgroup says nothing or it
+// is gone.
+func OwnerIdentity(pid int) (containerID, podUID, unit string) {
+	if pid <= 0 {
+		return "", "", ""
 	}
-	defer f.Close()
-	path := procinfo.CgroupPath(f)
-	if st, err := procinfo.StartTime(k.PID); err != nil || (k.Start != 0 && !procinfo.SameStart(k.Start, st)) {
-		return "" // gone or reused while we read
-	}
-	return path
+	id := identityOf(procinfo.Identity(procinfo.LiveCgroup(uint32(pid), 0)))
+	return id.containerID, id.podUID, id.unit
 }
 
 // identities caches each failing process's identity: it is resolved once,

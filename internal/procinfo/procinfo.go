@@ -53,6 +53,22 @@ func Lookup(pid uint32) (Info, error) {
 	return info, nil
 }
 
+// LiveCgroup is the cgroup path /proc gives process pid now; "" when it is
+// gone, or, with start (ns since boot, as BPF reads it) not 0, when the pid
+// now belongs to another process.
+func LiveCgroup(pid uint32, start uint64) string {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	path := CgroupPath(f)
+	if st, err := StartTime(pid); err != nil || (start != 0 && !SameStart(start, st)) {
+		return "" // gone or reused while we read
+	}
+	return path
+}
+
 // CgroupPath picks the process's cgroup path from /proc/PID/cgroup content:
 // the unified (v2) hierarchy, else the systemd one, else the first.
 func CgroupPath(r interface{ Read([]byte) (int, error) }) string {
