@@ -6,8 +6,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/cilium/ebpf"
-
 	"github.com/portsleuth/portsleuth/internal/metrics"
 	"github.com/portsleuth/portsleuth/internal/pools"
 	"github.com/portsleuth/portsleuth/internal/pressure"
@@ -47,7 +45,7 @@ func scanNamespaces(ctx context.Context, sc *pressure.Scanner, targets []nsTarge
 type poolSampler struct {
 	interval time.Duration
 	topN     int
-	closers  *ebpf.Map // the tracer's: TIME_WAIT sockets get the process that closed them
+	closers  pressure.Closers // the tracer's: TIME_WAIT sockets get the process that closed them
 	col      *metrics.PoolCollector
 	log      *slog.Logger
 
@@ -142,7 +140,6 @@ func (p *poolSampler) measure(ctx context.Context) (metrics.PoolScan, []skippedN
 	}
 	return res, append(skipped, failed...), nil
 }
-
 
 // validatePoolFlags checks --pool-interval (0 turns the gauges off) and --pool-top.
 func validatePoolFlags(interval time.Duration, top int) error {

@@ -35,10 +35,15 @@ type Scanner struct {
 	hz   float64
 }
 
+// Closers is a tracer's map of who closed each connection first
+// (probe.Tracer.Closers): named here so that the layers above pass it on
+// without knowing BPF types.
+type Closers = *ebpf.Map
+
 // NewScanner loads and attaches the iterators. closers, when not nil, is a
 // tracer's map of who closed each connection first: TIME_WAIT sockets are
 // then counted for those processes (without it they have no owner).
-func NewScanner(closers *ebpf.Map) (*Scanner, error) {
+func NewScanner(closers Closers) (*Scanner, error) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("raising the memlock limit: %w", err)
 	}
