@@ -27,11 +27,11 @@ the call pattern behind them, and says what fixes it on this kernel.
 Usage:
   portsleuth watch  [--backend B] [--pid N] [--comm NAME] [-o text|json] [--duration D]
   portsleuth report [--backend B] [--pid N] [--comm NAME] [-o text|json|html] [--duration D] [--file PATH] [--force] [--all]
-                    [--record FILE | --replay FILE] [-- CMD ARGS...]
+                    [--record FILE | --replay FILE] [--lab] [-- CMD ARGS...]
   portsleuth serve  [--backend B] [--listen ADDR] [--log-format text|json] [--report-interval D]
                     [--pool-interval D] [--pool-top N]
   portsleuth ports  [--netns PID|PATH|all] [-o text|json] [--top N]
-  portsleuth lab    [--pattern NAME|all] [--range N] [--from FILE] [--refresh] [-o text|json]
+  portsleuth lab    [--pattern NAME|all] [--range N] [--from FILE] [--refresh] [--cache-dir DIR] [-o text|json]
   portsleuth doctor
   portsleuth version
 

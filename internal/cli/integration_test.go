@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/portsleuth/portsleuth/internal/lab"
 	"github.com/portsleuth/portsleuth/internal/probe"
 	"github.com/portsleuth/portsleuth/internal/report"
 	"github.com/portsleuth/portsleuth/internal/scenario"
@@ -33,7 +34,23 @@ func TestMain(m *testing.M) {
 	if os.Getenv(runCLIEnv) != "" {
 		os.Exit(Run(os.Args[1:], os.Stdout, os.Stderr))
 	}
-	os.Exit(m.Run())
+	os.Exit(withOwnLabCache(m))
+}
+
+// withOwnLabCache runs the tests with a remedy-lab cache of their own: the
+// host's (a `portsleuth lab` run there) must not change what reports say.
+func withOwnLabCache(m *testing.M) int {
+	if os.Getenv(lab.CacheEnv) != "" {
+		return m.Run()
+	}
+	dir, err := os.MkdirTemp("", "portsleuth-lab-cache-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	os.Setenv(lab.CacheEnv, dir)
+	return m.Run()
 }
 
 // testBackend is the backend under test: $PORTSLEUTH_TEST_BACKEND (the VM

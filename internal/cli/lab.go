@@ -68,6 +68,8 @@ func (f *labFlags) validate(rest []string) error {
 		return usageError{fmt.Sprintf("invalid value %q for --pattern: want all or one of %s", f.pattern, strings.Join(lab.Patterns, ", "))}
 	case f.from != "" && f.rangeSet:
 		return usageError{"--from takes each process's own range: drop --range"}
+	case f.from != "" && f.refresh:
+		return usageError{"--from always measures (a shape is one process's, never cached): drop --refresh"}
 	}
 	if err := lab.ValidRange(f.rangeN); err != nil {
 		return usageError{fmt.Sprintf("invalid value %d for --range: %v", f.rangeN, lab.ErrRange)}

@@ -25,6 +25,7 @@ func TestLabBadFlags(t *testing.T) {
 		{[]string{"lab", "--pattern", "nope"}, "--pattern"},
 		{[]string{"lab", "-o", "xml"}, "--output"},
 		{[]string{"lab", "--from", "x.json", "--range", "64"}, "--from"},
+		{[]string{"lab", "--from", "x.json", "--refresh"}, "--refresh"},
 		{[]string{"lab", "extra"}, "unexpected arguments"},
 		{[]string{"lab", "--bogus"}, "bogus"},
 	} {

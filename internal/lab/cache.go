@@ -9,7 +9,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -119,6 +121,11 @@ func readCache(path string) (cacheFile, error) {
 	if !fi.Mode().IsRegular() {
 		return c, errors.New("not a regular file")
 	}
+	// Only what we wrote: a result someone else could write (a shared
+	// --cache-dir) would put their words into our reports.
+	if st, ok := fi.Sys().(*syscall.Stat_t); !ok || int(st.Uid) != os.Geteuid() || fi.Mode().Perm()&0o022 != 0 {
+		return c, errors.New("not ours alone: another user owns it or may write it")
+	}
 	b, err := io.ReadAll(io.LimitReader(f, maxCacheBytes+1))
 	if err != nil {
 		return c, err
@@ -126,5 +133,26 @@ func readCache(path string) (cacheFile, error) {
 	if len(b) > maxCacheBytes {
 		return c, errors.New("too large")
 	}
-	return c, json.Unmarshal(b, &c)
+	if err := json.Unmarshal(b, &c); err != nil {
+		return c, err
+	}
+	return c, c.Result.check()
+}
+
+// check refuses a result with names the lab does not use: reports cite them.
+func (r *Result) check() error {
+	if r == nil {
+		return errors.New("no result")
+	}
+	for _, p := range r.Patterns {
+		if !KnownPattern(p.Pattern) {
+			return fmt.Errorf("unknown pattern %q", p.Pattern)
+		}
+		for _, rr := range p.Remedies {
+			if !slices.Contains(verdicts, rr.Verdict) || !knownRemedy(rr.Remedy) {
+				return fmt.Errorf("unknown remedy %q or verdict %q", rr.Remedy, rr.Verdict)
+			}
+		}
+	}
+	return nil
 }

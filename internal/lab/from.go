@@ -20,27 +20,61 @@ import (
 const maxReportBytes = report.MaxRecordingBytes
 
 // LoadProcesses reads the culprits of a `report -o json` output or of a
-// recording (detected by its keys), replaying a recording offline.
+// recording (told apart by their keys), replaying a recording offline.
+// Neither is ever held whole in memory as text.
 func LoadProcesses(path string) ([]report.Process, error) {
-	b, err := readBounded(path)
+	kind, err := sniff(path)
 	if err != nil {
 		return nil, err
 	}
-	var keys map[string]json.RawMessage
-	if err := json.Unmarshal(b, &keys); err != nil {
-		return nil, fmt.Errorf("reading %s: not a report or a recording: %w", path, err)
-	}
-	switch {
-	case keys["processes"] != nil:
-		var r report.Report
-		if err := json.Unmarshal(b, &r); err != nil {
-			return nil, fmt.Errorf("reading report %s: %w", path, err)
-		}
-		return r.Processes, nil
-	case keys["procs"] != nil || keys["events"] != nil:
+	if kind == "recording" {
 		return replay(path)
 	}
-	return nil, fmt.Errorf("reading %s: neither a report (no \"processes\") nor a recording (no \"procs\")", path)
+	f, err := openRegular(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var r report.Report
+	if err := json.NewDecoder(io.LimitReader(f, maxReportBytes)).Decode(&r); err != nil {
+		return nil, fmt.Errorf("reading report %s: %w", path, err)
+	}
+	return r.Processes, nil
+}
+
+// sniff reads the top-level keys, one value at a time, until one says
+// whether the file is a report ("processes", "backend") or a recording
+// ("procs", "events").
+func sniff(path string) (string, error) {
+	f, err := openRegular(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	dec := json.NewDecoder(io.LimitReader(f, maxReportBytes))
+	bad := func(err error) (string, error) {
+		return "", fmt.Errorf("reading %s: not a report or a recording: %w", path, err)
+	}
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return bad(fmt.Errorf("not a JSON object (%v)", err))
+	}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return bad(err)
+		}
+		switch t {
+		case "processes", "backend":
+			return "report", nil
+		case "procs", "events":
+			return "recording", nil
+		}
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return bad(err)
+		}
+	}
+	return "", fmt.Errorf("reading %s: neither a report (no \"processes\") nor a recording (no \"procs\")", path)
 }
 
 // replay builds the report of a recording; nothing of this host is read.
@@ -56,28 +90,25 @@ func replay(path string) ([]report.Process, error) {
 	return report.Build(rec.Snapshot(), col, report.Filter{}, "replay", time.Time{}, 0).Processes, nil
 }
 
-// readBounded reads a regular file (a FIFO would block) of bounded size.
-func readBounded(path string) ([]byte, error) {
+// openRegular opens a regular file (a FIFO would block) of bounded size.
+func openRegular(path string) (*os.File, error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("opening %s: %w", path, err)
 	}
-	defer f.Close()
 	fi, err := f.Stat()
-	if err != nil {
+	switch {
+	case err != nil:
+		f.Close()
 		return nil, fmt.Errorf("opening %s: %w", path, err)
-	}
-	if !fi.Mode().IsRegular() {
+	case !fi.Mode().IsRegular():
+		f.Close()
 		return nil, fmt.Errorf("reading %s: not a regular file", path)
-	}
-	b, err := io.ReadAll(io.LimitReader(f, maxReportBytes+1))
-	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", path, err)
-	}
-	if len(b) > maxReportBytes {
+	case fi.Size() > maxReportBytes:
+		f.Close()
 		return nil, fmt.Errorf("reading %s: larger than %d bytes", path, maxReportBytes)
 	}
-	return b, nil
+	return f, nil
 }
 
 // ErrNoShapes is a report with no failure the lab can reproduce.
@@ -85,20 +116,64 @@ var ErrNoShapes = errors.New("no culprit with a pattern the lab reproduces")
 
 // ShapesFrom derives each culprit's shape for each of its patterns the lab
 // knows; pattern "" or "all" keeps them all.
+//
+// Culprits of one shape are measured once, for the first of them (the
+// processes come most failures first); at most MaxFromShapes distinct shapes
+// are measured, and a note on the last says what was left out.
 func ShapesFrom(procs []report.Process, pattern string) ([]Shape, error) {
 	var out []Shape
+	seen := map[string]int{} // shape without its process -> index in out
+	left := 0
 	for _, p := range procs {
 		for _, pe := range p.Patterns {
 			s, ok := shapeOf(p, pe.Pattern)
-			if ok && (pattern == "" || pattern == "all" || s.Pattern == pattern) {
-				out = append(out, s)
+			if !ok || !(pattern == "" || pattern == "all" || s.Pattern == pattern) {
+				continue
 			}
+			key := s.key()
+			if i, dup := seen[key]; dup {
+				out[i].alsoFor(p)
+				continue
+			}
+			if len(out) == MaxFromShapes {
+				left++
+				continue
+			}
+			seen[key] = len(out)
+			out = append(out, s)
 		}
 	}
 	if len(out) == 0 {
 		return nil, ErrNoShapes
 	}
+	if left > 0 {
+		last := &out[len(out)-1]
+		last.Notes = append(last.Notes, fmt.Sprintf("%d more shapes left out: the lab measures at most %d per run", left, MaxFromShapes))
+	}
 	return out, nil
+}
+
+// MaxFromShapes bounds the shapes one `lab --from` measures.
+const MaxFromShapes = 32
+
+// maxAlsoNamed bounds the other processes a shape's note names.
+const maxAlsoNamed = 8
+
+// key is what the experiments depend on: the shape without its process
+// and notes (which JSON leaves out).
+func (s Shape) key() string {
+	b, _ := json.Marshal(s)
+	return string(b)
+}
+
+// alsoFor notes another culprit of the same shape.
+func (s *Shape) alsoFor(p report.Process) {
+	s.also++
+	if s.also <= maxAlsoNamed {
+		s.Notes = append(s.Notes, fmt.Sprintf("also the shape of pid %d (%s)", p.PID, p.Comm))
+	} else if s.also == maxAlsoNamed+1 {
+		s.Notes = append(s.Notes, "and of more processes")
+	}
 }
 
 // shapeOf is one process's shape for one of its (attrib) patterns.
@@ -167,7 +242,21 @@ func (s *Shape) rangeOf(sys *netns.Sysctls) {
 	if s.Range != n {
 		s.Notes = append(s.Notes, fmt.Sprintf("the process's range has %d ports; the lab uses %d (its bound)", n, s.Range))
 	}
-	s.TCPTwReuse, s.TCPTimestamps, s.AutobindReuse = sys.TCPTwReuse, sys.TCPTimestamps, sys.AutobindReuse
+	s.TCPTwReuse = sysctlIn(s, "tcp_tw_reuse", sys.TCPTwReuse, 2)
+	s.TCPTimestamps = sysctlIn(s, "tcp_timestamps", sys.TCPTimestamps, 2)
+	s.AutobindReuse = sysctlIn(s, "ip_autobind_reuse", sys.AutobindReuse, 1)
+}
+
+// sysctlIn keeps a recorded sysctl the kernel would accept (0..most), else
+// -1 (the kernel's default) with a note: a report is input, not trusted.
+func sysctlIn(s *Shape, name string, v, most int) int {
+	if v >= 0 && v <= most {
+		return v
+	}
+	if v != -1 {
+		s.Notes = append(s.Notes, fmt.Sprintf("%s=%d is not a value the kernel takes: the lab uses the kernel's default", name, v))
+	}
+	return -1
 }
 
 // addressesOf counts the destinations and source addresses seen; tcp_tw_reuse

@@ -10,6 +10,8 @@ import (
 	"runtime"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Verdicts, as the JSON contract spells them.
@@ -20,6 +22,9 @@ const (
 	NoEffect       = "no-effect"
 	Unavailable    = "unavailable"
 )
+
+// verdicts are every verdict the lab gives.
+var verdicts = []string{Fixes, MovesToConnect, Partial, NoEffect, Unavailable}
 
 // Range bounds: below 8 ports the counts say little, above 4096 the lab
 // stops being cheap enough to run during an incident.
@@ -167,14 +172,21 @@ func runPlans(plans []*plan) error {
 	return errors.Join(errs...)
 }
 
-// fdBudget is how many sockets all experiments together may hold: under
-// the 20000 a default limit gives, with room for the rest of the process.
-const fdBudget = 16000
+// fdBudget is how many sockets all experiments together may hold: three
+// quarters of the open-file limit (Go raises the soft limit to the hard one
+// at start), leaving the rest to the process.
+func fdBudget() int {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil || lim.Cur > 1<<20 {
+		return 16000
+	}
+	return int(lim.Cur) * 3 / 4
+}
 
 func parallel(all []*experiment) int {
 	most := 1
 	for _, e := range all {
 		most = max(most, e.attempts+e.cfg.dests+2)
 	}
-	return max(1, min(4*runtime.NumCPU()+16, fdBudget/most))
+	return max(1, min(4*runtime.NumCPU()+16, fdBudget()/most))
 }

@@ -115,9 +115,21 @@ var (
 	}}
 	reusePort = remedy{"so_reuseport", flag(func(c *config) *bool { return &c.reusePort }, "SO_REUSEPORT before bind()")}
 	linger0   = remedy{"so_linger0", flag(func(c *config) *bool { return &c.linger0 }, "SO_LINGER {1, 0} before close(): RST instead of FIN, no TIME_WAIT")}
-	sockRange = remedy{"ip_local_port_range", flag(func(c *config) *bool { return &c.socketRange }, "per-socket IP_LOCAL_PORT_RANGE 1024-65535, wider than the namespace's")}
+	sockRange = remedy{"ip_local_port_range", flag(func(c *config) *bool { return &c.socketRange }, "per-socket IP_LOCAL_PORT_RANGE asking for 1024-65535 (the kernel keeps a socket within the namespace's range)")}
 	keepalive = remedy{"keepalive", flag(func(c *config) *bool { return &c.keepalive }, "one connection per destination, reused (keep-alive, pooling): the control")}
 )
+
+// knownRemedy says whether name is a remedy some pattern of the lab applies.
+func knownRemedy(name string) bool {
+	for _, p := range patterns {
+		for _, r := range p.remedies {
+			if r.name == name {
+				return true
+			}
+		}
+	}
+	return false
+}
 
 // pattern is how the lab reproduces one pattern.
 type pattern struct {
@@ -337,6 +349,9 @@ func verdict(base Measure, e *experiment, enough int, churn bool) (string, strin
 	switch {
 	case e.unavailable != "":
 		return Unavailable, e.unavailable
+	case base.FailedCall == CallNone:
+		// Nothing failed to begin with: no remedy can show it fixes anything.
+		return NoEffect, join("the baseline did not fail, so this shape shows no remedy's effect")
 	case m.FailedCall == CallNone || !churn && m.Made >= enough && m.Made > base.Made:
 		return Fixes, join(fmt.Sprintf("%d made, the shape needs %d", m.Made, enough))
 	case m.Made == base.Made && m.FailedCall == base.FailedCall:

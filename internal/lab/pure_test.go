@@ -4,8 +4,12 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/portsleuth/portsleuth/internal/netns"
+	"github.com/portsleuth/portsleuth/internal/report"
 )
 
 func TestVerdictRules(t *testing.T) {
@@ -33,6 +37,11 @@ func TestVerdictRules(t *testing.T) {
 		if got, note := verdict(base, e, 256, c.churn); got != c.want {
 			t.Errorf("%s: want %s, got %s (%s)", c.name, c.want, got, note)
 		}
+	}
+	// A shape whose baseline never failed proves no remedy.
+	calm := Measure{Made: 256, FailedCall: CallNone}
+	if got, _ := verdict(calm, &experiment{m: calm}, 256, false); got != NoEffect {
+		t.Errorf("baseline without failure: want %s, got %s", NoEffect, got)
 	}
 }
 
@@ -108,6 +117,31 @@ func TestCacheRoundTrip(t *testing.T) {
 	if _, _, ok := Cached(dir, "6.18.0-test", 64); ok {
 		t.Error("the cache was read through a symbolic link")
 	}
+	// A file others may write is not ours alone; names the lab never gives
+	// are refused: reports cite what the cache says.
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := Store(dir, r, shapes); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, 0o622); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok := Cached(dir, "6.18.0-test", 64); ok {
+		t.Error("a group- and world-writable cache file was read")
+	}
+	bad := &Result{Kernel: "6.18.0-test", Range: 64, Patterns: []PatternResult{{Pattern: PortInUse,
+		Remedies: []RemedyResult{{Remedy: "so_reuseaddr", Verdict: "\x1b[2Jfixes"}}}}}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := Store(dir, bad, shapes); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok := Cached(dir, "6.18.0-test", 64); ok {
+		t.Error("a cached verdict the lab never gives was read")
+	}
 }
 
 // Every seed recording with a pattern the lab knows gives shapes, with the
@@ -157,5 +191,34 @@ func TestLoadProcessesRejectsOtherJSON(t *testing.T) {
 	}
 	if _, err := LoadProcesses(path); err == nil || !strings.Contains(err.Error(), "neither a report") {
 		t.Errorf("want a clear error, got %v", err)
+	}
+}
+
+// Culprits of one shape are measured once; distinct shapes are capped and
+// the cap said; sysctl values the kernel would refuse are not used.
+func TestShapesFromBounds(t *testing.T) {
+	proc := func(pid uint32, ports int, twReuse int) report.Process {
+		return report.Process{PID: pid, Comm: "app", Patterns: []report.PatternEntry{{Pattern: BindAnyBeforeConnect, Count: 1}},
+			Sysctls: &netns.Sysctls{PortRange: [2]int{40000, 40000 + ports - 1}, TCPTwReuse: twReuse}}
+	}
+	var same []report.Process
+	for i := range 40 {
+		same = append(same, proc(uint32(100+i), 64, 0))
+	}
+	got, err := ShapesFrom(same, "all")
+	if err != nil || len(got) != 1 || got[0].Process.PID != 100 || !slices.Contains(got[0].Notes, "also the shape of pid 101 (app)") {
+		t.Fatalf("one shape for 40 alike culprits: %d shapes, %v", len(got), err)
+	}
+	var distinct []report.Process
+	for i := range 40 {
+		distinct = append(distinct, proc(uint32(100+i), 64+i, 0))
+	}
+	got, _ = ShapesFrom(distinct, "all")
+	if len(got) != MaxFromShapes || !slices.Contains(got[len(got)-1].Notes, "8 more shapes left out: the lab measures at most 32 per run") {
+		t.Errorf("distinct shapes: %d, last notes %q", len(got), got[len(got)-1].Notes)
+	}
+	got, _ = ShapesFrom([]report.Process{proc(1, 64, 1000)}, "all")
+	if got[0].TCPTwReuse != -1 || !slices.ContainsFunc(got[0].Notes, func(n string) bool { return strings.HasPrefix(n, "tcp_tw_reuse=1000 is not a value") }) {
+		t.Errorf("tcp_tw_reuse=1000 kept: %d, %q", got[0].TCPTwReuse, got[0].Notes)
 	}
 }

@@ -22,6 +22,7 @@ type Shape struct {
 	// Process and Notes describe where the shape came from (lab --from).
 	Process *Process `json:"-"`
 	Notes   []string `json:"-"`
+	also    int      // other culprits of this shape (lab --from)
 }
 
 // Socket option names as decode.OptionNames spells them.

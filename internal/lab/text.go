@@ -34,7 +34,7 @@ func (r *Result) WriteText(w io.Writer) error {
 func writePattern(b *strings.Builder, p PatternResult) {
 	b.WriteString(p.Pattern)
 	if p.Variant != "" {
-		fmt.Fprintf(b, " (held by: %s)", p.Variant)
+		fmt.Fprintf(b, " (held by: %s)", term.Escape(p.Variant))
 	}
 	if p.Process != nil {
 		fmt.Fprintf(b, " for pid %d (%s)", p.Process.PID, term.Escape(p.Process.Comm))
@@ -50,7 +50,7 @@ func writePattern(b *strings.Builder, p PatternResult) {
 		if r.Verdict != Unavailable {
 			out = outcome(r.Made, r.Possible, r.FailedCall, r.Errno)
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", r.Remedy, r.Verdict, out, r.Note)
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", term.Escape(r.Remedy), term.Escape(r.Verdict), out, term.Escape(r.Note))
 	}
 	tw.Flush()
 }
