@@ -390,19 +390,8 @@ func (cu *Culprit) identify(c *Collector, procs map[uint32]*Process) {
 
 // writeCulprits says who starved whom, one sentence per culprit program.
 func writeCulprits(b *strings.Builder, culprits []Culprit) {
-	var groups [][]Culprit
-	at := map[string]int{}
-	for _, cu := range culprits {
-		key := cmp.Or(cu.group, fmt.Sprintf("pid:%d", cu.PID))
-		if i, ok := at[key]; ok {
-			groups[i] = append(groups[i], cu)
-			continue
-		}
-		at[key] = len(groups)
-		groups = append(groups, []Culprit{cu})
-	}
-	for _, g := range groups {
-		b.WriteString(term.Escape(culpritSentence(g)) + "\n")
+	for _, s := range (Report{Culprits: culprits}).Headline() {
+		b.WriteString(term.Escape(s) + "\n")
 	}
 }
 
