@@ -31,6 +31,7 @@ const imageRepo = "ghcr.io/portsleuth/portsleuth"
 type manifests struct {
 	ns     *corev1.Namespace
 	sa     *corev1.ServiceAccount
+	quota  *corev1.ResourceQuota
 	ds     *appsv1.DaemonSet
 	policy *networkingv1.NetworkPolicy
 }
@@ -87,6 +88,8 @@ func decodeStrict(doc []byte) (any, error) {
 		obj = &corev1.Namespace{}
 	case "v1 ServiceAccount":
 		obj = &corev1.ServiceAccount{}
+	case "v1 ResourceQuota":
+		obj = &corev1.ResourceQuota{}
 	case "apps/v1 DaemonSet":
 		obj = &appsv1.DaemonSet{}
 	case "networking.k8s.io/v1 NetworkPolicy":
@@ -113,21 +116,23 @@ func loadManifests(t *testing.T) manifests {
 			m.ns = o
 		case *corev1.ServiceAccount:
 			m.sa = o
+		case *corev1.ResourceQuota:
+			m.quota = o
 		case *appsv1.DaemonSet:
 			m.ds = o
 		case *networkingv1.NetworkPolicy:
 			m.policy = o
 		}
 	}
-	if m.ns == nil || m.sa == nil || m.ds == nil || m.policy == nil {
-		t.Fatalf("%s: want a Namespace, a ServiceAccount, a DaemonSet and a NetworkPolicy, got %+v", DaemonSet, m)
+	if m.ns == nil || m.sa == nil || m.quota == nil || m.ds == nil || m.policy == nil {
+		t.Fatalf("%s: want a Namespace, a ServiceAccount, a ResourceQuota, a DaemonSet and a NetworkPolicy, got %+v", DaemonSet, m)
 	}
 	return m
 }
 
 func TestManifestsDecodeStrictly(t *testing.T) {
 	m := loadManifests(t)
-	for _, ns := range []string{m.sa.Namespace, m.ds.Namespace, m.policy.Namespace} {
+	for _, ns := range []string{m.sa.Namespace, m.quota.Namespace, m.ds.Namespace, m.policy.Namespace} {
 		if ns != m.ns.Name {
 			t.Errorf("object in namespace %q, want %q (the manifest's Namespace)", ns, m.ns.Name)
 		}
@@ -181,6 +186,10 @@ func TestDaemonSetPodSpec(t *testing.T) {
 	if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
 		t.Error("the pod mounts a service account token it never uses")
 	}
+	if pod.PriorityClassName != "system-node-critical" {
+		t.Errorf("priorityClassName %q, want system-node-critical: the agent would be among the first evicted under node pressure", pod.PriorityClassName)
+	}
+	checkPriorityQuota(t, m.quota, pod.PriorityClassName)
 	for k, v := range m.ds.Spec.Selector.MatchLabels {
 		if m.ds.Spec.Template.Labels[k] != v {
 			t.Errorf("selector %s=%s does not match the pod template's labels %v", k, v, m.ds.Spec.Template.Labels)
@@ -220,6 +229,23 @@ func TestDaemonSetPodSpec(t *testing.T) {
 	vol := slices.IndexFunc(pod.Volumes, func(v corev1.Volume) bool { return v.Name == c.VolumeMounts[cgroupMount].Name })
 	if vol < 0 || pod.Volumes[vol].HostPath == nil || pod.Volumes[vol].HostPath.Path != "/sys/fs/cgroup" {
 		t.Errorf("the /sys/fs/cgroup mount is not the host's /sys/fs/cgroup: %+v", pod.Volumes)
+	}
+}
+
+// checkPriorityQuota checks that quota admits one pod of priority class
+// class per node, as clusters that limit the critical classes to
+// kube-system require.
+func checkPriorityQuota(t *testing.T, quota *corev1.ResourceQuota, class string) {
+	t.Helper()
+	sel := quota.Spec.ScopeSelector
+	if sel == nil || !slices.ContainsFunc(sel.MatchExpressions, func(e corev1.ScopedResourceSelectorRequirement) bool {
+		return e.ScopeName == corev1.ResourceQuotaScopePriorityClass && e.Operator == corev1.ScopeSelectorOpIn && slices.Contains(e.Values, class)
+	}) {
+		t.Errorf("ResourceQuota scope %+v does not cover priority class %s", sel, class)
+	}
+	// Kubernetes supports clusters of up to 5000 nodes.
+	if pods, ok := quota.Spec.Hard[corev1.ResourcePods]; !ok || pods.Value() < 5000 {
+		t.Errorf("ResourceQuota admits %v pods of %s, want one per node of the largest cluster (5000)", quota.Spec.Hard, class)
 	}
 }
 

@@ -6,11 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"os"
 	"slices"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/portsleuth/portsleuth/internal/netns"
 	"github.com/portsleuth/portsleuth/internal/report"
@@ -30,7 +27,7 @@ func LoadProcesses(path string) ([]report.Process, error) {
 	if kind == "recording" {
 		return replay(path)
 	}
-	f, err := openRegular(path)
+	f, err := report.OpenInput(path)
 	if err != nil {
 		return nil, err
 	}
@@ -46,7 +43,7 @@ func LoadProcesses(path string) ([]report.Process, error) {
 // whether the file is a report ("processes", "backend") or a recording
 // ("procs", "events").
 func sniff(path string) (string, error) {
-	f, err := openRegular(path)
+	f, err := report.OpenInput(path)
 	if err != nil {
 		return "", err
 	}
@@ -88,27 +85,6 @@ func replay(path string) ([]report.Process, error) {
 		col.Observe(&rec.Events[i])
 	}
 	return report.Build(rec.Snapshot(), col, report.Filter{}, "replay", time.Time{}, 0).Processes, nil
-}
-
-// openRegular opens a regular file (a FIFO would block) of bounded size.
-func openRegular(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("opening %s: %w", path, err)
-	}
-	fi, err := f.Stat()
-	switch {
-	case err != nil:
-		f.Close()
-		return nil, fmt.Errorf("opening %s: %w", path, err)
-	case !fi.Mode().IsRegular():
-		f.Close()
-		return nil, fmt.Errorf("reading %s: not a regular file", path)
-	case fi.Size() > maxReportBytes:
-		f.Close()
-		return nil, fmt.Errorf("reading %s: larger than %d bytes", path, maxReportBytes)
-	}
-	return f, nil
 }
 
 // ErrNoShapes is a report with no failure the lab can reproduce.

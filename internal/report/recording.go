@@ -163,27 +163,40 @@ var errTooLarge = fmt.Errorf("larger than %d bytes", MaxRecordingBytes)
 // follows the tables kept, not the file, and validates every entry: anything
 // else is one error line naming the file.
 func LoadRecording(path string) (Recording, error) {
-	// O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
-	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	f, err := OpenInput(path)
 	if err != nil {
-		return Recording{}, fmt.Errorf("opening recording: %w", err)
+		return Recording{}, fmt.Errorf("recording: %w", err)
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return Recording{}, fmt.Errorf("opening recording %s: %w", path, err)
-	}
-	if !fi.Mode().IsRegular() {
-		return Recording{}, fmt.Errorf("reading recording %s: not a regular file (%s)", path, fileKind(fi.Mode()))
-	}
-	if fi.Size() > MaxRecordingBytes {
-		return Recording{}, fmt.Errorf("reading recording %s: %d bytes, the limit is %d", path, fi.Size(), MaxRecordingBytes)
-	}
 	r, err := decodeRecording(&limitReader{r: f, n: MaxRecordingBytes})
 	if err != nil {
 		return Recording{}, fmt.Errorf("reading recording %s: %w", path, err)
 	}
 	return r, nil
+}
+
+// OpenInput opens a file portsleuth reads (a recording, a report): a
+// regular file (a FIFO would block, /dev/zero never ends) of at most
+// MaxRecordingBytes. The caller still bounds its reads: the file may grow.
+func OpenInput(path string) (*os.File, error) {
+	// O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening %w", err)
+	}
+	fi, err := f.Stat()
+	switch {
+	case err != nil:
+		f.Close()
+		return nil, fmt.Errorf("opening %s: %w", path, err)
+	case !fi.Mode().IsRegular():
+		f.Close()
+		return nil, fmt.Errorf("reading %s: not a regular file (%s)", path, fileKind(fi.Mode()))
+	case fi.Size() > MaxRecordingBytes:
+		f.Close()
+		return nil, fmt.Errorf("reading %s: %d bytes, the limit is %d", path, fi.Size(), MaxRecordingBytes)
+	}
+	return f, nil
 }
 
 func fileKind(m os.FileMode) string {
