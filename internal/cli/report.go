@@ -12,7 +12,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
@@ -274,6 +273,7 @@ func traceReport(f *reportFlags, filter report.Filter, record io.Writer, stdout,
 	}
 	r := report.Build(snap, col, filter, string(s.t.Backend()), s.started, time.Since(s.started))
 	r.EnrichmentDropped = col.Queue.Dropped()
+	r.PoolSamplingLosses = sampler.Losses()
 	r.BackendNotes = s.t.Notes()
 	r.Inferred = s.t.Backend().Inferred()
 	r.Kernel = release
@@ -416,7 +416,7 @@ const poolSampleEvery = time.Second
 // with a Scanner of its own, loaded at the first failure: the enricher's
 // runs on the enrichment worker.
 type poolScans struct {
-	closers *ebpf.Map
+	closers pressure.Closers
 	sc      *pressure.Scanner
 	err     error
 }

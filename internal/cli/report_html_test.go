@@ -20,6 +20,7 @@ import (
 	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
+	"github.com/cilium/ebpf"
 	"golang.org/x/net/html"
 	"golang.org/x/sys/unix"
 
@@ -163,7 +164,8 @@ func checkCounters(t *testing.T, doc *html.Node, r report.Report) {
 		missed += p.EventsMissed
 	}
 	want := map[string]uint64{"lost events": r.LostEvents, "events missed": missed, "enrichment dropped": r.EnrichmentDropped,
-		"pool samples": uint64(len(r.PoolSamples)), "processes": uint64(len(r.Processes))}
+		"pool samples": uint64(len(r.PoolSamples)), "processes": uint64(len(r.Processes)),
+		"pool samples dropped": r.PoolSamplesDropped, "pools unsampled": r.PoolsUnsampled, "pool sample errors": r.PoolSampleErrors}
 	for _, li := range htmlFindAll(doc, func(n *html.Node) bool {
 		return n.Data == "li" && n.Parent != nil && htmlAttr(n.Parent, "class") == "counters"
 	}) {
@@ -441,7 +443,9 @@ const badPage = `<!DOCTYPE html><html><head><title>bad</title></head><body>
 <img src="missing.png" alt=""><script>console.log("hello"); throw new Error("boom")</script></body></html>`
 
 // A live report samples the pool its first failure drew from, once a
-// second, and the samples show the pool filling; the page draws them.
+// second, and the samples show the pool filling; the page draws them. The
+// script moves on only when the test has seen the sampler scan: twice
+// before the pool fills, twice after, however slow the host.
 func TestHTMLReportLivePoolSamples(t *testing.T) {
 	requireRoot(t)
 	for _, tool := range []string{"unshare", "ip", "python3"} {
@@ -449,26 +453,13 @@ func TestHTMLReportLivePoolSamples(t *testing.T) {
 			t.Skipf("needs %s: %v", tool, err)
 		}
 	}
-	dir := t.TempDir()
-	script := filepath.Join(dir, "fill.sh")
-	if err := os.WriteFile(script, []byte(fillPoolScript), 0o755); err != nil {
-		t.Fatal(err)
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		t.Fatalf("enabling BPF run counts (how the test sees the sampler scan): %v", err)
 	}
-	run := func(format string) []byte {
-		file := filepath.Join(dir, "report."+format)
-		args := []string{"report", "-o", format, "--file", file, "--backend", testBackend(), "--", "unshare", "-n", "sh", script}
-		var stdout, stderr bytes.Buffer
-		if code := Run(args, &stdout, &stderr); code != 0 {
-			t.Fatalf("portsleuth %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, stdout.String(), stderr.String())
-		}
-		b, err := os.ReadFile(file)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
+	defer stats.Close()
 	var r report.Report
-	if err := json.Unmarshal(run("json"), &r); err != nil {
+	if err := json.Unmarshal(livePoolReport(t, "json"), &r); err != nil {
 		t.Fatal(err)
 	}
 	var used []int
@@ -481,10 +472,13 @@ func TestHTMLReportLivePoolSamples(t *testing.T) {
 		t.Fatalf("bind pool of 127.0.0.1 sampled as used %v: want samples that rise (all: %+v)", used, r.PoolSamples)
 	}
 	t.Logf("bind pool of 127.0.0.1, used: %v", used)
+	if r.PoolSamplingLosses != (report.PoolSamplingLosses{}) {
+		t.Errorf("pool sampling lost something: %+v", r.PoolSamplingLosses)
+	}
 	if len(r.Timeline.Series) == 0 {
 		t.Errorf("no timeline: %+v", r.Timeline)
 	}
-	doc, err := html.Parse(bytes.NewReader(run("html")))
+	doc, err := html.Parse(bytes.NewReader(livePoolReport(t, "html")))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -494,15 +488,154 @@ func TestHTMLReportLivePoolSamples(t *testing.T) {
 	}
 }
 
-// fillPoolScript runs in a new network namespace: a bind() fails on a port
-// in use (the first failure, of the bind pool of 127.0.0.1), then the pool
-// fills by ten ports about every 0.6 s for 3 s, so that the once-a-second
-// samples see it rise.
+// livePoolReport runs `report -o format -- fillPoolScript` and steps the
+// script through its stages, each once the pool sampler has scanned it.
+func livePoolReport(t *testing.T, format string) []byte {
+	t.Helper()
+	dir := t.TempDir()
+	script := filepath.Join(dir, "fill.sh")
+	if err := os.WriteFile(script, []byte(fillPoolScript), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "report."+format)
+	args := []string{"report", "-o", format, "--file", file, "--backend", testBackend(), "--", "unshare", "-n", "sh", script, dir}
+	earlier := udpIteratorRuns(t) // another report's scanners are not this one's
+	var stdout, stderr bytes.Buffer
+	code := make(chan int, 1)
+	go func() { code <- Run(args, &stdout, &stderr) }()
+	// However the test ends, the script is let go and the report awaited.
+	finished := false
+	finish := func() int {
+		for _, name := range []string{"fill", "done"} {
+			if err := os.WriteFile(filepath.Join(dir, name), nil, 0o600); err != nil {
+				t.Error(err)
+			}
+		}
+		finished = true
+		return <-code
+	}
+	defer func() {
+		if !finished {
+			finish()
+		}
+	}()
+	waitForScans(t, "the empty pool", earlier, nil)
+	if err := os.WriteFile(filepath.Join(dir, "fill"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pollFor(t, "the script to fill the pool", func() bool {
+		_, err := os.Stat(filepath.Join(dir, "filled"))
+		return err == nil
+	})
+	waitForScans(t, "the full pool", earlier, udpIteratorRuns(t))
+	if c := finish(); c != 0 {
+		t.Fatalf("portsleuth %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), c, stdout.String(), stderr.String())
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// waitForScans waits until one UDP socket-iterator program, not one of
+// earlier, has run twice more than in since: twice, because the enricher's
+// scanner also scans, once, at the script's one failure, while the
+// sampler's scans every second. Each scan runs the program exactly once
+// where there is no UDP socket (at the end of the walk), so runs are scans,
+// and the second scan counted after since began after it.
+func waitForScans(t *testing.T, what string, earlier, since map[ebpf.ProgramID]uint64) {
+	t.Helper()
+	pollFor(t, "the pool sampler to scan "+what, func() bool {
+		for id, n := range udpIteratorRuns(t) {
+			if _, ok := earlier[id]; !ok && n >= since[id]+2 {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// pollFor polls cond until it holds or a generous deadline passes.
+func pollFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(2 * time.Minute); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// udpIteratorRuns are the run counts (with BPF stats on) of the UDP socket
+// iterator programs this process holds, by program.
+func udpIteratorRuns(t *testing.T) map[ebpf.ProgramID]uint64 {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fdinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	runs := map[ebpf.ProgramID]uint64{}
+	for _, fd := range fds {
+		info, err := os.ReadFile(filepath.Join("/proc/self/fdinfo", fd.Name()))
+		if err != nil || !bytes.Contains(info, []byte("\nprog_type:")) {
+			continue // closed meanwhile, or not a program
+		}
+		id, ok := fdinfoField(info, "prog_id:")
+		if !ok {
+			continue
+		}
+		if n, ok := udpIteratorRunCount(ebpf.ProgramID(id)); ok {
+			runs[ebpf.ProgramID(id)] = n
+		}
+	}
+	return runs
+}
+
+func udpIteratorRunCount(id ebpf.ProgramID) (uint64, bool) {
+	p, err := ebpf.NewProgramFromID(id)
+	if err != nil {
+		return 0, false // unloaded meanwhile
+	}
+	defer p.Close()
+	info, err := p.Info()
+	if err != nil || info.Name != "ports_udp" {
+		return 0, false
+	}
+	st, err := p.Stats()
+	if err != nil {
+		return 0, false
+	}
+	return st.RunCount, true
+}
+
+func fdinfoField(info []byte, key string) (uint64, bool) {
+	for _, line := range strings.Split(string(info), "\n") {
+		if v, ok := strings.CutPrefix(line, key); ok {
+			n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32)
+			return n, err == nil
+		}
+	}
+	return 0, false
+}
+
+// fillPoolScript runs in a new network namespace, its stages gated on files
+// the test creates in the directory $1: a bind() fails on a port in use (the
+// first failure, of the bind pool of 127.0.0.1); on "fill", 60 of the
+// pool's 100 ports are taken and "filled" is written; on "done" it exits.
+// It makes no UDP socket (see waitForScans). Its waits are bounded, should
+// the test die.
 const fillPoolScript = `set -e
 ip link set lo up
 sysctl -qw net.ipv4.ip_local_port_range="40000 40099"
-exec python3 - <<'EOF'
-import socket, time
+exec python3 - "$1" <<'EOF'
+import os, socket, sys, time
+d = sys.argv[1]
+def wait_for(name):
+    for _ in range(6000):
+        if os.path.exists(os.path.join(d, name)):
+            return
+        time.sleep(0.05)
+    sys.exit("no %s from the test in 300 s" % name)
 listener = socket.socket()
 listener.bind(("127.0.0.1", 5000))
 listener.listen()
@@ -510,13 +643,14 @@ try:
     socket.socket().bind(("127.0.0.1", 5000))
 except OSError:
     pass
+wait_for("fill")
 held = []
-for _ in range(6):
-    for _ in range(10):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        s.listen()  # the socket iterators see listeners, not sockets only bound
-        held.append(s)
-    time.sleep(0.6)
+for _ in range(60):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()  # the socket iterators see listeners, not sockets only bound
+    held.append(s)
+open(os.path.join(d, "filled"), "w").close()
+wait_for("done")
 EOF
 `

@@ -1,7 +1,6 @@
 package htmlreport
 
 import (
-	"cmp"
 	"fmt"
 	"slices"
 	"strconv"
@@ -19,6 +18,7 @@ var palette = []string{"#d62728", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#
 
 // timelineChart is one process's failures over time.
 type timelineChart struct {
+	frame
 	ID       string
 	PID      uint32
 	StartNs  uint64
@@ -54,16 +54,17 @@ type tableRow struct {
 	Total uint64
 }
 
-// Geometry of the chart frame, for the template.
-func (timelineChart) W() float64       { return chartW }
-func (timelineChart) H() float64       { return chartH }
-func (timelineChart) PlotL() float64   { return plotL }
-func (timelineChart) PlotR() float64   { return plotR }
-func (timelineChart) PlotTop() float64 { return plotTop }
-func (timelineChart) PlotBottom() float64 {
-	return plotTop + plotH
-}
-func (timelineChart) TickY() float64 { return plotTop + plotH + 16 }
+// frame is the geometry of a chart's plot, for the template; every chart
+// embeds it.
+type frame struct{}
+
+func (frame) W() float64          { return chartW }
+func (frame) H() float64          { return chartH }
+func (frame) PlotL() float64      { return plotL }
+func (frame) PlotR() float64      { return plotR }
+func (frame) PlotTop() float64    { return plotTop }
+func (frame) PlotBottom() float64 { return plotTop + plotH }
+func (frame) TickY() float64      { return plotTop + plotH + 16 }
 
 // timelineCharts draws the processes with the most failures, at most MaxCharts.
 func timelineCharts(r *report.Report, a axis) []timelineChart {
@@ -225,6 +226,7 @@ func timelineRows(series []report.TimelineSeries, start time.Time, step time.Dur
 
 // poolChart is one pool's occupancy over time.
 type poolChart struct {
+	frame
 	ID, Title, Desc string
 	Kind, Proto     string
 	Netns           uint64
@@ -242,24 +244,33 @@ type poolLine struct {
 	Last                int
 }
 
-func (poolChart) W() float64          { return chartW }
-func (poolChart) H() float64          { return chartH }
-func (poolChart) PlotL() float64      { return plotL }
-func (poolChart) PlotR() float64      { return plotR }
-func (poolChart) PlotTop() float64    { return plotTop }
-func (poolChart) PlotBottom() float64 { return plotTop + plotH }
-func (poolChart) TickY() float64      { return plotTop + plotH + 16 }
-
 type poolKey struct {
 	netns              uint64
 	kind, proto, local string
 	dest               string
 }
 
-// poolCharts groups the samples by pool, first sampled first. A connect
-// pool is one per destination: its source is the fullest at each sample.
-func poolCharts(samples []report.PoolSample, a axis) []poolChart {
-	groups := map[poolKey][]report.PoolSample{}
+// MaxPoolCharts bounds the pool charts: as many pools as a live report
+// samples. A recording may hold samples of any number of pools.
+const MaxPoolCharts = report.MaxSampledNamespaces * report.MaxSampledPools
+
+// timedSample is a sample with its time parsed once: RFC 3339 strings do
+// not sort in time order ("...01Z" after "...01.5Z", offsets).
+type timedSample struct {
+	at time.Time // zero when the time does not parse
+	report.PoolSample
+}
+
+// poolsLeftOut are the pools past MaxPoolCharts, not charted.
+type poolsLeftOut struct {
+	Pools, Samples int
+}
+
+// poolCharts groups the samples by pool, first sampled first, and charts at
+// most MaxPoolCharts of them. A connect pool is one per destination: its
+// source is the fullest at each sample.
+func poolCharts(samples []report.PoolSample, a axis) ([]poolChart, poolsLeftOut) {
+	groups := map[poolKey][]timedSample{}
 	var order []poolKey
 	for _, s := range samples {
 		k := poolKey{s.Netns, s.Kind, s.Proto, s.Local, s.Dest}
@@ -269,72 +280,94 @@ func poolCharts(samples []report.PoolSample, a axis) []poolChart {
 		if groups[k] == nil {
 			order = append(order, k)
 		}
-		groups[k] = append(groups[k], s)
+		at, _ := time.Parse(time.RFC3339Nano, s.Time)
+		groups[k] = append(groups[k], timedSample{at, s})
+	}
+	for _, g := range groups {
+		slices.SortStableFunc(g, func(x, y timedSample) int { return x.at.Compare(y.at) })
+	}
+	slices.SortStableFunc(order, func(x, y poolKey) int { return groups[x][0].at.Compare(groups[y][0].at) })
+	var left poolsLeftOut
+	if len(order) > MaxPoolCharts {
+		for _, k := range order[MaxPoolCharts:] {
+			left.Pools++
+			left.Samples += len(groups[k])
+		}
+		order = order[:MaxPoolCharts]
 	}
 	var charts []poolChart
 	for i, k := range order {
 		charts = append(charts, newPoolChart(fmt.Sprintf("pool-%d", i), k, groups[k], a))
 	}
-	return charts
+	return charts, left
 }
 
-func newPoolChart(id string, k poolKey, samples []report.PoolSample, a axis) poolChart {
-	slices.SortStableFunc(samples, func(x, y report.PoolSample) int { return cmp.Compare(x.Time, y.Time) })
+// newPoolChart charts one pool's samples, in time order.
+func newPoolChart(id string, k poolKey, samples []timedSample, a axis) poolChart {
 	c := poolChart{ID: id, Kind: k.kind, Proto: k.proto, Netns: k.netns, Local: k.local, Dest: k.dest, Samples: len(samples), Ticks: a.Ticks}
 	for _, s := range samples {
 		c.Size = max(c.Size, s.Size)
 	}
 	per := (len(samples) + maxColumns - 1) / maxColumns
-	var shown []report.PoolSample
+	var shown []timedSample
 	for i := 0; i < len(samples); i += per {
 		shown = append(shown, samples[i])
 	}
 	if last := samples[len(samples)-1]; shown[len(shown)-1] != last {
 		shown = append(shown, last)
 	}
-	c.Rows = shown
+	for _, s := range shown {
+		c.Rows = append(c.Rows, s.PoolSample)
+	}
 	if per > 1 {
 		c.RowsNote = fmt.Sprintf("every %d%s sample of %d (all are in the JSON report)", per, ordinal(per), len(samples))
 	}
-	lines := []struct {
-		name, color string
-		get         func(report.PoolSample) int
-	}{
-		{"used", "#d62728", func(s report.PoolSample) int { return s.Used }},
-		{"TIME_WAIT", "#ff7f0e", func(s report.PoolSample) int { return s.TimeWait }},
-		{"established", "#1f77b4", func(s report.PoolSample) int { return s.Established }},
-		{"free", "#2ca02c", func(s report.PoolSample) int { return s.Free }},
-	}
-	if k.kind == "bind" {
-		lines = []struct {
-			name, color string
-			get         func(report.PoolSample) int
-		}{lines[0], lines[3]} // a bind pool's ports are held by bind() owners: no states
-	}
-	for _, l := range lines {
-		var pts strings.Builder
-		for _, s := range shown {
-			t, err := time.Parse(time.RFC3339Nano, s.Time)
-			if err != nil {
-				continue
-			}
-			y := plotTop + plotH - float64(l.get(s))/float64(max(1, c.Size))*plotH
-			fmt.Fprintf(&pts, "%g,%g ", round2(a.x(t)), round2(y))
-		}
-		c.Lines = append(c.Lines, poolLine{Name: l.name, Color: l.color, Points: strings.TrimSpace(pts.String()), Last: l.get(samples[len(samples)-1])})
-	}
+	first, last := samples[0].PoolSample, samples[len(samples)-1].PoolSample
+	c.Lines = poolLines(k.kind, shown, last, c.Size, a)
 	where := "bind(" + k.local + ":0) pool (" + k.proto + ")"
 	if k.kind == "connect" {
 		where = "connect pool to " + k.dest
 	}
 	c.Title = fmt.Sprintf("Occupancy of the %s in netns %d", where, k.netns)
-	first, last := samples[0], samples[len(samples)-1]
 	c.Desc = fmt.Sprintf("%d samples of %d ports from %s to %s: used %d to %d (peak %d), free %d at the end; TIME_WAIT %d, established %d at the end.",
 		len(samples), c.Size, first.Time, last.Time, first.Used, last.Used, peakUsed(samples), last.Free, last.TimeWait, last.Established)
 	return c
 }
 
-func peakUsed(samples []report.PoolSample) int {
+type lineSpec struct {
+	name, color string
+	get         func(report.PoolSample) int
+}
+
+var poolLineSpecs = []lineSpec{
+	{"used", "#d62728", func(s report.PoolSample) int { return s.Used }},
+	{"TIME_WAIT", "#ff7f0e", func(s report.PoolSample) int { return s.TimeWait }},
+	{"established", "#1f77b4", func(s report.PoolSample) int { return s.Established }},
+	{"free", "#2ca02c", func(s report.PoolSample) int { return s.Free }},
+}
+
+// poolLines draws the shown samples, a line per count; last gives the legend.
+func poolLines(kind string, shown []timedSample, last report.PoolSample, size int, a axis) []poolLine {
+	specs := poolLineSpecs
+	if kind == "bind" {
+		specs = []lineSpec{specs[0], specs[3]} // a bind pool's ports are held by bind() owners: no states
+	}
+	var lines []poolLine
+	for _, l := range specs {
+		var pts strings.Builder
+		for _, s := range shown {
+			if s.at.IsZero() {
+				continue
+			}
+			y := plotTop + plotH - float64(l.get(s.PoolSample))/float64(max(1, size))*plotH
+			fmt.Fprintf(&pts, "%g,%g ", round2(a.x(s.at)), round2(y))
+		}
+		lines = append(lines, poolLine{Name: l.name, Color: l.color, Points: strings.TrimSpace(pts.String()), Last: l.get(last)})
+	}
+	return lines
+}
+
+func peakUsed(samples []timedSample) int {
 	peak := 0
 	for _, s := range samples {
 		peak = max(peak, s.Used)

@@ -74,6 +74,7 @@ type view struct {
 	Uncharted  []procRow
 	UnchartedN int
 	Pools      []poolChart
+	PoolsLeft  poolsLeftOut
 	Sysctls    []netns.Sysctls
 	Detailed   []procView
 	MoreProcs  int
@@ -129,7 +130,7 @@ func newView(orig *report.Report) view {
 		}
 		v.Uncharted = append(v.Uncharted, rowOf(p))
 	}
-	v.Pools = poolCharts(r.PoolSamples, v.Axis)
+	v.Pools, v.PoolsLeft = poolCharts(r.PoolSamples, v.Axis)
 	for i, p := range r.Processes {
 		if i >= MaxDetailed {
 			v.MoreProcs = len(r.Processes) - MaxDetailed
@@ -160,7 +161,18 @@ func counters(r *report.Report) []counter {
 		{"unattributed", "failures counted without a process (table full)", unattributed},
 		{"unplotted events", "events of processes past the timeline's series bound", r.Timeline.Unplotted},
 		{"pool samples", "pool measurements taken during the report", uint64(len(r.PoolSamples))},
+		{"pool samples dropped", "pool samples not taken or kept: past the sampling bounds", r.PoolSamplesDropped},
+		{"pools unsampled", "pools a failure drew from that were never sampled (bounds, full queue or errors)", r.PoolsUnsampled},
+		{"pool sample errors", poolErrorNote(r), r.PoolSampleErrors},
 	}
+}
+
+// poolErrorNote explains the pool sampling errors with the first of them.
+func poolErrorNote(r *report.Report) string {
+	if r.PoolSampleError == "" {
+		return "namespaces that could not be opened or scanned"
+	}
+	return "namespaces that could not be opened or scanned; the first: " + r.PoolSampleError
 }
 
 func rowOf(p report.Process) procRow {

@@ -3,6 +3,8 @@ package htmlreport
 import (
 	"bytes"
 	"fmt"
+	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +12,7 @@ import (
 
 	"golang.org/x/net/html"
 
+	"github.com/portsleuth/portsleuth/internal/event"
 	"github.com/portsleuth/portsleuth/internal/netns"
 	"github.com/portsleuth/portsleuth/internal/pools"
 	"github.com/portsleuth/portsleuth/internal/report"
@@ -214,4 +217,149 @@ func TestRemedySection(t *testing.T) {
 			t.Errorf("no %q in the remedy section", want)
 		}
 	}
+}
+
+// The escaping copy keeps what only unexported fields hold: an example's
+// holder shows its address. An address's zone, text the process chose, is
+// escaped like every other string.
+func TestHolderAddressShown(t *testing.T) {
+	r := processes(1, func(int) string { return "p" })
+	r.Processes[0].Examples[0].Holder = &event.Holder{State: "LISTEN", Local: netip.MustParseAddrPort("127.0.0.1:8080"), PID: 42, Comm: "holder"}
+	r.Processes[0].Examples = append(r.Processes[0].Examples, r.Processes[0].Examples[0])
+	r.Processes[0].Examples[1].Holder = &event.Holder{State: "LISTEN",
+		Local: netip.AddrPortFrom(netip.MustParseAddr("fe80::1").WithZone("\x1b[2J"), 80)}
+	out := render(t, r)
+	doc, err := html.Parse(bytes.NewReader(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := textOf(doc)
+	for _, want := range []string{"LISTEN 127.0.0.1:8080 pid 42 holder", `LISTEN [fe80::1%\x1b[2J]:80`} {
+		if !strings.Contains(text, want) {
+			t.Errorf("the page does not show %q", want)
+		}
+	}
+	if strings.Contains(text, "invalid AddrPort") || bytes.Contains(out, []byte("\x1b")) {
+		t.Error("an address lost, or its zone not escaped")
+	}
+}
+
+// A recording may hold samples of any number of pools: the page charts
+// MaxPoolCharts and says how many it left out.
+func TestPoolChartsAreBounded(t *testing.T) {
+	r := processes(1, func(int) string { return "p" })
+	r.PoolSamples = nil
+	const pools = MaxPoolCharts + 8
+	for i := range pools {
+		for s := range 3 {
+			r.PoolSamples = append(r.PoolSamples, report.PoolSample{Time: t0.Add(time.Duration(i*3+s) * time.Second).Format(time.RFC3339Nano),
+				Netns: 7, Kind: "bind", Proto: "tcp", Local: fmt.Sprintf("10.0.%d.%d", i/250, i%250+1), Used: s, Free: 100 - s, Size: 100})
+		}
+	}
+	doc, err := html.Parse(bytes.NewReader(render(t, r)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	charts := 0
+	for d := range doc.Descendants() {
+		if d.Type == html.ElementNode && d.Data == "figure" && strings.HasPrefix(attr(d, "id"), "pool-") {
+			charts++
+		}
+	}
+	if charts != MaxPoolCharts {
+		t.Errorf("%d pool charts, want %d", charts, MaxPoolCharts)
+	}
+	if want := "8 more pools (24 samples) are not charted"; !strings.Contains(textOf(doc), want) {
+		t.Errorf("the page does not say %q", want)
+	}
+}
+
+// A pool's samples are drawn and listed in time order, whatever their
+// RFC 3339 text: "...35Z" is before "...35.5Z", and an offset counts.
+func TestPoolSamplesInTimeOrder(t *testing.T) {
+	r := processes(1, func(int) string { return "p" })
+	sample := func(at string, used int) report.PoolSample {
+		return report.PoolSample{Time: at, Netns: 7, Kind: "bind", Proto: "tcp", Local: "0.0.0.0", Used: used, Free: 100 - used, Size: 100}
+	}
+	r.PoolSamples = []report.PoolSample{
+		sample("2026-11-22T03:01:35.5Z", 3),
+		sample("2026-11-22T03:01:35Z", 2),
+		sample("2026-11-22T04:01:34.5+01:00", 1), // 03:01:34.5Z
+	}
+	doc, err := html.Parse(bytes.NewReader(render(t, r)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var used []string
+	var xs []float64
+	for d := range doc.Descendants() {
+		if d.Type != html.ElementNode {
+			continue
+		}
+		if d.Data == "tr" && d.Parent.Data == "tbody" && d.Parent.Parent.Parent.Parent.Data == "figure" && attr(d.Parent.Parent.Parent.Parent, "id") == "pool-0" {
+			var cells []string
+			for c := range d.Descendants() {
+				if c.Type == html.ElementNode && c.Data == "td" {
+					cells = append(cells, textOf(c))
+				}
+			}
+			used = append(used, cells[2])
+		}
+		if d.Data == "polyline" && attr(d, "data-line") == "used" {
+			for _, pt := range strings.Fields(attr(d, "points")) {
+				var x, y float64
+				if _, err := fmt.Sscanf(pt, "%g,%g", &x, &y); err != nil {
+					t.Fatal(err)
+				}
+				xs = append(xs, x)
+			}
+		}
+	}
+	if strings.Join(used, " ") != "1 2 3" {
+		t.Errorf("table rows have used %v, want 1 2 3", used)
+	}
+	if len(xs) != 3 || !slices.IsSorted(xs) {
+		t.Errorf("the line's points go %v: want left to right", xs)
+	}
+}
+
+// Pool sampling's losses are counters of their own, highlighted when not
+// zero, the first error's text beside them.
+func TestPoolSamplingLossCounters(t *testing.T) {
+	r := processes(1, func(int) string { return "p" })
+	check := func(want map[string]uint64, note string) {
+		t.Helper()
+		doc, err := html.Parse(bytes.NewReader(render(t, r)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for d := range doc.Descendants() {
+			if d.Type != html.ElementNode || d.Data != "li" || attr(d.Parent, "class") != "counters" {
+				continue
+			}
+			text := textOf(d)
+			for label, n := range want {
+				if !strings.Contains(text, label) {
+					continue
+				}
+				if !strings.HasPrefix(text, fmt.Sprint(n)+label) {
+					t.Errorf("counter %q, want %d %s", text, n, label)
+				}
+				if (n > 0) != (attr(d, "class") == "warn") {
+					t.Errorf("counter %q highlighted %q", text, attr(d, "class"))
+				}
+				if label == "pool sample errors" && !strings.Contains(text, note) {
+					t.Errorf("counter %q does not say %q", text, note)
+				}
+				delete(want, label)
+			}
+		}
+		if len(want) > 0 {
+			t.Errorf("no counters %v", want)
+		}
+	}
+	check(map[string]uint64{"pool samples dropped": 0, "pools unsampled": 0, "pool sample errors": 0}, "")
+	r.PoolSamplingLosses = report.PoolSamplingLosses{PoolSamplesDropped: 5, PoolsUnsampled: 2, PoolSampleErrors: 1,
+		PoolSampleError: "sampling the pools of netns 9: \x1b[2J gone"}
+	check(map[string]uint64{"pool samples dropped": 5, "pools unsampled": 2, "pool sample errors": 1}, `the first: sampling the pools of netns 9: \x1b[2J gone`)
 }

@@ -1,6 +1,7 @@
 package htmlreport
 
 import (
+	"encoding"
 	"reflect"
 
 	"github.com/portsleuth/portsleuth/internal/term"
@@ -11,10 +12,19 @@ import (
 // term.Escape makes it visible as what it is (control characters, bidi
 // overrides that would reorder the page's text, bytes that are not UTF-8).
 // Walking the whole value covers every field a process or a recording
-// controls, including fields added later. Unexported fields are left zero.
+// controls, including fields added later. A struct is copied whole, then its
+// exported fields are replaced by their escaped copies: its unexported state
+// (netip.AddrPort, time.Time) stays intact. A value that is text to the
+// template (encoding.TextMarshaler, such as an address with a zone) is
+// escaped through its text.
 func escaped[T any](v T) T {
 	return escapeValue(reflect.ValueOf(v)).Interface().(T)
 }
+
+var (
+	textMarshaler   = reflect.TypeFor[encoding.TextMarshaler]()
+	textUnmarshaler = reflect.TypeFor[encoding.TextUnmarshaler]()
+)
 
 func escapeValue(v reflect.Value) reflect.Value {
 	switch v.Kind() {
@@ -28,7 +38,11 @@ func escapeValue(v reflect.Value) reflect.Value {
 		p.Elem().Set(escapeValue(v.Elem()))
 		return p
 	case reflect.Struct:
+		if isText(v.Type()) {
+			return escapeText(v)
+		}
 		out := reflect.New(v.Type()).Elem()
+		out.Set(v)
 		for i := range v.NumField() {
 			if v.Type().Field(i).IsExported() {
 				out.Field(i).Set(escapeValue(v.Field(i)))
@@ -68,4 +82,29 @@ func escapeValue(v reflect.Value) reflect.Value {
 		return out
 	}
 	return v
+}
+
+// isText says whether a struct type marshals to text and back: the
+// template shows it by its text, which its exported fields need not hold.
+func isText(t reflect.Type) bool {
+	return t.Implements(textMarshaler) && reflect.PointerTo(t).Implements(textUnmarshaler)
+}
+
+// escapeText returns v unchanged when its text needs no escaping, else the
+// value parsed back from the escaped text; the zero value when that does
+// not parse (a hostile text is then shown as the zero value's).
+func escapeText(v reflect.Value) reflect.Value {
+	text, err := v.Interface().(encoding.TextMarshaler).MarshalText()
+	if err != nil {
+		return reflect.New(v.Type()).Elem()
+	}
+	esc := term.Escape(string(text))
+	if esc == string(text) {
+		return v
+	}
+	p := reflect.New(v.Type())
+	if err := p.Interface().(encoding.TextUnmarshaler).UnmarshalText([]byte(esc)); err != nil {
+		return reflect.New(v.Type()).Elem()
+	}
+	return p.Elem()
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/portsleuth/portsleuth/internal/event"
 	"github.com/portsleuth/portsleuth/internal/pools"
+	"github.com/portsleuth/portsleuth/internal/term"
 )
 
 // PoolSample is one measurement of a pool a failure drew from: the bind(local, 0)
@@ -40,6 +41,40 @@ const (
 	MaxPoolSamples       = MaxSampledNamespaces * MaxSampledPools * MaxSampleRounds
 )
 
+// PoolSamplingLosses is what pool sampling could not do; nothing is lost
+// silently. JSON names are a contract (see README).
+type PoolSamplingLosses struct {
+	// PoolSamplesDropped counts samples of sampled pools not taken or not
+	// kept: one per pool for each round past MaxSampleRounds, and each
+	// sample past MaxPoolSamples.
+	PoolSamplesDropped uint64 `json:"pool_samples_dropped"`
+	// PoolsUnsampled counts pools a failure drew from that were never
+	// sampled: past MaxSampledPools of their namespace or past
+	// MaxSampledNamespaces namespaces (such a namespace counts by its
+	// pools), whose every failure came while the sampler's queue was full,
+	// or whose namespace could not be opened. Past maxMissedPools pools
+	// missed for a full queue, each further failure of such a pool counts.
+	PoolsUnsampled uint64 `json:"pools_unsampled"`
+	// PoolSampleErrors counts namespaces that could not be opened or
+	// scanned (a namespace whose scan fails is no longer sampled);
+	// PoolSampleError is the first of these errors.
+	PoolSampleErrors uint64 `json:"pool_sample_errors"`
+	PoolSampleError  string `json:"pool_sample_error,omitempty"`
+}
+
+// text is the report's line on the losses; empty when there are none.
+func (l PoolSamplingLosses) text() string {
+	if l.PoolSamplesDropped == 0 && l.PoolsUnsampled == 0 && l.PoolSampleErrors == 0 {
+		return ""
+	}
+	first := ""
+	if l.PoolSampleError != "" {
+		first = " (the first: " + term.Escape(l.PoolSampleError) + ")"
+	}
+	return fmt.Sprintf("pool sampling: %d samples dropped, %d pools unsampled, %d namespaces could not be opened or scanned%s\n",
+		l.PoolSamplesDropped, l.PoolsUnsampled, l.PoolSampleErrors, first)
+}
+
 // PoolScan measures one network namespace's pools.
 type PoolScan func() (pools.Namespace, error)
 
@@ -55,14 +90,19 @@ type PoolSampler struct {
 	// Now is the clock; a test may replace it.
 	Now func() time.Time
 
-	seen    map[poolTarget]bool // the reader's alone
-	notes   chan poolNote
-	dropped atomic.Uint64
-	stop    chan struct{}
-	done    chan struct{}
-	mu      sync.Mutex
-	samples []PoolSample
-	errs    []error
+	seen map[poolTarget]bool // the reader's alone, as are missed and missedPast
+	// missed are pools past the bounds, or whose notes found the queue
+	// full, not handed over (yet).
+	missed     map[poolTarget]bool
+	missedPast uint64
+	notes      chan poolNote
+	dropped    atomic.Uint64
+	stop       chan struct{}
+	done       chan struct{}
+	mu         sync.Mutex
+	samples    []PoolSample
+	errs       []error
+	losses     PoolSamplingLosses // all but the reader's counts
 }
 
 // poolTarget is a pool to sample, comparable and built without allocating:
@@ -93,8 +133,12 @@ type poolNote struct {
 	pid, tid uint32
 }
 
-// maxErrs bounds the scan errors kept for the report.
-const maxErrs = 8
+// maxErrs bounds the scan errors kept for the report; maxMissedPools the
+// pools the reader remembers as missed (each is counted once).
+const (
+	maxErrs        = 8
+	maxMissedPools = 4096
+)
 
 // Start starts the sampler's goroutine; Stop ends it.
 func (s *PoolSampler) Start() {
@@ -104,7 +148,7 @@ func (s *PoolSampler) Start() {
 	if s.Now == nil {
 		s.Now = time.Now
 	}
-	s.seen = map[poolTarget]bool{}
+	s.seen, s.missed = map[poolTarget]bool{}, map[poolTarget]bool{}
 	s.notes = make(chan poolNote, 64)
 	s.stop, s.done = make(chan struct{}), make(chan struct{})
 	go s.run()
@@ -112,18 +156,45 @@ func (s *PoolSampler) Start() {
 
 // Notice hands the pool of failure e to the sampler, once per pool. It
 // never blocks: with the channel full the pool is not marked, so a later
-// failure of it tries again.
+// failure of it tries again; until then it counts as missed.
 func (s *PoolSampler) Notice(e *event.Event) {
 	t, ok := targetOf(e)
-	if !ok || s.seen[t] || len(s.seen) >= MaxSampledNamespaces*MaxSampledPools {
+	if !ok || s.seen[t] {
+		return
+	}
+	if len(s.seen) >= MaxSampledNamespaces*MaxSampledPools {
+		s.miss(t)
 		return
 	}
 	select {
 	case s.notes <- poolNote{t, e.PID, e.TID}:
 		s.seen[t] = true
+		delete(s.missed, t)
 	default:
 		s.dropped.Add(1)
+		s.miss(t)
 	}
+}
+
+// miss remembers pool t as not handed over, in a bounded set.
+func (s *PoolSampler) miss(t poolTarget) {
+	switch {
+	case s.missed[t]:
+	case len(s.missed) < maxMissedPools:
+		s.missed[t] = true
+	default:
+		s.missedPast++
+	}
+}
+
+// Losses is what sampling could not do. Call it after Stop, on the
+// goroutine that called Notice.
+func (s *PoolSampler) Losses() PoolSamplingLosses {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l := s.losses
+	l.PoolsUnsampled += uint64(len(s.missed)) + s.missedPast
+	return l
 }
 
 // Stop ends sampling and returns the samples taken, oldest first, and the
@@ -178,6 +249,7 @@ func (s *PoolSampler) run() {
 	for {
 		select {
 		case <-s.stop:
+			s.dropNotes()
 			return
 		case n := <-s.notes:
 			// The first sample is taken at the first failure.
@@ -192,12 +264,26 @@ func (s *PoolSampler) run() {
 	}
 }
 
+// dropNotes counts the pools handed over but not yet taken when sampling
+// stops: Notice is not called after Stop, so the queue ends.
+func (s *PoolSampler) dropNotes() {
+	for {
+		select {
+		case <-s.notes:
+			s.unsampled()
+		default:
+			return
+		}
+	}
+}
+
 // add finds or opens n's namespace and adds n's pool to it; nil when the
 // namespace can't be sampled.
 func (s *PoolSampler) add(nss *[]*sampledNS, n poolNote) *sampledNS {
 	for _, ns := range *nss {
 		if ns.ino == n.target.netns {
 			if len(ns.targets) >= MaxSampledPools || ns.rounds >= MaxSampleRounds {
+				s.unsampled()
 				return nil
 			}
 			ns.targets = append(ns.targets, n.target)
@@ -205,10 +291,12 @@ func (s *PoolSampler) add(nss *[]*sampledNS, n poolNote) *sampledNS {
 		}
 	}
 	if len(*nss) >= MaxSampledNamespaces {
+		s.unsampled()
 		return nil
 	}
 	scan, release, err := s.Open(n.target.netns, n.pid, n.tid)
 	if err != nil {
+		s.unsampled()
 		s.noteErr(fmt.Errorf("sampling the pools of netns %d: %w", n.target.netns, err))
 		return nil
 	}
@@ -222,6 +310,7 @@ func (s *PoolSampler) round(nss []*sampledNS) []*sampledNS {
 	kept := nss[:0]
 	for _, ns := range nss {
 		if ns.rounds >= MaxSampleRounds {
+			s.dropSamples(len(ns.targets))
 			kept = append(kept, ns)
 			continue
 		}
@@ -246,9 +335,11 @@ func (s *PoolSampler) sample(ns *sampledNS, targets []poolTarget) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, t := range targets {
-		if len(s.samples) < MaxPoolSamples {
-			s.samples = append(s.samples, SampleOf(got, t.kind, t.proto, t.localString(), t.destString(), at))
+		if len(s.samples) >= MaxPoolSamples {
+			s.losses.PoolSamplesDropped++
+			continue
 		}
+		s.samples = append(s.samples, SampleOf(got, t.kind, t.proto, t.localString(), t.destString(), at))
 	}
 	return true
 }
@@ -256,9 +347,27 @@ func (s *PoolSampler) sample(ns *sampledNS, targets []poolTarget) bool {
 func (s *PoolSampler) noteErr(err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.losses.PoolSampleErrors == 0 {
+		s.losses.PoolSampleError = err.Error()
+	}
+	s.losses.PoolSampleErrors++
 	if len(s.errs) < maxErrs {
 		s.errs = append(s.errs, err)
 	}
+}
+
+// unsampled counts a pool handed over that will not be sampled.
+func (s *PoolSampler) unsampled() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.losses.PoolsUnsampled++
+}
+
+// dropSamples counts n samples not taken.
+func (s *PoolSampler) dropSamples(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.losses.PoolSamplesDropped += uint64(n)
 }
 
 // Dropped counts pools not handed to the sampler because its queue was full.

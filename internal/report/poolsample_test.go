@@ -3,6 +3,7 @@ package report
 import (
 	"errors"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -219,5 +220,144 @@ func TestCheckPoolSampleRefuses(t *testing.T) {
 	}
 	if err := CheckPoolSample(good); err != nil {
 		t.Error(err)
+	}
+}
+
+// Pools past the bounds, and a namespace that can't be opened, are counted
+// as unsampled, each once; the error is counted and its text kept. A pool
+// still queued when sampling stops counts too.
+func TestPoolSamplerCountsUnsampledPools(t *testing.T) {
+	f := &fakeNamespaces{scans: map[uint64]int{}, broken: map[uint64]bool{}}
+	s := &PoolSampler{Open: f.open, Every: time.Hour}
+	s.Start()
+	const nss, pools = MaxSampledNamespaces + 3, MaxSampledPools + 2
+	for ns := range uint64(nss) {
+		for port := range pools {
+			e := poolBindFailure(100 + ns)
+			e.Addr = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, byte(port + 1)}), 5000)
+			s.Notice(&e)
+			s.Notice(&e) // a pool is counted once, however often it fails
+		}
+	}
+	gone := poolBindFailure(666)
+	s.Notice(&gone)
+	waitFor(t, "the pools handed over", func() bool { return len(s.notes) == 0 })
+	samples, _ := s.Stop()
+	type pool struct {
+		netns uint64
+		local string
+	}
+	sampled := map[pool]bool{}
+	for _, p := range samples {
+		sampled[pool{p.Netns, p.Local}] = true
+	}
+	l := s.Losses()
+	if want := uint64(nss*pools + 1 - len(sampled)); l.PoolsUnsampled != want || len(sampled) == 0 {
+		t.Errorf("%d pools sampled, %d unsampled: want %d unsampled of %d", len(sampled), l.PoolsUnsampled, want, nss*pools+1)
+	}
+	if l.PoolSampleErrors != 0 || l.PoolSamplesDropped != 0 {
+		t.Errorf("losses %+v: no error, no sample dropped (netns 666 came past the bounds)", l)
+	}
+
+	s = &PoolSampler{Open: f.open, Every: time.Hour}
+	s.Start()
+	s.Notice(&gone)
+	waitFor(t, "the pool handed over", func() bool { return len(s.notes) == 0 })
+	s.Stop()
+	if l := s.Losses(); l.PoolSampleErrors != 1 || l.PoolsUnsampled != 1 || l.PoolSampleError != "sampling the pools of netns 666: gone" {
+		t.Errorf("losses %+v: want the namespace that could not be opened", l)
+	}
+
+	// Stopped at once, the sampler samples the pool or counts it, never neither.
+	for range 50 {
+		s = &PoolSampler{Open: f.open, Every: time.Hour}
+		s.Start()
+		e := poolBindFailure(7)
+		s.Notice(&e)
+		samples, _ := s.Stop()
+		if l := s.Losses(); uint64(len(samples))+l.PoolsUnsampled != 1 {
+			t.Fatalf("%d samples, losses %+v: want the pool sampled or counted", len(samples), l)
+		}
+	}
+}
+
+// A pool whose failures all find the queue full is counted once as
+// unsampled, and no longer once a later failure hands it over.
+func TestPoolSamplerCountsAFullQueue(t *testing.T) {
+	s := &PoolSampler{seen: map[poolTarget]bool{}, missed: map[poolTarget]bool{}, notes: make(chan poolNote)}
+	e := poolBindFailure(7)
+	s.Notice(&e)
+	s.Notice(&e)
+	if l := s.Losses(); l.PoolsUnsampled != 1 || s.Dropped() != 2 {
+		t.Errorf("unsampled %d, dropped %d: want 1 pool, 2 failures", l.PoolsUnsampled, s.Dropped())
+	}
+	s.notes = make(chan poolNote, 1)
+	s.Notice(&e)
+	if l := s.Losses(); l.PoolsUnsampled != 0 || !s.seen[mustTarget(t, &e)] {
+		t.Errorf("unsampled %d after the pool was handed over", l.PoolsUnsampled)
+	}
+}
+
+func mustTarget(t *testing.T, e *event.Event) poolTarget {
+	t.Helper()
+	tg, ok := targetOf(e)
+	if !ok {
+		t.Fatalf("no pool for %+v", e)
+	}
+	return tg
+}
+
+// Rounds past MaxSampleRounds, and samples past MaxPoolSamples, count as
+// dropped samples, one per pool.
+func TestPoolSamplerCountsDroppedSamples(t *testing.T) {
+	f := &fakeNamespaces{scans: map[uint64]int{}, broken: map[uint64]bool{}}
+	scan, release, err := f.open(7, 10, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e1, e2 := poolBindFailure(7), poolBindFailure(7)
+	e2.Addr = netip.MustParseAddrPort("127.0.0.2:5000")
+	ns := &sampledNS{ino: 7, scan: scan, release: release, targets: []poolTarget{mustTarget(t, &e1), mustTarget(t, &e2)}, rounds: MaxSampleRounds}
+	s := &PoolSampler{Now: time.Now}
+	s.round([]*sampledNS{ns})
+	s.round([]*sampledNS{ns})
+	if l := s.Losses(); l.PoolSamplesDropped != 4 || len(s.samples) != 0 {
+		t.Errorf("%d samples dropped, %d kept: want 2 rounds of 2 pools dropped", l.PoolSamplesDropped, len(s.samples))
+	}
+	ns.rounds = 0
+	s.samples = make([]PoolSample, MaxPoolSamples-1)
+	s.round([]*sampledNS{ns})
+	if l := s.Losses(); l.PoolSamplesDropped != 5 || len(s.samples) != MaxPoolSamples {
+		t.Errorf("%d samples dropped, %d kept: want one more dropped, the buffer full", l.PoolSamplesDropped, len(s.samples))
+	}
+}
+
+// The text report has one line on pool sampling losses, only when there are
+// some, and the JSON report always has their counts.
+func TestPoolSamplingLossesInTheReport(t *testing.T) {
+	r := Build(event.Snapshot{}, NewOfflineCollector(), Filter{}, "replay", t0, 0)
+	var text, js strings.Builder
+	if err := r.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.WriteJSON(&js); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(text.String(), "pool sampling") {
+		t.Errorf("a line on losses there are not:\n%s", text.String())
+	}
+	for _, want := range []string{`"pool_samples_dropped": 0`, `"pools_unsampled": 0`, `"pool_sample_errors": 0`} {
+		if !strings.Contains(js.String(), want) {
+			t.Errorf("JSON lacks %s", want)
+		}
+	}
+	r.PoolSamplingLosses = PoolSamplingLosses{PoolSamplesDropped: 3, PoolsUnsampled: 2, PoolSampleErrors: 1, PoolSampleError: "netns 9: \x1b[2J"}
+	text.Reset()
+	if err := r.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	want := `pool sampling: 3 samples dropped, 2 pools unsampled, 1 namespaces could not be opened or scanned (the first: netns 9: \x1b[2J)` + "\n"
+	if !strings.Contains(text.String(), want) {
+		t.Errorf("no line %q in:\n%s", want, text.String())
 	}
 }

@@ -60,6 +60,10 @@ type Report struct {
 	// first failure on (empty in a replay of a recording without them).
 	Timeline    Timeline     `json:"timeline"`
 	PoolSamples []PoolSample `json:"pool_samples"`
+	// PoolSamplingLosses (its fields inline: pool_samples_dropped,
+	// pools_unsampled, pool_sample_errors, pool_sample_error) counts what
+	// pool sampling missed; zero in a replay.
+	PoolSamplingLosses
 }
 
 // Unattributed is the count of one failure class no process could be given.
@@ -438,6 +442,7 @@ func (r Report) WriteText(w io.Writer) error {
 	if r.UntrackedCalls > 0 {
 		fmt.Fprintf(&b, "pending table full: %d calls not followed to their outcome (missing from the counts below)\n", r.UntrackedCalls)
 	}
+	b.WriteString(r.PoolSamplingLosses.text())
 	for _, u := range r.Unattributed {
 		fmt.Fprintf(&b, "failure table full: %d more %s() failures %s (%s) counted without a process\n", u.Count, u.Op, u.Errno, u.Pattern)
 	}
