@@ -229,7 +229,7 @@ func traceReport(f *reportFlags, filter report.Filter, record io.Writer, stdout,
 	enricher := pressure.NewEnricher()
 	enricher.Closers = s.t.Closers()
 	defer enricher.Close()
-	col.NetnsSysctls = enricher.Sysctls
+	col.NetnsSysctls, col.PinNetns = enricher.Sysctls, enricher.Pin
 	col.Queue = enrichq.NewQueue(0, enricher.Enrich, col.Attach)
 	defer col.Queue.Close() // before the enricher's Close: defers run last first
 	scans := &poolScans{closers: s.t.Closers()}

@@ -329,7 +329,7 @@ func (c *culpritLog) logDropped() {
 
 func (c *culpritLog) newCollector() *report.Collector {
 	col := report.NewCollector()
-	col.NetnsSysctls = c.enricher.Sysctls
+	col.NetnsSysctls, col.PinNetns = c.enricher.Sysctls, c.enricher.Pin
 	col.Queue = c.queue
 	return col
 }

@@ -65,6 +65,7 @@ func runWatch(args []string, stdout, stderr io.Writer) error {
 			}
 			// Only what is known already: the holder and the pressure
 			// snapshot found later follow on lines of their own.
+			enricher.Pin(e.Netns, e.PID, e.TID) // held for the snapshot taken later
 			w.queue.Fill(&e)
 			owners.FillCached(&e)
 			rec := report.NewRecord(e, s.classify(e))

@@ -71,12 +71,15 @@ type Collector struct {
 	untracked uint64
 	comms     map[slot]time.Time // slot -> its last failure
 	ids       *identities
+	held      map[event.ProcKey]*heldFailures
 	readErrs  uint64
 
 	// CommIdle and Now decide when a comm label frees its slot; tests shrink
-	// the one and fake the other.
-	CommIdle time.Duration
-	Now      func() time.Time
+	// the one and fake the other. IdentityWait is how long a process's
+	// failures wait for its cgroup to be named before they count without it.
+	CommIdle     time.Duration
+	IdentityWait time.Duration
+	Now          func() time.Time
 	// CgroupOf finds a failing process's cgroup path (CgroupOf by default);
 	// set it before the first Update. Tests name their own paths.
 	CgroupOf func(event.ProcKey, event.ProcMeta) string
@@ -97,9 +100,13 @@ func NewCollector(src Source, backend string, inferred bool) *Collector {
 		calls:    map[callLabels]float64{},
 		blocked:  map[string]float64{},
 		comms:    map[slot]time.Time{},
+		held:     map[event.ProcKey]*heldFailures{},
 		CommIdle: CommIdle,
-		Now:      time.Now,
-		CgroupOf: CgroupOf,
+		// Three walks of the cgroup tree (at most one a second): a cgroup
+		// made just before the failure is named by then.
+		IdentityWait: 3 * time.Second,
+		Now:          time.Now,
+		CgroupOf:     CgroupOf,
 		failuresDesc: prometheus.NewDesc("portsleuth_failures_total",
 			"Failed bind/connect/listen calls by operation, errno, call pattern, process name and the container, pod and systemd unit its cgroup names (at most 64 name+identity pairs that failed in the last 10 minutes get their own labels; others are comm=\"other\").",
 			[]string{"op", "errno", "pattern", "comm", "container_id", "pod_uid", "unit"}, nil),
@@ -140,15 +147,11 @@ func (c *Collector) Update() error {
 	if c.ids == nil {
 		c.ids = newIdentities(c.CgroupOf)
 	}
-	slots := c.slotsOf(inc, cum)
-	c.retireComms(slots, now)
-	for pid, classes := range inc.Failures {
-		s := c.slotLabel(slots[pid], now)
-		st := cum.Procs[pid]
-		for class, n := range classes {
-			l := failLabels{string(class.Op), unix.ErrnoName(class.Errno), string(attrib.Classify(class, st)), s}
-			c.failures[l] += float64(n)
-		}
+	c.hold(inc, cum)
+	ready := c.identified(now, false)
+	c.retireComms(ready, now)
+	for pid, s := range ready {
+		c.count(pid, c.slotLabel(s, now))
 	}
 	c.ids.prune(cum.Meta)
 	// Failures that came once the kernel's per-process table was full.
@@ -182,14 +185,53 @@ func commName(comm string) string {
 	return term.Escape(comm)
 }
 
-// slotsOf names the slot (name and identity) of each process failing in inc.
-func (c *Collector) slotsOf(inc, cum event.Snapshot) map[event.ProcKey]slot {
-	slots := make(map[event.ProcKey]slot, len(inc.Failures))
-	for pid := range inc.Failures {
-		m := cum.Meta[pid]
-		slots[pid] = slot{commName(m.Comm), c.ids.of(pid, m)}
+// heldFailures are a process's failure counts until its identity is known:
+// the cgroup it failed in may be newer than the last walk of the cgroup tree
+// (at most one a second), and counts never move between series once counted.
+type heldFailures struct {
+	meta   event.ProcMeta
+	since  time.Time
+	counts map[heldKey]float64
+}
+
+type heldKey struct{ op, errno, pattern string }
+
+// hold adds inc's failures to the held counts of their processes.
+func (c *Collector) hold(inc, cum event.Snapshot) {
+	for pid, classes := range inc.Failures {
+		h := c.held[pid]
+		if h == nil {
+			h = &heldFailures{since: c.Now(), counts: map[heldKey]float64{}}
+			c.held[pid] = h
+		}
+		h.meta = cum.Meta[pid]
+		st := cum.Procs[pid]
+		for class, n := range classes {
+			h.counts[heldKey{string(class.Op), unix.ErrnoName(class.Errno), string(attrib.Classify(class, st))}] += float64(n)
+		}
 	}
-	return slots
+}
+
+// identified names the slot (name and identity) of each held process whose
+// identity is known, or will not be: the kernel recorded no cgroup for it,
+// or it has been waited for long enough (always, with all).
+func (c *Collector) identified(now time.Time, all bool) map[event.ProcKey]slot {
+	ready := make(map[event.ProcKey]slot, len(c.held))
+	for pid, h := range c.held {
+		id, ok := c.ids.of(pid, h.meta)
+		if ok || all || h.meta.CgroupID == 0 || now.Sub(h.since) >= c.IdentityWait {
+			ready[pid] = slot{commName(h.meta.Comm), id}
+		}
+	}
+	return ready
+}
+
+// count moves a process's held failures into the series of slot s.
+func (c *Collector) count(pid event.ProcKey, s slot) {
+	for k, n := range c.held[pid].counts {
+		c.failures[failLabels{k.op, k.errno, k.pattern, s}] += n
+	}
+	delete(c.held, pid)
 }
 
 // retireComms first marks the labelled slots failing now as busy at now,
@@ -236,7 +278,14 @@ func (c *Collector) Forget(gone map[event.ProcKey]bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.deltas.Forget(gone)
+	// A gone process's held failures count now, with what is known.
 	if c.ids != nil {
+		ready := c.identified(c.Now(), true)
+		for pid, s := range ready {
+			if gone[pid] {
+				c.count(pid, c.slotLabel(s, c.Now()))
+			}
+		}
 		c.ids.forget(gone)
 	}
 }

@@ -58,18 +58,18 @@ func newIdentities(cgroupOf func(event.ProcKey, event.ProcMeta) string) *identit
 
 // of resolves k's identity. An unresolved path is not cached: the next
 // update tries again (the cgroup walk behind a recorded id runs at most once
-// a second), while these failures count without identity.
-func (ids *identities) of(k event.ProcKey, m event.ProcMeta) identity {
+// a second); ok is false then.
+func (ids *identities) of(k event.ProcKey, m event.ProcMeta) (identity, bool) {
 	if id, ok := ids.byProc[k]; ok {
-		return id
+		return id, true
 	}
 	path := ids.cgroupOf(k, m)
 	if path == "" {
-		return identity{}
+		return identity{}, false
 	}
 	id := identityOf(procinfo.Identity(path))
 	ids.byProc[k] = id
-	return id
+	return id, true
 }
 
 // prune forgets the processes the kernel no longer has a record of.

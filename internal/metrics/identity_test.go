@@ -98,22 +98,38 @@ func TestFailuresCarryIdentity(t *testing.T) {
 	}
 }
 
-// A process whose cgroup can't be found yet counts without identity, and is
-// looked up again on the next update rather than remembered as nameless.
-func TestIdentityRetriedWhenUnknown(t *testing.T) {
+// A process whose recorded cgroup can't be named yet (made after the last
+// walk of the cgroup tree) has its failures held, not counted nameless: they
+// count under its identity once it is known, or without one after
+// IdentityWait. With no cgroup recorded they count at once.
+func TestIdentityWaitedFor(t *testing.T) {
 	src := newFakeSource()
-	c, _ := newTestCollector(src)
+	c, clock := newTestCollector(src)
 	paths := map[uint32]string{}
 	withCgroups(c, paths)
+	withCgroupID := func(pid uint32) {
+		k := event.ProcKey{PID: pid, Start: uint64(pid) * 1000}
+		m := src.snap.Meta[k]
+		m.CgroupID = 99
+		src.snap.Meta[k] = m
+	}
 	src.fail(7, "late", bindInUse, 1)
-	if err := c.Update(); err != nil {
-		t.Fatal(err)
+	withCgroupID(7)
+	src.fail(8, "never", bindInUse, 1)
+	withCgroupID(8)
+	src.fail(9, "nocg", bindInUse, 4)
+	if got := failureSeries(t, c); got["late///"] != 0 || got["never///"] != 0 || got["nocg///"] != 4 {
+		t.Fatalf("first update: %v: want late and never held, nocg counted", got)
 	}
 	paths[7] = "/system.slice/late.service"
 	src.fail(7, "late", bindInUse, 2)
-	got := failureSeries(t, c)
-	if got["late///"] != 1 || got["late///late.service"] != 2 {
-		t.Errorf("series %v: want 1 without identity, then 2 with it", got)
+	withCgroupID(7)
+	if got := failureSeries(t, c); got["late///late.service"] != 3 || got["late///"] != 0 || got["never///"] != 0 {
+		t.Errorf("once named: %v: want all 3 of late under its unit, never still held", got)
+	}
+	clock.t = clock.t.Add(c.IdentityWait)
+	if got := failureSeries(t, c); got["never///"] != 1 {
+		t.Errorf("after the wait: %v: want never counted without identity", got)
 	}
 }
 

@@ -162,6 +162,11 @@ func (en *Enricher) scan(e *event.Event, q *pools.HolderQuery) (pools.Namespace,
 	return ns, true
 }
 
+// Pin keeps namespace ino open from the moment a failure in it is read, for
+// the enrichment that comes later (see nsHandles.pin). Cheap when the
+// namespace is already held: the ring-buffer reader calls it per failure.
+func (en *Enricher) Pin(ino uint64, pid, tid uint32) { en.handles.pin(ino, pid, tid) }
+
 // Sysctls reads the port sysctls of namespace ino through the same handles
 // as Enrich, so they can be read after the failing task (pid, tid) exited.
 func (en *Enricher) Sysctls(ino uint64, pid, tid uint32) (netns.Sysctls, error) {

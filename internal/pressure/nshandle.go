@@ -32,6 +32,12 @@ type nsHandles struct {
 	scannedAt time.Time
 	scans     int // how many /proc scans ran; tests read it
 	now       func() time.Time
+
+	// pinned are handles the ring-buffer reader took (pin) on namespaces it
+	// saw failures in, while the failing task still lived. They have a lock
+	// of their own: the reader must never wait for a /proc scan under mu.
+	pinMu  sync.Mutex
+	pinned map[uint64]*nsEntry
 }
 
 type nsEntry struct {
@@ -53,7 +59,8 @@ const (
 var errNoMember = errors.New("no live member and no handle")
 
 func newNSHandles(limit int) *nsHandles {
-	h := &nsHandles{max: max(1, limit), entries: map[uint64]*nsEntry{}, members: map[uint64]int{}, now: time.Now}
+	h := &nsHandles{max: max(1, limit), entries: map[uint64]*nsEntry{}, members: map[uint64]int{}, now: time.Now,
+		pinned: map[uint64]*nsEntry{}}
 	if f, err := os.Open("/proc/self/ns/net"); err == nil {
 		if ino, err := inodeOf(f); err == nil {
 			h.self, h.selfF = ino, f
@@ -86,7 +93,10 @@ func (h *nsHandles) open(ino uint64, pid, tid uint32) (*os.File, error) {
 		e.used = now
 		return dupFile(e.f)
 	}
-	f := openTaskNS(ino, pid, tid)
+	f := h.unpin(ino)
+	if f == nil {
+		f = openTaskNS(ino, pid, tid)
+	}
 	if f == nil {
 		f = h.fromMembers(ino, now)
 	}
@@ -95,6 +105,57 @@ func (h *nsHandles) open(ino uint64, pid, tid uint32) (*os.File, error) {
 	}
 	h.put(ino, f, now)
 	return dupFile(f)
+}
+
+// pin opens namespace ino through the task that failed in it, unless a
+// handle on it is already held: the reader calls it for each failure, while
+// that task most likely lives. Enrichment runs later, and the kernel hands a
+// destroyed namespace's inode number to the next namespace it makes: without
+// the pin, a short-lived task's namespace could be gone and its number taken
+// by another's by then, and that other namespace's sysctls would be read.
+// Only the task's own /proc entries are tried: the reader never scans /proc.
+func (h *nsHandles) pin(ino uint64, pid, tid uint32) {
+	if ino == 0 || ino == h.self {
+		return
+	}
+	now := h.now()
+	h.pinMu.Lock()
+	defer h.pinMu.Unlock()
+	if e, ok := h.pinned[ino]; ok {
+		e.used = now
+		return
+	}
+	if h.mu.TryLock() { // busy: the worker may be scanning /proc; pin anyway
+		_, cached := h.entries[ino]
+		h.mu.Unlock()
+		if cached {
+			return
+		}
+	}
+	for k, e := range h.pinned { // idle pins go, as idle handles do
+		if now.Sub(e.used) > handleIdle {
+			e.f.Close()
+			delete(h.pinned, k)
+		}
+	}
+	if len(h.pinned) >= h.max {
+		return // bounded: past it, enrichment opens namespaces as before
+	}
+	if f := openTaskNS(ino, pid, tid); f != nil {
+		h.pinned[ino] = &nsEntry{f: f, used: now}
+	}
+}
+
+// unpin hands a pinned handle over to the cache (nil when there is none).
+func (h *nsHandles) unpin(ino uint64) *os.File {
+	h.pinMu.Lock()
+	defer h.pinMu.Unlock()
+	e, ok := h.pinned[ino]
+	if !ok {
+		return nil
+	}
+	delete(h.pinned, ino)
+	return e.f
 }
 
 // openTaskNS opens the namespace of thread tid of pid, else of pid's main
@@ -208,6 +269,12 @@ func (h *nsHandles) Close() error {
 	for ino := range h.entries {
 		h.drop(ino)
 	}
+	h.pinMu.Lock()
+	for ino, e := range h.pinned {
+		e.f.Close()
+		delete(h.pinned, ino)
+	}
+	h.pinMu.Unlock()
 	if h.selfF != nil {
 		err := h.selfF.Close()
 		h.selfF = nil

@@ -318,6 +318,39 @@ func TestHandleOutlivesTheTask(t *testing.T) {
 	}
 }
 
+// A namespace pinned when its failure was read (the task alive) is still
+// the one enrichment opens after the task and every member are gone, with
+// no /proc scan: its inode can't have been handed to another namespace,
+// since the pin keeps it alive.
+func TestPinnedNamespaceOutlivesItsTasks(t *testing.T) {
+	needRoot(t)
+	h := newNSHandles(4)
+	closeHandles(t, h)
+	m := startHolder(t)
+	h.pin(m.netns, uint32(m.pid), uint32(m.pid))
+	h.pin(m.netns, uint32(m.pid), uint32(m.pid)) // again: already held
+	if len(h.pinned) != 1 || len(h.entries) != 0 {
+		t.Fatalf("pinned %d, cached %d: want the one namespace pinned", len(h.pinned), len(h.entries))
+	}
+	m.stop()
+	f, err := h.open(m.netns, uint32(m.pid), uint32(m.pid))
+	if err != nil {
+		t.Fatalf("after its only task exited: %v", err)
+	}
+	defer f.Close()
+	if got := inodeOfFile(t, f); got != m.netns {
+		t.Errorf("inode %d, want %d", got, m.netns)
+	}
+	if h.scans != 0 || len(h.pinned) != 0 || h.entries[m.netns] == nil {
+		t.Errorf("scans %d, pinned %d, cached %v: want the pin handed to the cache, no scan", h.scans, len(h.pinned), h.entries[m.netns] != nil)
+	}
+	// A task that is gone already pins nothing (the reader never scans).
+	h.pin(m.netns+1<<20, uint32(m.pid), uint32(m.pid))
+	if len(h.pinned) != 0 || h.scans != 0 {
+		t.Errorf("a gone task pinned %d namespaces, %d scans", len(h.pinned), h.scans)
+	}
+}
+
 // With the named task gone (or elsewhere), a live member is found by a scan;
 // a task of another namespace is never taken for it.
 func TestHandleFromAnotherMember(t *testing.T) {

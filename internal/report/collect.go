@@ -44,6 +44,9 @@ type Collector struct {
 	// namespace itself (pressure.Enricher.Sysctls): the failing task (pid,
 	// tid) may be gone. Nil reads them through the failing task (Sysctls).
 	NetnsSysctls func(ino uint64, pid, tid uint32) (netns.Sysctls, error)
+	// PinNetns, when set, is told of every failure as it is read, so that the
+	// namespace it happened in is held for the enrichment that comes later.
+	PinNetns func(ino uint64, pid, tid uint32)
 	// Queue, when set, gets each failure after Observe for enrichment, and
 	// names the holders already found; its results come back through Attach.
 	// Without it, Observe reads the namespace's sysctls itself.
@@ -333,6 +336,9 @@ func (c *Collector) Events() uint64 {
 // holder and its owner as far as they are known already, so the caller sees
 // the event as it will be reported; what enrichment finds later, Attach adds.
 func (c *Collector) Observe(e *event.Event) {
+	if c.PinNetns != nil {
+		c.PinNetns(e.Netns, e.PID, e.TID)
+	}
 	if c.Queue != nil {
 		c.Queue.Fill(e)
 		c.Owners.FillCached(e)
