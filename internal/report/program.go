@@ -3,6 +3,7 @@ package report
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -54,7 +55,12 @@ func argv0(cmdline string) string {
 // assignPrograms sets each process's program. A process gone before /proc
 // was read joins a live one with its comm, argv[0] and cgroup, so that
 // runs of one program are not split by how long each lived.
+//
+// A program read without its executable (the process was exiting) counts as
+// not read: otherwise one run of a crash loop would be a program of its own.
 func assignPrograms(procs []Process, progs map[event.ProcKey]*procinfo.Program) {
+	progs = maps.Clone(progs)
+	maps.DeleteFunc(progs, func(_ event.ProcKey, p *procinfo.Program) bool { return p == nil || p.Exe == "" })
 	alias := map[string]*procinfo.Program{}
 	for _, p := range procs {
 		if prog := progs[event.ProcKey{PID: p.PID, Start: p.StartNs}]; prog != nil {

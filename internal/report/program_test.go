@@ -18,8 +18,8 @@ import (
 )
 
 // 80 runs of curl, half still alive when /proc was read and half gone
-// before (named from the kernel's record and cgroup id), are one program;
-// a lone wget stays apart.
+// before (named from the kernel's record and cgroup id), one read without
+// its executable as it exited, are one program; a lone wget stays apart.
 func TestProgramsGroupRunsOfOneCLI(t *testing.T) {
 	const cgroup, cgroupID = "/user.slice/user-0.slice/session-3.scope", 77
 	host := &fakeHost{infos: map[uint32]procinfo.Info{}, progs: map[uint32]procinfo.Program{}}
@@ -31,6 +31,9 @@ func TestProgramsGroupRunsOfOneCLI(t *testing.T) {
 		if i%2 == 0 {
 			host.infos[k.PID] = procinfo.Info{Comm: "curl", Cmdline: "curl -s http://10.0.0.2/", Cgroup: cgroup, Netns: nsTest}
 			host.progs[k.PID] = procinfo.Program{Exe: "/usr/bin/curl", Cgroup: cgroup, Comm: "curl"}
+		}
+		if i == 2 { // read as it exited: its comm, not yet its executable
+			host.progs[k.PID] = procinfo.Program{Cgroup: cgroup, Comm: "curl"}
 		}
 	}
 	c := host.collector()
