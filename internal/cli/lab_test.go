@@ -132,18 +132,30 @@ func TestLabFromSeedRecordings(t *testing.T) {
 		"port-in-use":             "port-in-use",
 		"tuple-conflict":          "connect-tuple-conflict",
 	} {
-		path := filepath.Join("../../testdata/recordings", name+".json")
-		code, out, stderr := runCLI("lab", "--from", path, "-o", "json")
-		if code != 0 {
-			t.Errorf("%s: exit %d: %s", name, code, stderr)
-			continue
+		rec := filepath.Join("../../testdata/recordings", name+".json")
+		// The recording, and the report made of it.
+		rep := filepath.Join(t.TempDir(), name+".report.json")
+		if code, _, stderr := runCLI("report", "--replay", rec, "-o", "json", "--file", rep); code != 0 {
+			t.Fatalf("%s: report: exit %d: %s", name, code, stderr)
 		}
-		c := decodeLab(t, out)
-		if len(c.Patterns) == 0 || c.Patterns[0].Pattern != pattern || len(c.Patterns[0].Remedies) == 0 {
-			t.Errorf("%s: want a %s shape with remedies, got %+v", name, pattern, c.Patterns)
-		}
-		if !strings.Contains(out, `"pid"`) {
-			t.Errorf("%s: the culprit is not named: %s", name, out)
+		for _, path := range []string{rec, rep} {
+			code, out, stderr := runCLI("lab", "--from", path, "-o", "json")
+			if code != 0 {
+				t.Errorf("%s: exit %d: %s", path, code, stderr)
+				continue
+			}
+			c := decodeLab(t, out)
+			if len(c.Patterns) == 0 || c.Patterns[0].Pattern != pattern || len(c.Patterns[0].Remedies) == 0 {
+				t.Errorf("%s: want a %s shape with remedies, got %+v", path, pattern, c.Patterns)
+				continue
+			}
+			// The lab reproduces the incident before it tries a remedy.
+			if b := c.Patterns[0].Baseline; b.FailedCall == "none" {
+				t.Errorf("%s: the %s shape's baseline did not fail (%d made): the incident is not reproduced", path, pattern, b.Made)
+			}
+			if !strings.Contains(out, `"pid"`) {
+				t.Errorf("%s: the culprit is not named: %s", path, out)
+			}
 		}
 	}
 }
