@@ -47,9 +47,11 @@ type Pool struct {
 	OwnerPID int
 }
 
-func (p *Pool) percent() float64 {
+// fraction is how full the pool is, 0 to 1; a pool with no usable port is
+// full.
+func (p *Pool) fraction() float64 {
 	if p.Size <= 0 {
-		return 100
+		return 1
 	}
 	return float64(p.Used) / float64(p.Size)
 }
@@ -81,7 +83,7 @@ func SelectPools(nss []pools.Namespace, topN int) PoolScan {
 		slices.SortFunc(ps, fullestFirst)
 		n := nsPools{pools: ps, netns: nss[i].Netns}
 		if len(ps) > 0 {
-			n.fullest = ps[0].percent()
+			n.fullest = ps[0].fraction()
 		}
 		all = append(all, n)
 	}
@@ -104,7 +106,7 @@ func SelectPools(nss []pools.Namespace, topN int) PoolScan {
 }
 
 func fullestFirst(a, b Pool) int {
-	return cmp.Or(cmp.Compare(b.percent(), a.percent()), cmp.Compare(b.Used, a.Used),
+	return cmp.Or(cmp.Compare(b.fraction(), a.fraction()), cmp.Compare(b.Used, a.Used),
 		cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Proto, b.Proto), cmp.Compare(a.Local, b.Local), cmp.Compare(a.Dest, b.Dest))
 }
 

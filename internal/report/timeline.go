@@ -24,8 +24,8 @@ type Timeline struct {
 	// Steps is the length of the axis.
 	Steps  int              `json:"steps"`
 	Series []TimelineSeries `json:"series"`
-	// Unplotted counts events of processes past MaxTimelineSeries: in the
-	// counts of the report, in no series.
+	// Unplotted counts events in no series (in the counts of the report):
+	// those of processes past MaxTimelineSeries, and those with no time.
 	Unplotted uint64 `json:"unplotted_events,omitempty"`
 }
 
