@@ -62,6 +62,22 @@ static __always_inline int sys_enter(struct trace_event_raw_sys_enter *ctx, __u8
 	return 0;
 }
 
+/* The kernel's restart codes (ERESTARTSYS 512 to ERESTART_RESTARTBLOCK 516,
+ * include/linux/errno.h) never reach user space: a call a signal interrupted
+ * runs again from sys_enter (SA_RESTART), or returns EINTR. Finishing it at
+ * this exit would count one connect() twice, once as an error. The EINTR
+ * case goes uncounted: other errors are context, failures never end so. */
+static __always_inline int sys_exit(__u8 op, long ret)
+{
+	if (ret <= -512 && ret >= -516) {
+		__u64 id = bpf_get_current_pid_tgid();
+
+		bpf_map_delete_elem(&calls, &id);
+		return 0;
+	}
+	return call_finish(op, ret);
+}
+
 SEC("tracepoint/syscalls/sys_enter_bind")
 int tp_enter_bind(struct trace_event_raw_sys_enter *ctx)
 {
@@ -71,7 +87,7 @@ int tp_enter_bind(struct trace_event_raw_sys_enter *ctx)
 SEC("tracepoint/syscalls/sys_exit_bind")
 int tp_exit_bind(struct trace_event_raw_sys_exit *ctx)
 {
-	return call_finish(PS_OP_BIND, ctx->ret);
+	return sys_exit(PS_OP_BIND, ctx->ret);
 }
 
 SEC("tracepoint/syscalls/sys_enter_connect")
@@ -83,7 +99,7 @@ int tp_enter_connect(struct trace_event_raw_sys_enter *ctx)
 SEC("tracepoint/syscalls/sys_exit_connect")
 int tp_exit_connect(struct trace_event_raw_sys_exit *ctx)
 {
-	return call_finish(PS_OP_CONNECT, ctx->ret);
+	return sys_exit(PS_OP_CONNECT, ctx->ret);
 }
 
 SEC("tracepoint/syscalls/sys_enter_listen")
@@ -95,7 +111,7 @@ int tp_enter_listen(struct trace_event_raw_sys_enter *ctx)
 SEC("tracepoint/syscalls/sys_exit_listen")
 int tp_exit_listen(struct trace_event_raw_sys_exit *ctx)
 {
-	return call_finish(PS_OP_LISTEN, ctx->ret);
+	return sys_exit(PS_OP_LISTEN, ctx->ret);
 }
 
 #endif

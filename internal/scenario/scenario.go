@@ -83,6 +83,7 @@ var Scenarios = map[string]func(*Result) error{
 	"starve":                  starve,
 	"crash-loop":              crashLoop,
 	"closer-exhaustion":       closerExhaustion,
+	"restarted-connect":       restartedConnect,
 }
 
 // Names returns the scenario names, sorted.
