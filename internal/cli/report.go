@@ -232,8 +232,7 @@ func traceReport(f *reportFlags, filter report.Filter, record io.Writer, stdout,
 	col.NetnsSysctls, col.PinNetns = enricher.Sysctls, enricher.Pin
 	col.Queue = enrichq.NewQueue(0, enricher.Enrich, col.Attach)
 	defer col.Queue.Close() // before the enricher's Close: defers run last first
-	scans := &poolScans{closers: s.t.Closers()}
-	defer scans.close()
+	scans := &poolScans{enricher: enricher}
 	sampler := &report.PoolSampler{Open: scans.open, Every: poolSampleEvery}
 	sampler.Start()
 	var events []event.Event
@@ -413,20 +412,13 @@ func (t *tracedCommand) stop() {
 const poolSampleEvery = time.Second
 
 // poolScans opens the namespaces the pool sampler asks for and scans them
-// with a Scanner of its own, loaded at the first failure: the enricher's
-// runs on the enrichment worker.
-type poolScans struct {
-	closers pressure.Closers
-	sc      *pressure.Scanner
-	err     error
-}
+// with the enricher's Scanner: one load of the iterators per report.
+type poolScans struct{ enricher *pressure.Enricher }
 
 func (p *poolScans) open(ino uint64, pid, tid uint32) (report.PoolScan, func(), error) {
-	if p.sc == nil && p.err == nil {
-		p.sc, p.err = pressure.NewScanner(p.closers)
-	}
-	if p.err != nil {
-		return nil, nil, p.err
+	sc, err := p.enricher.Scanner()
+	if err != nil {
+		return nil, nil, err
 	}
 	f, err := openNetnsOf(ino, pid, tid)
 	if err != nil {
@@ -434,15 +426,9 @@ func (p *poolScans) open(ino uint64, pid, tid uint32) (report.PoolScan, func(), 
 	}
 	scan := func() (pools.Namespace, error) {
 		// Only the counts are wanted: no owners are named.
-		return p.sc.Scan(int(f.Fd()), nil, 1)
+		return sc.Scan(int(f.Fd()), nil, 1)
 	}
 	return scan, func() { f.Close() }, nil
-}
-
-func (p *poolScans) close() {
-	if p.sc != nil {
-		p.sc.Close()
-	}
 }
 
 // openNetnsOf opens network namespace ino through our own, the failing

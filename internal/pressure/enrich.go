@@ -25,6 +25,7 @@ type Enricher struct {
 	Closers *ebpf.Map
 
 	mu       sync.Mutex
+	scMu     sync.Mutex // guards sc and scErr: Scanner is called from other goroutines
 	sc       *Scanner
 	scErr    error
 	handles  *nsHandles
@@ -72,6 +73,8 @@ func (en *Enricher) Close() error {
 	en.mu.Lock()
 	defer en.mu.Unlock()
 	err := en.handles.Close()
+	en.scMu.Lock()
+	defer en.scMu.Unlock()
 	if en.sc != nil {
 		err = errors.Join(err, en.sc.Close())
 		en.sc = nil
@@ -133,10 +136,8 @@ func (en *Enricher) Enrich(e *event.Event) *pools.Snapshot {
 // scan measures e's namespace, entered through a handle found from e.Netns,
 // and answers q; false when the namespace is gone or cannot be read.
 func (en *Enricher) scan(e *event.Event, q *pools.HolderQuery) (pools.Namespace, bool) {
-	if en.sc == nil && en.scErr == nil {
-		en.sc, en.scErr = NewScanner(en.Closers)
-	}
-	if en.scErr != nil {
+	sc, err := en.Scanner()
+	if err != nil {
 		return pools.Namespace{}, false
 	}
 	f, err := en.handles.open(e.Netns, e.PID, e.TID)
@@ -148,7 +149,7 @@ func (en *Enricher) scan(e *event.Event, q *pools.HolderQuery) (pools.Namespace,
 	if time.Since(en.ownersAt) > ownersTTL {
 		en.owners, en.ownersAt = procinfo.SocketInodes(), time.Now()
 	}
-	ns, err := en.sc.ScanFor(int(f.Fd()), en.owners, snapshotOwners, q)
+	ns, err := sc.ScanFor(int(f.Fd()), en.owners, snapshotOwners, q)
 	if err != nil || (e.Netns != 0 && ns.Netns != e.Netns) {
 		return pools.Namespace{}, false
 	}
@@ -166,6 +167,21 @@ func (en *Enricher) scan(e *event.Event, q *pools.HolderQuery) (pools.Namespace,
 // the enrichment that comes later (see nsHandles.pin). Cheap when the
 // namespace is already held: the ring-buffer reader calls it per failure.
 func (en *Enricher) Pin(ino uint64, pid, tid uint32) { en.handles.pin(ino, pid, tid) }
+
+// Scanner is the enricher's scanner, loaded on first use. A report's pool
+// sampler scans with it too: a second load of the iterators, at the first
+// failure, would compete with this one's for the CPU just when the first
+// snapshot must be taken (on one slow CPU the snapshot then came after the
+// culprit had closed its connections). Scans may run side by side: each
+// opens iterators of its own.
+func (en *Enricher) Scanner() (*Scanner, error) {
+	en.scMu.Lock()
+	defer en.scMu.Unlock()
+	if en.sc == nil && en.scErr == nil {
+		en.sc, en.scErr = NewScanner(en.Closers)
+	}
+	return en.sc, en.scErr
+}
 
 // Sysctls reads the port sysctls of namespace ino through the same handles
 // as Enrich, so they can be read after the failing task (pid, tid) exited.
