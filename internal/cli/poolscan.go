@@ -45,12 +45,11 @@ func scanNamespaces(ctx context.Context, sc *pressure.Scanner, targets []nsTarge
 type poolSampler struct {
 	interval time.Duration
 	topN     int
-	// scanner is the enricher's (its TIME_WAITs counted for their closers):
-	// one load of the iterators per serve.
-	scanner func() (*pressure.Scanner, error)
-	col     *metrics.PoolCollector
-	log     *slog.Logger
+	closers  pressure.Closers // the tracer's: TIME_WAIT sockets get the process that closed them
+	col      *metrics.PoolCollector
+	log      *slog.Logger
 
+	sc      *pressure.Scanner
 	lastErr string // logged once until the error changes
 }
 
@@ -58,6 +57,11 @@ type poolSampler struct {
 // scan's duration) after the last one ended, so scanning never takes more
 // than half the time, however many sockets the host has.
 func (p *poolSampler) run(ctx context.Context) {
+	defer func() {
+		if p.sc != nil {
+			p.sc.Close()
+		}
+	}()
 	for {
 		took := p.scan(ctx)
 		t := time.NewTimer(max(p.interval, took))
@@ -113,14 +117,17 @@ func (p *poolSampler) logOnce(msg, err string) {
 // measure scans every namespace that has a process and picks the pools to
 // export; skipped lists the namespaces it could not read.
 func (p *poolSampler) measure(ctx context.Context) (metrics.PoolScan, []skippedNetns, error) {
-	sc, err := p.scanner()
-	if err != nil {
-		return metrics.PoolScan{}, nil, err
+	if p.sc == nil {
+		sc, err := pressure.NewScanner(p.closers)
+		if err != nil {
+			return metrics.PoolScan{}, nil, err
+		}
+		p.sc = sc
 	}
 	targets, skipped := allNamespaces()
 	owners := procinfo.SocketInodes()
 	// One owner per pool is all the gauges name.
-	nss, failed := scanNamespaces(ctx, sc, targets, owners, 1)
+	nss, failed := scanNamespaces(ctx, p.sc, targets, owners, 1)
 	for _, t := range targets {
 		t.f.Close()
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/portsleuth/portsleuth/internal/event"
 	"github.com/portsleuth/portsleuth/internal/htmlreport"
 	"github.com/portsleuth/portsleuth/internal/lab"
+	"github.com/portsleuth/portsleuth/internal/netns"
 	"github.com/portsleuth/portsleuth/internal/outfile"
 	"github.com/portsleuth/portsleuth/internal/pools"
 	"github.com/portsleuth/portsleuth/internal/pressure"
@@ -419,7 +420,7 @@ func (p *poolScans) open(ino uint64, pid, tid uint32) (report.PoolScan, func(), 
 	if err != nil {
 		return nil, nil, err
 	}
-	f, err := p.enricher.OpenNetns(ino, pid, tid)
+	f, err := openNetnsOf(ino, pid, tid)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -428,4 +429,22 @@ func (p *poolScans) open(ino uint64, pid, tid uint32) (report.PoolScan, func(), 
 		return sc.Scan(int(f.Fd()), nil, 1)
 	}
 	return scan, func() { f.Close() }, nil
+}
+
+// openNetnsOf opens network namespace ino through our own, the failing
+// thread's or its process's: the handle keeps it for the sampling, however
+// short the task lived after. 0 (unknown) takes the thread's.
+func openNetnsOf(ino uint64, pid, tid uint32) (*os.File, error) {
+	for _, path := range []string{"/proc/self/ns/net", fmt.Sprintf("/proc/%d/task/%d/ns/net", pid, tid), fmt.Sprintf("/proc/%d/ns/net", pid)} {
+		f, err := netns.Open(path)
+		if err != nil {
+			continue
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &st); err == nil && (st.Ino == ino || (ino == 0 && path != "/proc/self/ns/net")) {
+			return f, nil
+		}
+		f.Close()
+	}
+	return nil, fmt.Errorf("no handle on network namespace %d: pid %d is gone", ino, pid)
 }

@@ -136,9 +136,8 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	ctx, stop := runContext(f.duration)
 	defer stop()
 	if f.poolInterval > 0 {
-		// Stopped (deferred last, so run first) before the enricher whose
-		// scanner it shares, and the tracer whose map that reads, close.
-		defer startPoolSampler(ctx, f.poolInterval, f.poolTop, c.enricher, poolCol, log)()
+		// Stopped (deferred last, so run first) before the tracer whose map it reads closes.
+		defer startPoolSampler(ctx, f.poolInterval, f.poolTop, t, poolCol, log)()
 	}
 
 	// Records go only once both readers (col every updateEvery, c every
@@ -175,9 +174,9 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 
 // startPoolSampler scans the port pools beside the reader until ctx ends;
 // the function it returns stops it and waits for it.
-func startPoolSampler(ctx context.Context, interval time.Duration, top int, en *pressure.Enricher, col *metrics.PoolCollector, log *slog.Logger) func() {
+func startPoolSampler(ctx context.Context, interval time.Duration, top int, t *probe.Tracer, col *metrics.PoolCollector, log *slog.Logger) func() {
 	ctx, cancel := context.WithCancel(ctx)
-	p := &poolSampler{interval: interval, topN: top, scanner: en.Scanner, col: col, log: log}
+	p := &poolSampler{interval: interval, topN: top, closers: t.Closers(), col: col, log: log}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -2,7 +2,6 @@ package pressure
 
 import (
 	"errors"
-	"os"
 	"sync"
 	"time"
 
@@ -182,13 +181,6 @@ func (en *Enricher) Scanner() (*Scanner, error) {
 		en.sc, en.scErr = NewScanner(en.Closers)
 	}
 	return en.sc, en.scErr
-}
-
-// OpenNetns opens namespace ino (a new fd, the caller closes it) through
-// the handles enrichment uses: a pinned or cached one, the task (pid, tid),
-// or a live member of it.
-func (en *Enricher) OpenNetns(ino uint64, pid, tid uint32) (*os.File, error) {
-	return en.handles.open(ino, pid, tid)
 }
 
 // Sysctls reads the port sysctls of namespace ino through the same handles
