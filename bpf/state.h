@@ -510,8 +510,10 @@ __attribute__((noinline)) int record_failure(struct call *c, struct who *w, int 
 	k.proto = c->proto;
 	k.family = c->family;
 	k.flags = (__u8)c->flags;
-	first = count_failure(&k);
+	/* Who failed is recorded before the failure is counted: a reader that
+	 * sees the count (it reads the counts first) then finds the record. */
 	record_meta(w, c->netns);
+	first = count_failure(&k);
 	snapshot_netns((struct sock *)c->sk, c->netns);
 
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);

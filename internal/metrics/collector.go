@@ -189,9 +189,13 @@ func commName(comm string) string {
 // the cgroup it failed in may be newer than the last walk of the cgroup tree
 // (at most one a second), and counts never move between series once counted.
 type heldFailures struct {
-	meta   event.ProcMeta
-	since  time.Time
-	counts map[heldKey]float64
+	meta event.ProcMeta
+	// recorded: the kernel's record of who the process is (meta) was in
+	// the snapshot. It is made just after the failure is counted, so a read
+	// between the two sees a count without it: the count waits for it.
+	recorded bool
+	since    time.Time
+	counts   map[heldKey]float64
 }
 
 type heldKey struct{ op, errno, pattern string }
@@ -204,22 +208,32 @@ func (c *Collector) hold(inc, cum event.Snapshot) {
 			h = &heldFailures{since: c.Now(), counts: map[heldKey]float64{}}
 			c.held[pid] = h
 		}
-		h.meta = cum.Meta[pid]
+		h.meta, h.recorded = cum.Meta[pid]
 		st := cum.Procs[pid]
 		for class, n := range classes {
 			h.counts[heldKey{string(class.Op), unix.ErrnoName(class.Errno), string(attrib.Classify(class, st))}] += float64(n)
 		}
 	}
+	for pid, h := range c.held {
+		if !h.recorded {
+			h.meta, h.recorded = cum.Meta[pid]
+		}
+	}
 }
 
 // identified names the slot (name and identity) of each held process whose
-// identity is known, or will not be: the kernel recorded no cgroup for it,
-// or it has been waited for long enough (always, with all).
+// identity is known, or will not be: the kernel's record of it names no
+// cgroup, or it has been waited for long enough (always, with all). A
+// process without a record yet waits: its name comes from that record too.
 func (c *Collector) identified(now time.Time, all bool) map[event.ProcKey]slot {
 	ready := make(map[event.ProcKey]slot, len(c.held))
 	for pid, h := range c.held {
+		waited := all || now.Sub(h.since) >= c.IdentityWait
+		if !h.recorded && !waited {
+			continue
+		}
 		id, ok := c.ids.of(pid, h.meta)
-		if ok || all || h.meta.CgroupID == 0 || now.Sub(h.since) >= c.IdentityWait {
+		if ok || waited || h.meta.CgroupID == 0 {
 			ready[pid] = slot{commName(h.meta.Comm), id}
 		}
 	}

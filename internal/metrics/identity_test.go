@@ -133,6 +133,44 @@ func TestIdentityWaitedFor(t *testing.T) {
 	}
 }
 
+// A failure read before the kernel's record of who made it (a snapshot
+// between the two) waits for that record: counted at once it would be
+// "unknown", without identity, and the rest of the process's failures in
+// another series. Without a record for IdentityWait it counts as it is.
+func TestFailureWaitsForItsRecord(t *testing.T) {
+	src := newFakeSource()
+	c, clock := newTestCollector(src)
+	paths := map[uint32]string{7: podPath("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", hexA)}
+	withCgroups(c, paths)
+	k := event.ProcKey{PID: 7, Start: 7000}
+	src.fail(7, "tw", bindInUse, 7)
+	meta := src.snap.Meta[k]
+	meta.CgroupID = 99
+	delete(src.snap.Meta, k)
+	if got := failureSeries(t, c); len(got) != 0 {
+		t.Fatalf("without its record: %v: want the failures held", got)
+	}
+	src.snap.Meta[k] = meta
+	src.fail(7, "tw", bindInUse, 3)
+	src.snap.Meta[k] = meta
+	want := "tw/" + hexA + "/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0/"
+	if got := failureSeries(t, c); len(got) != 1 || got[want] != 10 {
+		t.Errorf("once recorded: %v: want all 10 under %s", got, want)
+	}
+	// A process the kernel could not record (its table full) counts after
+	// the wait, under what /proc says.
+	paths[8] = "/system.slice/full.service"
+	src.fail(8, "x", bindInUse, 2)
+	delete(src.snap.Meta, event.ProcKey{PID: 8, Start: 8000})
+	if got := failureSeries(t, c); got["unknown///full.service"] != 0 {
+		t.Fatalf("before the wait: %v: want pid 8 held", got)
+	}
+	clock.t = clock.t.Add(c.IdentityWait)
+	if got := failureSeries(t, c); got["unknown///full.service"] != 2 {
+		t.Errorf("after the wait: %v: want pid 8 counted as unknown in full.service", got)
+	}
+}
+
 // A slot is a name in one identity: pods that come and go with the same
 // program cycle the slots (each retires when idle) instead of adding series
 // for ever, and past MaxComms slots the overflow carries no identity.

@@ -373,37 +373,15 @@ func (t *Tracer) Snapshot() (event.Snapshot, error) {
 		Unattributed: map[event.Class]uint64{},
 		Netns:        map[uint64]netns.Sysctls{},
 	}
-	var pk gen.PortsleuthPsProcKey
-	var st gen.PortsleuthPsProcStats
-	it := t.maps.ProcStats.Iterate()
-	for it.Next(&pk, &st) {
-		s.Procs[procKey(pk)] = statsOf(&st)
-	}
-	// Call counters are an LRU that every process on the host enters: on a
-	// busy host an eviction can abort the walk. What was read stands; the
-	// failure counts below are read whole.
-	if err := it.Err(); err != nil && !errors.Is(err, ebpf.ErrIterationAborted) {
-		return s, fmt.Errorf("reading proc_stats: %w", err)
-	}
-	var meta gen.PortsleuthPsProcMeta
-	it = t.maps.ProcMeta.Iterate()
-	for it.Next(&pk, &meta) {
-		if meta.Flags&uint32(gen.PortsleuthPsMetaFlagPS_META_FILLED) == 0 {
-			continue // created, not filled in yet: the next read has it
-		}
-		s.Meta[procKey(pk)] = event.ProcMeta{
-			Comm: decode.CString(meta.Comm[:]), Cmdline: decode.Cmdline(meta.Args[:]),
-			Netns: meta.Netns, CgroupID: meta.CgroupId,
-			Parent:    event.ProcKey{PID: meta.Ppid, Start: meta.ParentStartNs},
-			InCommand: meta.Flags&uint32(gen.PortsleuthPsMetaFlagPS_META_IN_COMMAND) != 0,
-		}
-	}
-	if err := it.Err(); err != nil {
-		return s, fmt.Errorf("reading proc_meta: %w", err)
-	}
+	// The failure counts first, then what explains them: the kernel records
+	// who failed (proc_meta) before it counts the failure, and the call
+	// counters that classify a failure (bind(0) then connect, say) were
+	// counted by earlier calls. Read in this order, every failure finds its
+	// record and its history; in the other, a failure made between the
+	// reads came without either (named "unknown", or classified wrongly).
 	var key gen.PortsleuthPsFailKey
 	var n uint64
-	it = t.maps.FailCounts.Iterate()
+	it := t.maps.FailCounts.Iterate()
 	for it.Next(&key, &n) {
 		p := event.ProcKey{PID: key.Pid, Start: key.StartNs}
 		m := s.Failures[p]
@@ -422,6 +400,34 @@ func (t *Tracer) Snapshot() (event.Snapshot, error) {
 	}
 	if err := it.Err(); err != nil {
 		return s, fmt.Errorf("reading fail_overflow: %w", err)
+	}
+	var pk gen.PortsleuthPsProcKey
+	var st gen.PortsleuthPsProcStats
+	it = t.maps.ProcStats.Iterate()
+	for it.Next(&pk, &st) {
+		s.Procs[procKey(pk)] = statsOf(&st)
+	}
+	// Call counters are an LRU that every process on the host enters: on a
+	// busy host an eviction can abort the walk. What was read stands; the
+	// failure counts above are read whole.
+	if err := it.Err(); err != nil && !errors.Is(err, ebpf.ErrIterationAborted) {
+		return s, fmt.Errorf("reading proc_stats: %w", err)
+	}
+	var meta gen.PortsleuthPsProcMeta
+	it = t.maps.ProcMeta.Iterate()
+	for it.Next(&pk, &meta) {
+		if meta.Flags&uint32(gen.PortsleuthPsMetaFlagPS_META_FILLED) == 0 {
+			continue // created, not filled in yet: the next read has it
+		}
+		s.Meta[procKey(pk)] = event.ProcMeta{
+			Comm: decode.CString(meta.Comm[:]), Cmdline: decode.Cmdline(meta.Args[:]),
+			Netns: meta.Netns, CgroupID: meta.CgroupId,
+			Parent:    event.ProcKey{PID: meta.Ppid, Start: meta.ParentStartNs},
+			InCommand: meta.Flags&uint32(gen.PortsleuthPsMetaFlagPS_META_IN_COMMAND) != 0,
+		}
+	}
+	if err := it.Err(); err != nil {
+		return s, fmt.Errorf("reading proc_meta: %w", err)
 	}
 	if t.tree {
 		s.Tree = map[event.ProcKey]bool{}
