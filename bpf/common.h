@@ -143,6 +143,9 @@ struct ps_proc_meta {
 /* Port-allocation sysctls of a network namespace, read from struct net at the
  * first failure in it: a short-lived namespace is gone before Go could look. */
 struct ps_netns {
+	/* Which namespace this is: the kernel gives a destroyed namespace's
+	 * inode number to the next one it makes, never its cookie. */
+	__u64 cookie;
 	__u16 port_lo;
 	__u16 port_hi;
 	__u8 tcp_tw_reuse;

@@ -127,6 +127,7 @@ const (
 
 type PortsleuthPsNetns struct {
 	_               structs.HostLayout
+	Cookie          uint64
 	PortLo          uint16
 	PortHi          uint16
 	TcpTwReuse      uint8

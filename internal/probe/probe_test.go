@@ -203,6 +203,54 @@ func TestNetnsSysctlsFromKernel(t *testing.T) {
 	}
 }
 
+// The kernel hands a destroyed namespace's inode number to the next
+// namespace it makes. A namespace that fails under a number an earlier one
+// failed under gets its own sysctls, not the earlier one's: namespaces come
+// and go until one takes a number seen before (bounded in count and time).
+func TestNetnsReusedNumberGetsItsOwnSysctls(t *testing.T) {
+	tr := start(t)
+	ranges := map[uint64][2]int{} // inum -> the range its last namespace had
+	deadline := time.Now().Add(30 * time.Second)
+	for i := 0; i < 400 && time.Now().Before(deadline); i++ {
+		lo := 20000 + (i%400)*100
+		want := [2]int{lo, lo + 99}
+		var inum uint64
+		inNetns(t, func() error {
+			if err := os.WriteFile("/proc/sys/net/ipv4/ip_local_port_range", []byte(fmt.Sprintf("%d %d", want[0], want[1])), 0); err != nil {
+				return err
+			}
+			var st unix.Stat_t
+			if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+				return err
+			}
+			inum = st.Ino
+			s, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(s) // a socket would keep the namespace (and its number)
+			return ignore(unix.Bind(s, &unix.SockaddrInet4{Addr: [4]byte{192, 0, 2, 1}}), unix.EADDRNOTAVAIL)
+		})
+		earlier, reused := ranges[inum]
+		ranges[inum] = want
+		if !reused {
+			continue
+		}
+		tr.Flush()
+		snap, err := tr.Snapshot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := snap.Netns[inum].PortRange; got != want {
+			t.Fatalf("namespace %d (a number an earlier namespace with range %v failed under) reported range %v, want its own %v",
+				inum, earlier, got, want)
+		}
+		t.Logf("namespace number %d reused after %d namespaces: its own sysctls reported", inum, i+1)
+		return
+	}
+	t.Skipf("no namespace number came back in %d namespaces (another process may take them as they are freed)", len(ranges))
+}
+
 func ignore(err error, want unix.Errno) error {
 	if errors.Is(err, want) {
 		return nil
