@@ -47,6 +47,7 @@ enum ps_flag {
 struct ps_event {
 	__u64 ts_ns;       /* CLOCK_MONOTONIC */
 	__u64 netns;       /* inode of the socket's network namespace */
+	__u64 netns_cookie; /* which namespace: its inode number is reused, this never */
 	__u64 cgroup_id;   /* cgroup v2 id of the calling task */
 	__u64 start_ns;    /* the process's start time: (pid, start_ns) is its identity */
 	__u64 sock_ino;    /* socket inode, as in /proc/PID/fd -> socket:[ino] */

@@ -375,8 +375,9 @@ static __always_inline __u64 netns_cookie(struct net *net)
 /* Reads the namespace's port sysctls from struct net at its first failure: a
  * short-lived namespace is gone before Go could look. An entry left by an
  * earlier namespace with the same inode number (destroyed since) is
- * replaced: kept, it would give this one the other's sysctls. */
-static __always_inline void snapshot_netns(struct sock *sk, __u64 inum)
+ * replaced: kept, it would give this one the other's sysctls. Returns the
+ * namespace's cookie. */
+static __always_inline __u64 snapshot_netns(struct sock *sk, __u64 inum)
 {
 	struct net *net = BPF_CORE_READ(sk, __sk_common.skc_net.net);
 	struct ps_netns ns = {}, *known;
@@ -384,7 +385,7 @@ static __always_inline void snapshot_netns(struct sock *sk, __u64 inum)
 	ns.cookie = netns_cookie(net);
 	known = bpf_map_lookup_elem(&netns_info, &inum);
 	if (known && known->cookie == ns.cookie)
-		return;
+		return ns.cookie;
 	port_range(net, &ns.port_lo, &ns.port_hi);
 	/* Sysctl widths differ between releases (u8 or int): read each by the
 	 * kernel's own size, as every sysctl read here is. */
@@ -395,6 +396,7 @@ static __always_inline void snapshot_netns(struct sock *sk, __u64 inum)
 	if (bpf_core_field_exists(net->ipv4.sysctl_ip_autobind_reuse))
 		ns.ip_autobind_reuse = BPF_CORE_READ_BITFIELD_PROBED(net, ipv4.sysctl_ip_autobind_reuse);
 	bpf_map_update_elem(&netns_info, &inum, &ns, BPF_ANY);
+	return ns.cookie;
 }
 
 /* Who made a call. The cgroup backend may learn a call's outcome in another
@@ -514,6 +516,7 @@ __attribute__((noinline)) int record_failure(struct call *c, struct who *w, int 
 	__u32 pid;
 	struct ps_fail_key k = {};
 	struct ps_event *e;
+	__u64 cookie;
 	int first;
 
 	if (!c || !w)
@@ -530,7 +533,7 @@ __attribute__((noinline)) int record_failure(struct call *c, struct who *w, int 
 	 * sees the count (it reads the counts first) then finds the record. */
 	record_meta(w, c->netns);
 	first = count_failure(&k);
-	snapshot_netns((struct sock *)c->sk, c->netns);
+	cookie = snapshot_netns((struct sock *)c->sk, c->netns);
 
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -539,6 +542,7 @@ __attribute__((noinline)) int record_failure(struct call *c, struct who *w, int 
 	}
 	e->ts_ns = bpf_ktime_get_ns();
 	e->netns = c->netns;
+	e->netns_cookie = cookie;
 	e->cgroup_id = w->cgroup_id;
 	e->start_ns = w->start_ns;
 	e->sock_ino = c->sock_ino;

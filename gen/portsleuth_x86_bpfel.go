@@ -68,6 +68,7 @@ type PortsleuthPsEvent struct {
 	_             structs.HostLayout
 	TsNs          uint64
 	Netns         uint64
+	NetnsCookie   uint64
 	CgroupId      uint64
 	StartNs       uint64
 	SockIno       uint64

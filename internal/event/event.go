@@ -46,19 +46,22 @@ type ProcKey struct {
 
 // Event is one failed call.
 type Event struct {
-	Time     time.Time      `json:"time"`
-	PID      uint32         `json:"pid"`
-	Start    uint64         `json:"start_ns"` // the process's start time: see ProcKey
-	TID      uint32         `json:"tid"`
-	Comm     string         `json:"comm"`   // the process (thread-group leader)
-	Thread   string         `json:"thread"` // the calling thread
-	Class    Class          `json:"class"`
-	Addr     netip.AddrPort `json:"addr"` // bind: requested; connect: bound local address (zero port if none)
-	Dest     netip.AddrPort `json:"dest"` // connect only
-	Options  []string       `json:"options"`
-	Netns    uint64         `json:"netns"`
-	CgroupID uint64         `json:"cgroup_id"`
-	SockIno  uint64         `json:"sock_ino"`
+	Time    time.Time      `json:"time"`
+	PID     uint32         `json:"pid"`
+	Start   uint64         `json:"start_ns"` // the process's start time: see ProcKey
+	TID     uint32         `json:"tid"`
+	Comm    string         `json:"comm"`   // the process (thread-group leader)
+	Thread  string         `json:"thread"` // the calling thread
+	Class   Class          `json:"class"`
+	Addr    netip.AddrPort `json:"addr"` // bind: requested; connect: bound local address (zero port if none)
+	Dest    netip.AddrPort `json:"dest"` // connect only
+	Options []string       `json:"options"`
+	Netns   uint64         `json:"netns"`
+	// NetnsCookie tells the namespace from later ones the kernel gives the
+	// same inode number once it is destroyed (0: unknown).
+	NetnsCookie uint64 `json:"netns_cookie,omitempty"`
+	CgroupID    uint64 `json:"cgroup_id"`
+	SockIno     uint64 `json:"sock_ino"`
 	// Source is the layer that saw the call: "syscall", "inet_bind", "inet_hash_connect"...
 	Source string `json:"source"`
 	// ErrnoInferred: the layer saw no return value (cgroup backend), the

@@ -31,6 +31,18 @@ type Sysctls struct {
 	// Source says where the values come from: "procfs" (read in the namespace
 	// by the agent) or "kernel" (read from struct net by BPF at the first failure).
 	Source string `json:"source"`
+	// Cookie is the namespace's cookie (0 when unknown): its inode number
+	// (Netns) goes to the next namespace once it is destroyed, its cookie
+	// never. A failure's event carries the same value.
+	Cookie uint64 `json:"-"`
+}
+
+// CookieMismatch says whether a namespace read (cookie got) is another than
+// the one a failure happened in (cookie want): one that took its inode
+// number after it was destroyed. Without both cookies it can't tell, and
+// says no.
+func CookieMismatch(got, want uint64) bool {
+	return got != 0 && want != 0 && got != want
 }
 
 // Ports is the number of ports the kernel may hand out from the range.
@@ -215,6 +227,7 @@ func read() (Sysctls, error) {
 		return s, err
 	}
 	s.Source = "procfs"
+	s.Cookie = cookie()
 	for _, v := range []struct {
 		name string
 		dst  *int
@@ -238,6 +251,22 @@ func read() (Sysctls, error) {
 		}
 	}
 	return s, nil
+}
+
+// cookie is the cookie of the calling thread's network namespace, as a
+// socket made in it reports it (SO_NETNS_COOKIE, Linux 5.14+); 0 when the
+// kernel can't say.
+func cookie() uint64 {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0
+	}
+	defer unix.Close(fd)
+	c, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	if err != nil {
+		return 0
+	}
+	return c
 }
 
 func sysctl(name string) (string, error) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -52,5 +53,53 @@ func TestOpenChecksTheNamespaceType(t *testing.T) {
 	}
 	if _, err := Open("/nonexistent"); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("Open(/nonexistent) = %v; want ErrNotExist", err)
+	}
+}
+
+// A namespace's cookie is read in it: the same for every read of one
+// namespace, another for another namespace.
+func TestCookieNamesTheNamespace(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates a network namespace (CAP_SYS_ADMIN)")
+	}
+	own, err := Open("/proc/self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer own.Close()
+	a, err := ReadFD(int(own.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Cookie == 0 {
+		t.Skip("this kernel gives no namespace cookie (SO_NETNS_COOKIE is 5.14+)")
+	}
+	var other, again Sysctls
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with the namespace
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			done <- err
+			return
+		}
+		f, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			done <- err
+			return
+		}
+		defer f.Close()
+		if other, err = ReadFD(int(f.Fd())); err == nil {
+			again, err = ReadFD(int(f.Fd()))
+		}
+		done <- err
+	}()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if other.Cookie == 0 || other.Cookie == a.Cookie || again.Cookie != other.Cookie {
+		t.Errorf("cookies: ours %d, a new namespace's %d then %d; want the new one's nonzero, its own, and stable", a.Cookie, other.Cookie, again.Cookie)
+	}
+	if !CookieMismatch(other.Cookie, a.Cookie) || CookieMismatch(other.Cookie, other.Cookie) || CookieMismatch(0, a.Cookie) {
+		t.Error("CookieMismatch: want true only for two known, different cookies")
 	}
 }

@@ -31,6 +31,9 @@ type Namespace struct {
 	Top             []Owner       `json:"top"`
 	Verdict         string        `json:"verdict"`
 	ScanSeconds     float64       `json:"scan_seconds"`
+	// Cookie tells the namespace from later ones given its inode number
+	// (netns.Sysctls.Cookie); 0 when unknown.
+	Cookie uint64 `json:"-"`
 }
 
 // BindPool is what bind(addr, 0) can still get: ports of the range with no

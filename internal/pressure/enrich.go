@@ -107,7 +107,7 @@ func (en *Enricher) Enrich(e *event.Event) *pools.Snapshot {
 		q = &pools.HolderQuery{Proto: e.Class.Proto, Addr: e.Addr.Addr(), Port: e.Addr.Port()}
 	}
 	if r, fresh := en.recent[e.Netns]; fresh && e.Netns != 0 && time.Since(r.at) < rescanTTL &&
-		(q == nil || len(en.holders[hk]) > 0) {
+		!netns.CookieMismatch(r.ns.Cookie, e.NetnsCookie) && (q == nil || len(en.holders[hk]) > 0) {
 		if q != nil {
 			e.Holder = firstHolder(en.holders[hk])
 		}
@@ -150,7 +150,10 @@ func (en *Enricher) scan(e *event.Event, q *pools.HolderQuery) (pools.Namespace,
 		en.owners, en.ownersAt = procinfo.SocketInodes(), time.Now()
 	}
 	ns, err := sc.ScanFor(int(f.Fd()), en.owners, snapshotOwners, q)
-	if err != nil || (e.Netns != 0 && ns.Netns != e.Netns) {
+	// A namespace under the failure's number can be another: the kernel
+	// gives a destroyed namespace's number to the next one it makes.
+	// Measuring that one would describe the wrong pools.
+	if err != nil || (e.Netns != 0 && ns.Netns != e.Netns) || netns.CookieMismatch(ns.Cookie, e.NetnsCookie) {
 		return pools.Namespace{}, false
 	}
 	if q != nil {

@@ -1,13 +1,16 @@
 package pressure
 
 import (
+	"fmt"
 	"net/netip"
+	"os"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/portsleuth/portsleuth/internal/event"
+	"github.com/portsleuth/portsleuth/internal/netns"
 	"github.com/portsleuth/portsleuth/internal/pools"
 )
 
@@ -92,6 +95,41 @@ func TestEnrichSnapshotAfterFailingProcessExited(t *testing.T) {
 	sys, err := newEnricher(t).Sysctls(e.Netns, e.PID, e.TID)
 	if err != nil || sys.Netns != filler.netns || sys.PortRange != [2]int{40000, 40063} {
 		t.Errorf("sysctls %+v (%v), want netns %d range 40000-40063", sys, err, filler.netns)
+	}
+}
+
+// The kernel gives a destroyed namespace's inode number to the next one it
+// makes: a namespace found under a failure's number but with another cookie
+// is not the failure's, and is not measured.
+func TestEnrichRefusesAnotherNamespaceUnderTheNumber(t *testing.T) {
+	needRoot(t)
+	const dest = "127.0.0.1:8080"
+	filler := startHolder(t, rangeEnv+"=40000 40063", listenEnv+"="+dest, fillEnv+"="+dest)
+	f, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", filler.pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sys, err := netns.ReadFD(int(f.Fd()))
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sys.Cookie == 0 {
+		t.Skip("this kernel gives no namespace cookie (SO_NETNS_COOKIE is 5.14+)")
+	}
+	fail := failIn(t, filler.pid, "connect", dest)
+	for _, tc := range []struct {
+		cookie uint64
+		want   bool
+	}{{sys.Cookie, true}, {0, true}, {sys.Cookie + 1, false}} {
+		e := event.Event{
+			Time: time.Now(), PID: fail.pid, TID: fail.tid, Netns: filler.netns, NetnsCookie: tc.cookie,
+			Class: event.Class{Op: event.Connect, Proto: "tcp", Family: "ipv4", Errno: unix.EADDRNOTAVAIL, Port0: true, AnyAddr: true},
+			Dest:  netip.MustParseAddrPort(dest),
+		}
+		if snap := newEnricher(t).Enrich(&e); (snap != nil) != tc.want {
+			t.Errorf("event cookie %d (the namespace's is %d): snapshot %v, want one: %v", tc.cookie, sys.Cookie, snap != nil, tc.want)
+		}
 	}
 }
 

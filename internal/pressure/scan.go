@@ -120,7 +120,7 @@ func (s *Scanner) ScanFor(nsFD int, owners procinfo.Inodes, topN int, q *pools.H
 		return pools.Namespace{}, err
 	}
 	ns := a.Result(topN, s.hz)
-	ns.Netns = sys.Netns
+	ns.Netns, ns.Cookie = sys.Netns, sys.Cookie
 	ns.ScanSeconds = time.Since(start).Seconds()
 	return ns, nil
 }

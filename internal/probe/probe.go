@@ -518,6 +518,7 @@ func sysctlsOf(inum uint64, ns *gen.PortsleuthPsNetns) netns.Sysctls {
 		NonlocalBind:  int(ns.IpNonlocalBind),
 		MaxTWBuckets:  -1, // not read by BPF
 		Source:        "kernel",
+		Cookie:        ns.Cookie,
 	}
 }
 

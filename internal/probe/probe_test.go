@@ -17,6 +17,7 @@ import (
 
 	"github.com/portsleuth/portsleuth/gen"
 	"github.com/portsleuth/portsleuth/internal/event"
+	"github.com/portsleuth/portsleuth/internal/netns"
 	"github.com/portsleuth/portsleuth/internal/scenario"
 )
 
@@ -174,6 +175,7 @@ func TestRingBufferOverflowIsCounted(t *testing.T) {
 func TestNetnsSysctlsFromKernel(t *testing.T) {
 	tr := start(t)
 	var inum uint64
+	var inside netns.Sysctls // read by the agent in the namespace
 	inNetns(t, func() error {
 		if err := os.WriteFile("/proc/sys/net/ipv4/ip_local_port_range", []byte("41000 41999"), 0); err != nil {
 			return err
@@ -186,6 +188,14 @@ func TestNetnsSysctlsFromKernel(t *testing.T) {
 			return err
 		}
 		inum = st.Ino
+		f, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if inside, err = netns.ReadFD(int(f.Fd())); err != nil {
+			return err
+		}
 		s, _ := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
 		return ignore(unix.Bind(s, &unix.SockaddrInet4{Addr: [4]byte{192, 0, 2, 1}}), unix.EADDRNOTAVAIL)
 	})
@@ -200,6 +210,15 @@ func TestNetnsSysctlsFromKernel(t *testing.T) {
 	}
 	if ns.PortRange != [2]int{41000, 41999} || ns.TCPTwReuse != 1 || ns.Source != "kernel" {
 		t.Errorf("sysctls %+v", ns)
+	}
+	// The cookie the kernel programs read is the one the agent reads in the
+	// namespace (SO_NETNS_COOKIE, 5.14+): it is how the agent tells the
+	// namespace from a later one given its number.
+	if inside.Cookie != 0 && ns.Cookie != inside.Cookie {
+		t.Errorf("kernel cookie %d, the namespace's own %d", ns.Cookie, inside.Cookie)
+	}
+	if ns.Cookie == 0 {
+		t.Errorf("no cookie recorded for netns %d", inum)
 	}
 }
 

@@ -182,6 +182,7 @@ type procEvents struct {
 	info     procinfo.Info
 	program  *procinfo.Program // nil when /proc could not say
 	netns    uint64
+	cookie   uint64 // the namespace's cookie, from the first event (0: unknown)
 	events   uint64
 	examples []event.Event
 	classes  map[event.Class]*classEvidence
@@ -357,7 +358,7 @@ func (c *Collector) observe(e *event.Event) {
 	c.events++
 	p := c.procs[e.Proc()]
 	if p == nil {
-		p = &procEvents{classes: map[event.Class]*classEvidence{}, netns: e.Netns, pressure: map[event.Class]*pools.Snapshot{}}
+		p = &procEvents{classes: map[event.Class]*classEvidence{}, netns: e.Netns, cookie: e.NetnsCookie, pressure: map[event.Class]*pools.Snapshot{}}
 		var alive bool
 		if p.info, alive = c.lookup(e.Proc()); alive {
 			p.program = c.program(e.PID)
@@ -418,6 +419,9 @@ func (c *Collector) readSysctls(e *event.Event) (netns.Sysctls, error) {
 	}
 	if err == nil && s.Netns != e.Netns {
 		err = errors.New("the task moved to another network namespace")
+	}
+	if err == nil && netns.CookieMismatch(s.Cookie, e.NetnsCookie) {
+		err = errors.New("the namespace is gone: its number names a newer one")
 	}
 	return s, err
 }

@@ -342,6 +342,11 @@ func buildProcess(key event.ProcKey, st event.ProcStats, fails map[event.Class]u
 			p.Sysctls = &s
 		}
 	}
+	if p.Sysctls != nil && p.Netns == pe.netns && netns.CookieMismatch(p.Sysctls.Cookie, pe.cookie) {
+		// Read in a later namespace the kernel gave this one's number to
+		// once it was destroyed: none is better than another's.
+		p.Sysctls = nil
+	}
 
 	findings := map[attrib.Pattern]*attrib.Finding{}
 	snaps := map[attrib.Pattern]*pools.Snapshot{}
