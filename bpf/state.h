@@ -360,32 +360,35 @@ static __always_inline void port_range(struct net *net, __u16 *lo, __u16 *hi)
 	}
 }
 
-/* A namespace's identity for as long as the system runs: net_cookie (set at
- * creation since 5.12; from 5.7 an atomic64_t that stays 0 until a program
- * asks for it), else the struct's address. */
+/* A namespace's identity for as long as the system runs: net_cookie, set at
+ * creation since 5.12 (from 5.7 an atomic64_t that stays 0 until a program
+ * asks for it). 0 when the kernel has none. */
 static __always_inline __u64 netns_cookie(struct net *net)
 {
 	__u64 cookie = 0;
 
 	if (bpf_core_field_exists(net->net_cookie))
 		bpf_core_read(&cookie, sizeof(cookie), &net->net_cookie);
-	return cookie ? cookie : (__u64)net;
+	return cookie;
 }
 
 /* Reads the namespace's port sysctls from struct net at its first failure: a
  * short-lived namespace is gone before Go could look. An entry left by an
  * earlier namespace with the same inode number (destroyed since) is
  * replaced: kept, it would give this one the other's sysctls. Returns the
- * namespace's cookie. */
+ * namespace's cookie (0: none). */
 static __always_inline __u64 snapshot_netns(struct sock *sk, __u64 inum)
 {
 	struct net *net = BPF_CORE_READ(sk, __sk_common.skc_net.net);
 	struct ps_netns ns = {}, *known;
+	__u64 cookie = netns_cookie(net);
 
-	ns.cookie = netns_cookie(net);
+	/* Without a cookie the struct's address tells namespaces apart here; it
+	 * stays in this map (Go never prints it), out of the events. */
+	ns.cookie = cookie ? cookie : (__u64)net;
 	known = bpf_map_lookup_elem(&netns_info, &inum);
 	if (known && known->cookie == ns.cookie)
-		return ns.cookie;
+		return cookie;
 	port_range(net, &ns.port_lo, &ns.port_hi);
 	/* Sysctl widths differ between releases (u8 or int): read each by the
 	 * kernel's own size, as every sysctl read here is. */
@@ -396,7 +399,7 @@ static __always_inline __u64 snapshot_netns(struct sock *sk, __u64 inum)
 	if (bpf_core_field_exists(net->ipv4.sysctl_ip_autobind_reuse))
 		ns.ip_autobind_reuse = BPF_CORE_READ_BITFIELD_PROBED(net, ipv4.sysctl_ip_autobind_reuse);
 	bpf_map_update_elem(&netns_info, &inum, &ns, BPF_ANY);
-	return ns.cookie;
+	return cookie;
 }
 
 /* Who made a call. The cgroup backend may learn a call's outcome in another
