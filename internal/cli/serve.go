@@ -116,6 +116,9 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	reg.MustRegister(metrics.ServeCollectors(col, poolCol, c.queue.Dropped)...)
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError)}))
+	var hb heartbeat
+	hb.beat(time.Now())
+	mux.Handle("/healthz", healthHandler(hb.last, readerStallAfter, time.Now))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -148,6 +151,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	err = s.loop(ctx, func(e event.Event) {
 		c.col.Observe(&e) // c.col changes only on this goroutine
 	}, func(now time.Time) {
+		hb.beat(now)
 		if now.Sub(lastUpdate) >= updateEvery {
 			lastUpdate = now
 			if err := col.Update(); err != nil {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -272,6 +273,16 @@ func TestServeMetricsAndCleanShutdown(t *testing.T) {
 
 	fams := scrape(t, addr)
 	newHeldPrograms(heldBefore, serveProgs) // any loaded since (the socket iterators)
+	// The liveness endpoint: the reader is passing.
+	if resp, err := http.Get("http://" + addr + "/healthz"); err != nil {
+		t.Errorf("GET /healthz: %v", err)
+	} else {
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || string(body) != "ok\n" {
+			t.Errorf("GET /healthz: %d %q, want 200 ok", resp.StatusCode, body)
+		}
+	}
 	got := counter(fams, "portsleuth_failures_total", map[string]string{
 		"op": "bind", "errno": "EADDRINUSE", "pattern": "bind-any-before-connect", "comm": comm})
 	if got != scenario.FailAttempts {
