@@ -145,8 +145,8 @@ struct ps_proc_meta {
  * first failure in it: a short-lived namespace is gone before Go could look. */
 struct ps_netns {
 	/* Which namespace this is: the kernel gives a destroyed namespace's
-	 * inode number to the next one it makes, never its cookie (the struct's
-	 * address on kernels without one). */
+	 * inode number to the next one it makes, never its cookie (before 5.12
+	 * the struct's address stands in: see snapshot_netns). */
 	__u64 cookie;
 	__u16 port_lo;
 	__u16 port_hi;

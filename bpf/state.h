@@ -360,9 +360,9 @@ static __always_inline void port_range(struct net *net, __u16 *lo, __u16 *hi)
 	}
 }
 
-/* A namespace's identity for as long as the system runs: net_cookie, set at
- * creation since 5.12 (from 5.7 an atomic64_t that stays 0 until a program
- * asks for it). 0 when the kernel has none. */
+/* A namespace's identity for as long as the system runs: net_cookie, a u64
+ * set at creation since 5.12. Before, it was an atomic64_t, which CO-RE does
+ * not match with a u64: 0 there, as on kernels without the field. */
 static __always_inline __u64 netns_cookie(struct net *net)
 {
 	__u64 cookie = 0;
@@ -383,8 +383,10 @@ static __always_inline __u64 snapshot_netns(struct sock *sk, __u64 inum)
 	struct ps_netns ns = {}, *known;
 	__u64 cookie = netns_cookie(net);
 
-	/* Without a cookie the struct's address tells namespaces apart here; it
-	 * stays in this map (Go never prints it), out of the events. */
+	/* Without a cookie the struct's address stands in (it stays in this map:
+	 * Go never prints it, events never carry it). A weak stand-in: the next
+	 * namespace often gets both the freed number and the freed struct, so
+	 * before 5.12 a reused number can still keep the old sysctls. */
 	ns.cookie = cookie ? cookie : (__u64)net;
 	known = bpf_map_lookup_elem(&netns_info, &inum);
 	if (known && known->cookie == ns.cookie)
@@ -532,11 +534,12 @@ __attribute__((noinline)) int record_failure(struct call *c, struct who *w, int 
 	k.proto = c->proto;
 	k.family = c->family;
 	k.flags = (__u8)c->flags;
-	/* Who failed is recorded before the failure is counted: a reader that
-	 * sees the count (it reads the counts first) then finds the record. */
+	/* Who failed, and the namespace's sysctls, are recorded before the
+	 * failure is counted: a reader that sees the count (it reads the counts
+	 * first) then finds both. */
 	record_meta(w, c->netns);
-	first = count_failure(&k);
 	cookie = snapshot_netns((struct sock *)c->sk, c->netns);
+	first = count_failure(&k);
 
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {

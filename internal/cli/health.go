@@ -8,19 +8,27 @@ import (
 )
 
 // readerStallAfter is how long serve's event reader may go without a pass
-// before /healthz calls it stalled. A pass runs every 200 ms when idle; the
-// slowest (forgetting processes gone, flushing the culprit log) take well
-// under a second on a busy host, so a minute means stuck, not slow.
+// before /healthz calls it stalled. A pass starts every 200 ms when idle and
+// every 64 events in a storm; its work (reading the counters, forgetting
+// processes gone, flushing the culprit log) is bounded by the kernel's
+// tables, so a minute means stuck, not slow.
 const readerStallAfter = time.Minute
 
-// heartbeat is when the reader last finished a pass, for /healthz: /metrics
+// heartbeat is when the reader last started a pass, for /healthz: /metrics
 // answers from the HTTP goroutines even while the reader is stuck, so a
-// liveness probe on it would never restart a stalled agent.
-type heartbeat struct{ unixNano atomic.Int64 }
+// liveness probe on it would never restart a stalled agent. It keeps an
+// offset from base, so the clock it is read against is the monotonic one: a
+// wall-clock step neither fakes a stall nor hides one.
+type heartbeat struct {
+	base  time.Time
+	since atomic.Int64 // nanoseconds from base to the last beat
+}
 
-func (h *heartbeat) beat(now time.Time) { h.unixNano.Store(now.UnixNano()) }
+func newHeartbeat(now time.Time) *heartbeat { return &heartbeat{base: now} }
 
-func (h *heartbeat) last() time.Time { return time.Unix(0, h.unixNano.Load()) }
+func (h *heartbeat) beat(now time.Time) { h.since.Store(int64(now.Sub(h.base))) }
+
+func (h *heartbeat) last() time.Time { return h.base.Add(time.Duration(h.since.Load())) }
 
 // healthHandler answers 200 "ok" while the reader's last pass is at most
 // limit old, else 503 saying how old it is.

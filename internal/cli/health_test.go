@@ -9,9 +9,8 @@ import (
 )
 
 func TestHealthSaysWhenTheReaderStalls(t *testing.T) {
-	var hb heartbeat
 	start := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
-	hb.beat(start)
+	hb := newHeartbeat(start)
 	now := start
 	h := healthHandler(hb.last, readerStallAfter, func() time.Time { return now })
 	get := func() (int, string) {

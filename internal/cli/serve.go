@@ -116,8 +116,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	reg.MustRegister(metrics.ServeCollectors(col, poolCol, c.queue.Dropped)...)
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError)}))
-	var hb heartbeat
-	hb.beat(time.Now())
+	hb := newHeartbeat(time.Now())
 	mux.Handle("/healthz", healthHandler(hb.last, readerStallAfter, time.Now))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {

@@ -191,8 +191,10 @@ func commName(comm string) string {
 type heldFailures struct {
 	meta event.ProcMeta
 	// recorded: the kernel's record of who the process is (meta) was in
-	// the snapshot. It is made just after the failure is counted, so a read
-	// between the two sees a count without it: the count waits for it.
+	// the snapshot. The kernel makes it before it counts the failure and a
+	// snapshot reads the counts first, but a record it could not make (its
+	// table full) or a reader of another order would miss it: the count
+	// waits for it, up to IdentityWait.
 	recorded bool
 	since    time.Time
 	counts   map[heldKey]float64

@@ -30,7 +30,7 @@ type Enricher struct {
 	scErr    error
 	handles  *nsHandles
 	seen     map[seenKey]bool
-	holders  map[enrichq.HolderKey][]event.Holder
+	holders  map[enrichq.HolderKey]foundHolders
 	owners   procinfo.Inodes
 	ownersAt time.Time
 	// recent keeps each namespace's last scan for rescanTTL: a fan-out of
@@ -64,7 +64,7 @@ const maxSeen = 4096
 
 // NewEnricher loads the iterators on first use.
 func NewEnricher() *Enricher {
-	return &Enricher{seen: map[seenKey]bool{}, holders: map[enrichq.HolderKey][]event.Holder{}, handles: newNSHandles(maxHandles),
+	return &Enricher{seen: map[seenKey]bool{}, holders: map[enrichq.HolderKey]foundHolders{}, handles: newNSHandles(maxHandles),
 		recent: map[uint64]recentScan{}}
 }
 
@@ -94,12 +94,12 @@ func (en *Enricher) Enrich(e *event.Event) *pools.Snapshot {
 	k := seenKey{e.Proc(), e.Class}
 	if en.seen[k] {
 		if portInUse && e.Holder == nil {
-			e.Holder = firstHolder(en.holders[hk])
+			e.Holder = firstHolder(en.holdersFor(hk, e.NetnsCookie))
 		}
 		return nil
 	}
 	if len(en.seen) >= maxSeen {
-		en.seen, en.holders = map[seenKey]bool{}, map[enrichq.HolderKey][]event.Holder{}
+		en.seen, en.holders = map[seenKey]bool{}, map[enrichq.HolderKey]foundHolders{}
 	}
 	en.seen[k] = true
 	var q *pools.HolderQuery
@@ -107,9 +107,9 @@ func (en *Enricher) Enrich(e *event.Event) *pools.Snapshot {
 		q = &pools.HolderQuery{Proto: e.Class.Proto, Addr: e.Addr.Addr(), Port: e.Addr.Port()}
 	}
 	if r, fresh := en.recent[e.Netns]; fresh && e.Netns != 0 && time.Since(r.at) < rescanTTL &&
-		!netns.CookieMismatch(r.ns.Cookie, e.NetnsCookie) && (q == nil || len(en.holders[hk]) > 0) {
+		!netns.CookieMismatch(r.ns.Cookie, e.NetnsCookie) && (q == nil || len(en.holdersFor(hk, e.NetnsCookie)) > 0) {
 		if q != nil {
-			e.Holder = firstHolder(en.holders[hk])
+			e.Holder = firstHolder(en.holdersFor(hk, e.NetnsCookie))
 		}
 		return pools.SnapshotFor(r.ns, e)
 	}
@@ -122,10 +122,10 @@ func (en *Enricher) Enrich(e *event.Event) *pools.Snapshot {
 	}
 	if q != nil {
 		if ok {
-			en.holders[hk] = q.Found
+			en.holders[hk] = foundHolders{cookie: ns.Cookie, holders: q.Found}
 		}
 		// A holder from an earlier failure beats none when this scan failed.
-		e.Holder = firstHolder(en.holders[hk])
+		e.Holder = firstHolder(en.holdersFor(hk, e.NetnsCookie))
 	}
 	if !ok {
 		return nil
@@ -195,6 +195,24 @@ func (en *Enricher) Sysctls(ino uint64, pid, tid uint32) (netns.Sysctls, error) 
 	}
 	defer f.Close()
 	return netns.ReadFD(int(f.Fd()))
+}
+
+// foundHolders are the holders of a port a scan found, and the cookie of the
+// namespace it scanned: the key names the namespace by its inode number only,
+// which a later namespace can be given.
+type foundHolders struct {
+	cookie  uint64
+	holders []event.Holder
+}
+
+// holdersFor is what a scan found for hk, unless it scanned another namespace
+// than the one whose cookie is cookie.
+func (en *Enricher) holdersFor(hk enrichq.HolderKey, cookie uint64) []event.Holder {
+	f := en.holders[hk]
+	if netns.CookieMismatch(f.cookie, cookie) {
+		return nil
+	}
+	return f.holders
 }
 
 func firstHolder(hs []event.Holder) *event.Holder {

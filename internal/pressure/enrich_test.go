@@ -131,6 +131,22 @@ func TestEnrichRefusesAnotherNamespaceUnderTheNumber(t *testing.T) {
 			t.Errorf("event cookie %d (the namespace's is %d): snapshot %v, want one: %v", tc.cookie, sys.Cookie, snap != nil, tc.want)
 		}
 	}
+	// Nor is a holder found there before handed to a failure under the same
+	// number in another namespace.
+	en := newEnricher(t)
+	for i, cookie := range []uint64{sys.Cookie, sys.Cookie + 1} {
+		f := failIn(t, filler.pid, "bind", dest)
+		e := event.Event{
+			Time: time.Now(), PID: f.pid, TID: f.tid, Netns: filler.netns, NetnsCookie: cookie,
+			Class: event.Class{Op: event.Bind, Proto: "tcp", Family: "ipv4", Errno: unix.EADDRINUSE},
+			Addr:  netip.MustParseAddrPort(dest),
+		}
+		snap := en.Enrich(&e)
+		if right := i == 0; (snap != nil) != right || (e.Holder != nil) != right {
+			t.Errorf("bind in use, event cookie %d (the namespace's is %d): snapshot %v, holder %+v; want both only for the right cookie",
+				cookie, sys.Cookie, snap != nil, e.Holder)
+		}
+	}
 }
 
 // snapshotOnce enriches e once with a fresh enricher and requires a snapshot.

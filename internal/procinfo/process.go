@@ -189,7 +189,8 @@ func SameStart(bpfNs, procNs uint64) bool {
 // The boot clock is read between two monotonic reads and set against their
 // midpoint, and of a few tries the one with the shortest gap counts: a task
 // preempted between two reads (a loaded VM) would otherwise add the pause to
-// the offset, and a live process would look started later than BPF says.
+// the offset, and a live process would look started earlier than BPF says:
+// not itself, to SameStart.
 func suspendedNs() (uint64, error) {
 	var best, bestGap int64 = 0, -1
 	for try := 0; try < 4; try++ {
