@@ -89,6 +89,7 @@ func (en *Enricher) Close() error {
 func (en *Enricher) Enrich(e *event.Event) *pools.Snapshot {
 	en.mu.Lock()
 	defer en.mu.Unlock()
+	en.nameHolder(e)
 	portInUse := enrichq.WantsHolder(e)
 	hk := enrichq.HolderKeyOf(e)
 	k := seenKey{e.Proc(), e.Class}
@@ -195,6 +196,24 @@ func (en *Enricher) Sysctls(ino uint64, pid, tid uint32) (netns.Sysctls, error) 
 	}
 	defer f.Close()
 	return netns.ReadFD(int(f.Fd()))
+}
+
+// nameHolder names the process behind a holder the kernel gave by its socket
+// (the kernel-function backends), before anything slow: the namespace scan
+// can take seconds on a loaded or emulated machine, and by then a crash
+// loop's holder may be restarted, or its test over. The fd walk is the one
+// the scan uses next.
+func (en *Enricher) nameHolder(e *event.Event) {
+	h := e.Holder
+	if h == nil || h.PID != 0 || h.SockIno == 0 {
+		return
+	}
+	if time.Since(en.ownersAt) > ownersTTL {
+		en.owners, en.ownersAt = procinfo.SocketInodes(), time.Now()
+	}
+	if pid, ok := en.owners[h.SockIno]; ok {
+		h.PID, h.Comm = pid, procinfo.Comm(int(pid))
+	}
 }
 
 // foundHolders are the holders of a port a scan found, and the cookie of the

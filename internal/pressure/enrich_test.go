@@ -12,6 +12,7 @@ import (
 	"github.com/portsleuth/portsleuth/internal/event"
 	"github.com/portsleuth/portsleuth/internal/netns"
 	"github.com/portsleuth/portsleuth/internal/pools"
+	"github.com/portsleuth/portsleuth/internal/procinfo"
 )
 
 func newEnricher(t *testing.T) *Enricher {
@@ -146,6 +147,36 @@ func TestEnrichRefusesAnotherNamespaceUnderTheNumber(t *testing.T) {
 			t.Errorf("bind in use, event cookie %d (the namespace's is %d): snapshot %v, holder %+v; want both only for the right cookie",
 				cookie, sys.Cookie, snap != nil, e.Holder)
 		}
+	}
+}
+
+// A holder the kernel named by its socket is given its process before the
+// namespace scan, and whether or not the scan succeeds: here the event names
+// a namespace that does not exist, and the holder is still named.
+func TestEnrichNamesTheKernelsHolderFirst(t *testing.T) {
+	needRoot(t)
+	const addr = "127.0.0.1:8080"
+	srv := startHolder(t, listenEnv+"="+addr)
+	var ino uint64
+	for i, pid := range procinfo.SocketInodes() {
+		if int(pid) == srv.pid {
+			ino = i // the holder has one socket: its listener
+		}
+	}
+	if ino == 0 {
+		t.Fatalf("pid %d holds no socket", srv.pid)
+	}
+	e := event.Event{
+		Time: time.Now(), PID: 1 << 22, TID: 1 << 22, Netns: 1,
+		Class:  event.Class{Op: event.Bind, Proto: "tcp", Family: "ipv4", Errno: unix.EADDRINUSE},
+		Addr:   netip.MustParseAddrPort(addr),
+		Holder: &event.Holder{State: "LISTEN", Local: netip.MustParseAddrPort(addr), SockIno: ino},
+	}
+	if snap := newEnricher(t).Enrich(&e); snap != nil {
+		t.Errorf("a snapshot of namespace 1: %+v", snap)
+	}
+	if e.Holder.PID != uint32(srv.pid) || e.Holder.Comm == "" {
+		t.Errorf("holder %+v, want pid %d named", *e.Holder, srv.pid)
 	}
 }
 

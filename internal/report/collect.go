@@ -119,16 +119,20 @@ func (o *Owners) fill(h *event.Holder, look bool) {
 	if h == nil {
 		return
 	}
-	if h.PID == 0 && h.SockIno != 0 {
-		so, ok := o.owner(h.SockIno)
-		if !ok && !look {
-			return
-		}
+	switch so, ok := o.owner(h.SockIno); {
+	case h.SockIno == 0:
+	case h.PID != 0 && !ok:
+		// Named already (enrichment looks first): kept, so the events
+		// recorded with this holder are named from the cache.
+		o.keepOwner(h.SockIno, socketOwner{h.PID, h.Comm})
+	case h.PID == 0 && (ok || look):
 		if !ok {
 			so.pid, so.comm = o.Lookup(h.SockIno)
 			o.keepOwner(h.SockIno, so)
 		}
 		h.PID, h.Comm = so.pid, so.comm
+	case h.PID == 0:
+		return
 	}
 	if h.PID != 0 && h.Master == 0 && o.Master != nil {
 		m, ok := o.master(h.PID)

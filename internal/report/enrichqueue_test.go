@@ -229,3 +229,34 @@ func TestAttachNamesTheOwnerOfAKernelHolder(t *testing.T) {
 		t.Errorf("cached owner %+v after %d walks, want pid %d after 1", *again.Holder, walks, pidHolder)
 	}
 }
+
+// A holder enrichment named already (the enricher looks before its scan)
+// needs no walk of its own, and still names the recorded events that carry
+// the same socket.
+func TestAttachKeepsAnOwnerEnrichmentNamed(t *testing.T) {
+	c := NewOfflineCollector()
+	walks := 0
+	c.Owners = &Owners{Lookup: func(uint64) (uint32, string) { walks++; return 0, "" }}
+	named := func(e *event.Event) *pools.Snapshot {
+		e.Holder.PID, e.Holder.Comm = pidHolder, "nginx"
+		return nil
+	}
+	c.Queue = enrichq.NewQueue(0, named, c.Attach)
+	defer c.Queue.Close()
+	e := bindFailure(pidSocat, time.Unix(1700000000, 0))
+	e.Holder = &event.Holder{State: "LISTEN", Local: e.Addr, SockIno: 4242}
+	c.Observe(&e)
+	if !c.Queue.Drain(waitLimit) {
+		t.Fatal("enrichment not drained")
+	}
+	c.Seal()
+	if h := c.procs[e.Proc()].examples[0].Holder; h == nil || h.PID != pidHolder {
+		t.Errorf("example holder %+v, want pid %d", h, pidHolder)
+	}
+	recorded := bindFailure(pidSocat, time.Unix(1700000001, 0))
+	recorded.Holder = &event.Holder{State: "LISTEN", Local: e.Addr, SockIno: 4242}
+	c.Owners.FillCached(&recorded)
+	if recorded.Holder.PID != pidHolder || walks != 0 {
+		t.Errorf("recorded holder %+v after %d walks, want pid %d without a walk", *recorded.Holder, walks, pidHolder)
+	}
+}
