@@ -79,9 +79,8 @@ func starve(r *Result) error {
 }
 
 // linger keeps the namespace and its sockets a moment after the failures, as
-// an incident's would be: the agent reads events within its 200 ms tick, and
-// looks at the namespace then.
-func linger() { time.Sleep(time.Second) }
+// an incident's would be (see HolderLinger).
+func linger() { time.Sleep(HolderLinger) }
 
 // rawBindConnect is the starving child: n sockets bound to sa (port 0) and
 // connected to dst, one byte to ready per connection, then pause.

@@ -120,8 +120,13 @@ func portInUse(r *Result) error {
 }
 
 // HolderLinger is how long a scenario keeps its sockets after its failures,
-// as a real culprit would, so the agent can look at its namespace.
-const HolderLinger = 1500 * time.Millisecond
+// as a real culprit would, so the agent can look at its namespace. The agent
+// reads a failure within its 200 ms tick and looks at the namespace next;
+// on an emulated CPU shared with another VM (CI) that look came 0.35-0.9 s
+// after the failure, more on the first (the iterators load), and a second
+// was not always enough (no snapshot, or holders unnamed, in two
+// fresh-clone runs).
+const HolderLinger = 3 * time.Second
 
 // NoPortConnections is how many connections bindNoPortFix opens: more than
 // the range, so plain bind-before-connect would fail.
