@@ -123,9 +123,9 @@ func portInUse(r *Result) error {
 // as a real culprit would, so the agent can look at its namespace. The agent
 // reads a failure within its 200 ms tick and looks at the namespace next;
 // on an emulated CPU shared with another VM (CI) that look came 0.35-0.9 s
-// after the failure, more on the first (the iterators load), and a second
-// was not always enough (no snapshot, or holders unnamed, in two
-// fresh-clone runs).
+// after the failure, more on the first (the iterators load): a second or
+// so left little room (likely why two fresh-clone runs had a snapshot or a
+// holder missing).
 const HolderLinger = 3 * time.Second
 
 // NoPortConnections is how many connections bindNoPortFix opens: more than
