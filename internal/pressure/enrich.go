@@ -146,11 +146,7 @@ func (en *Enricher) scan(e *event.Event, q *pools.HolderQuery) (pools.Namespace,
 		return pools.Namespace{}, false // gone already: the report says so by having no snapshot
 	}
 	defer f.Close()
-	// The failing process may be seconds old: a stale map would miss it.
-	if time.Since(en.ownersAt) > ownersTTL {
-		en.owners, en.ownersAt = procinfo.SocketInodes(), time.Now()
-	}
-	ns, err := sc.ScanFor(int(f.Fd()), en.owners, snapshotOwners, q)
+	ns, err := sc.ScanFor(int(f.Fd()), en.socketOwners(), snapshotOwners, q)
 	// A namespace under the failure's number can be another: the kernel
 	// gives a destroyed namespace's number to the next one it makes.
 	// Measuring that one would describe the wrong pools.
@@ -208,12 +204,19 @@ func (en *Enricher) nameHolder(e *event.Event) {
 	if h == nil || h.PID != 0 || h.SockIno == 0 {
 		return
 	}
+	if pid, ok := en.socketOwners()[h.SockIno]; ok {
+		h.PID, h.Comm = pid, procinfo.Comm(int(pid))
+	}
+}
+
+// socketOwners maps socket inodes to their processes, read again when the
+// last pass over /proc/*/fd is older than ownersTTL: the failing process may
+// be seconds old, and a stale map would miss it.
+func (en *Enricher) socketOwners() procinfo.Inodes {
 	if time.Since(en.ownersAt) > ownersTTL {
 		en.owners, en.ownersAt = procinfo.SocketInodes(), time.Now()
 	}
-	if pid, ok := en.owners[h.SockIno]; ok {
-		h.PID, h.Comm = pid, procinfo.Comm(int(pid))
-	}
+	return en.owners
 }
 
 // foundHolders are the holders of a port a scan found, and the cookie of the
